@@ -1,0 +1,38 @@
+# The README's two commands: `make serve` (main job) and `make test` (whole suite).
+# Both run an idempotent setup first: ./.venv, the package with its extras, the default model.
+PY      := .venv/bin/python
+STAMP   := .venv/.setup-stamp
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: setup model serve test typecheck bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || python3 -m venv .venv
+	$(PY) -m pip install -q --upgrade pip
+	# torch first, from the CPU build on disk: a plain resolver would pull a CUDA build
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[export,native,server,test]'
+	touch $(STAMP)
+
+model: setup
+	.venv/bin/realm-web pull
+
+serve: model
+	@echo "realm-web: the default model is ready at $$(.venv/bin/realm-web pull)."
+	@echo "realm-web: the HTTP server lands with issue 5; meanwhile: .venv/bin/realm-web generate 'What is the capital of France?'"
+	.venv/bin/realm-web generate "What is the capital of France?" --stream
+
+typecheck: setup
+	$(PY) -m mypy --strict
+
+test: model
+	$(PY) -m mypy --strict
+	$(PY) -m pytest -q -ra
+
+bench: model
+	$(PY) bench/cpu_decode.py
+
+clean:
+	rm -rf .venv build *.egg-info

@@ -1,0 +1,145 @@
+"""realm-web command line: pull | export | generate (serve and bench come with their issues)."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+
+class CliError(Exception):
+    """A user error: printed as one line, exit status 2."""
+
+
+def _cmd_pull(a: argparse.Namespace) -> None:
+    from .export.pull import pull
+
+    print(pull(a.dtype or None, force=a.force))
+
+
+def _cmd_export(a: argparse.Namespace) -> None:
+    from .export import export_model
+
+    src = Path(a.src)
+    if not src.exists():
+        raise CliError(f"{src}: no such file or directory")
+    m = export_model(src, a.output, a.dtype or ["fp32"], max_length=a.max_length,
+                     progress=None if a.quiet else _progress)
+    print(m.directory)
+
+
+def _progress(msg: str) -> None:
+    print(f"[realm-web] {msg}", file=sys.stderr, flush=True)
+
+
+def _cmd_generate(a: argparse.Namespace) -> None:
+    from . import LLM, SamplingParams
+    from .paths import default_model_dir
+
+    if not a.prompt or not a.prompt.strip():
+        raise CliError("the prompt is empty")
+    if a.max_tokens < 0:
+        raise CliError(f"--max-tokens must be >= 0, got {a.max_tokens}")
+    if a.temperature < 0:
+        raise CliError(f"--temperature must be >= 0, got {a.temperature}")
+    params = SamplingParams(max_tokens=a.max_tokens, temperature=a.temperature, top_k=a.top_k, top_p=a.top_p,
+                            min_p=a.min_p, repetition_penalty=a.repetition_penalty, seed=a.seed,
+                            stop=tuple(a.stop or ()))
+    model = Path(a.model) if a.model else default_model_dir()
+    if a.model is None and not (model / "realm.json").exists():
+        _progress("no default model yet: running `realm-web pull`")
+        from .export.pull import pull
+
+        model = pull()
+    llm = LLM(model, dtype=a.dtype, device=a.device, threads=a.threads)
+    if a.stream and not a.json:
+        import asyncio
+
+        async def go() -> None:
+            async for out in llm.stream(a.prompt, params, raw=a.raw, system=a.system):
+                sys.stdout.write(out.text)
+                sys.stdout.flush()
+            sys.stdout.write("\n")
+
+        asyncio.run(go())
+        return
+    c = llm.generate(a.prompt, params, raw=a.raw, system=a.system)[0]
+    if a.json:
+        print(json.dumps({"text": c.text, "token_ids": c.token_ids, "prompt_token_ids": c.prompt_token_ids,
+                          "finish_reason": c.finish_reason, "usage": c.usage, "timings": c.timings,
+                          "model": str(model), "dtype": llm.engine.variant.dtype if hasattr(llm.engine, "variant") else None},
+                         ensure_ascii=False))
+    else:
+        print(c.text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="realm-web", description="Run a language model everywhere from one Python core.")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("pull", help="download the default model (SmolLM2-135M-Instruct) and export it")
+    s.add_argument("--dtype", action="append", choices=["fp32", "fp16", "int8", "int4"], help="exports to make (repeatable)")
+    s.add_argument("--force", action="store_true", help="export again even if the model is there")
+    s.set_defaults(func=_cmd_pull)
+
+    s = sub.add_parser("export", help="export a GGUF file or a Hugging Face directory to ONNX")
+    s.add_argument("src", help="a .gguf file or a directory with config.json and *.safetensors")
+    s.add_argument("-o", "--output", required=True, help="model directory to write")
+    s.add_argument("--dtype", action="append", choices=["fp32", "fp16", "int8", "int4"], help="repeatable; default fp32")
+    s.add_argument("--max-length", type=int, default=None, help="context length (default: the model's)")
+    s.add_argument("-q", "--quiet", action="store_true")
+    s.set_defaults(func=_cmd_export)
+
+    s = sub.add_parser("generate", help="answer a prompt")
+    s.add_argument("prompt")
+    s.add_argument("--model", help="model directory (default: the pulled default model)")
+    s.add_argument("--dtype", choices=["fp32", "fp16", "int8", "int4"], help="which export to run (default: the manifest's choice)")
+    s.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    s.add_argument("--threads", type=int, default=None)
+    s.add_argument("--max-tokens", type=int, default=256)
+    s.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    s.add_argument("--top-k", type=int, default=0)
+    s.add_argument("--top-p", type=float, default=1.0)
+    s.add_argument("--min-p", type=float, default=0.0)
+    s.add_argument("--repetition-penalty", type=float, default=1.0)
+    s.add_argument("--seed", type=int, default=None)
+    s.add_argument("--stop", action="append", help="stop string (repeatable)")
+    s.add_argument("--system", help="system message")
+    s.add_argument("--raw", action="store_true", help="no chat template: the prompt is fed as is")
+    s.add_argument("--stream", action="store_true", help="print tokens as they are made")
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+    s.set_defaults(func=_cmd_generate)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if a.verbose else logging.WARNING,
+                        format='{"level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}')
+    try:
+        a.func(a)
+    except KeyboardInterrupt:
+        return 130
+    except (CliError, ValueError, FileNotFoundError, RuntimeError) as e:
+        if a.verbose:
+            raise
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"realm-web: error: {msg}", file=sys.stderr)
+        return 2
+    except Exception as e:  # noqa: BLE001 - one line for the user, traceback with -v
+        if a.verbose:
+            raise
+        print(f"realm-web: error: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+
+
+if __name__ == "__main__":
+    sys.exit(main())

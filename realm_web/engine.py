@@ -1,0 +1,177 @@
+"""The Engine protocol and the LLM facade that drives schedule -> run -> update.
+
+Only this module's LLM awaits (with asyncio, which Pyodide has too); the scheduler and the
+rest of the core are plain state machines.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, AsyncIterator, Mapping, Protocol, Sequence, Union
+
+from .chat import ChatTemplate, load_chat_template
+from .manifest import Manifest, load_manifest
+from .sampling import SamplingParams
+from .scheduler import RequestOutput, Scheduler
+from .step import StepPlan, StepResult
+from .tokenizer import Tokenizer, load_tokenizer
+
+Prompt = Union[str, Sequence[Mapping[str, Any]]]  # raw text, or chat messages
+
+
+class Engine(Protocol):
+    """Runs one step. The only thing in realm-web that touches a runtime."""
+
+    manifest: Manifest
+    max_slots: int
+    max_length: int
+
+    async def run(self, plan: StepPlan) -> StepResult: ...
+
+    def run_sync(self, plan: StepPlan) -> StepResult: ...
+
+
+@dataclass
+class Completion:
+    """The result of one prompt."""
+
+    text: str
+    token_ids: list[int]
+    prompt_token_ids: list[int]
+    finish_reason: str | None
+    usage: dict[str, int]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class LLM:
+    """A model plus an engine. `LLM()` loads the default model (made by `realm-web pull`)."""
+
+    def __init__(self, model: str | os.PathLike[str] | None = None, *, engine: Engine | None = None,
+                 dtype: str | None = None, device: str = "cpu", threads: int | None = None,
+                 max_slots: int = 1, max_length: int | None = None, max_tokens_per_step: int = 512) -> None:
+        if engine is None:
+            model_dir = Path(model) if model is not None else _default_model()
+            from .engines.ort_native import OrtNativeEngine
+
+            engine = OrtNativeEngine(model_dir, dtype=dtype, device=device, threads=threads,
+                                     max_slots=max_slots, max_length=max_length)
+        self.engine = engine
+        self.manifest = engine.manifest
+        d = self.manifest.directory
+        self.tokenizer: Tokenizer = load_tokenizer(d)
+        self.chat_template: ChatTemplate | None = load_chat_template(d) if self.manifest.chat_template else None
+        self.scheduler = Scheduler(self.tokenizer, eos_token_ids=self.manifest.eos_token_ids,
+                                   max_slots=engine.max_slots, max_length=engine.max_length,
+                                   max_tokens_per_step=max_tokens_per_step)
+        self._queues: dict[int, asyncio.Queue[RequestOutput]] = {}
+        self._loop_task: asyncio.Task[None] | None = None
+
+    # -- prompts -------------------------------------------------------------------------------
+    def encode_prompt(self, prompt: Prompt, *, system: str | None = None, raw: bool = False) -> list[int]:
+        """Token ids for a prompt: chat messages (or a user string) through the chat template,
+        or the text as is when `raw` is set or the model has no template."""
+        if isinstance(prompt, str):
+            if not prompt:
+                raise ValueError("the prompt is empty")
+            if raw or self.chat_template is None:
+                return self.tokenizer.encode(prompt)
+            messages: list[Mapping[str, Any]] = [{"role": "user", "content": prompt}]
+        else:
+            messages = list(prompt)
+            if not messages:
+                raise ValueError("the message list is empty")
+            if self.chat_template is None:
+                raise ValueError("this model has no chat template: pass raw text")
+        if system is not None:
+            messages = [{"role": "system", "content": system}, *messages]
+        assert self.chat_template is not None
+        text = self.chat_template.render(messages, add_generation_prompt=True)
+        return self.tokenizer.encode(text)
+
+    def _params(self, params: SamplingParams | None, kw: dict[str, Any]) -> SamplingParams:
+        if params is not None and kw:
+            raise TypeError("pass either params= or keyword sampling arguments, not both")
+        return params or SamplingParams(**kw)
+
+    # -- synchronous batch API -------------------------------------------------------------------
+    def generate(self, prompts: Prompt | Sequence[Prompt], params: SamplingParams | None = None, *,
+                 raw: bool = False, system: str | None = None, **kw: Any) -> list[Completion]:
+        """Run prompts together through the scheduler; results come back in order."""
+        many = not isinstance(prompts, str) and bool(prompts) and not isinstance(next(iter(prompts)), Mapping)
+        items: list[Prompt] = list(prompts) if many else [prompts]  # type: ignore[list-item]
+        p = self._params(params, kw)
+        t0 = time.perf_counter()
+        ids = [self.encode_prompt(x, raw=raw, system=system) for x in items]
+        rids = [self.scheduler.add(x, p) for x in ids]
+        first: dict[int, float] = {}
+        while self.scheduler.has_work():
+            plan = self.scheduler.schedule()
+            result = self.engine.run_sync(plan) if plan.seqs else StepResult(tokens={})
+            for out in self.scheduler.update(plan, result):
+                if out.token_ids:
+                    first.setdefault(out.request_id, time.perf_counter())
+        t1 = time.perf_counter()
+        return [self._completion(r, x, t0, first.get(r, t1), t1) for r, x in zip(rids, ids)]
+
+    def _completion(self, rid: int, prompt_ids: list[int], t0: float, t_first: float, t1: float) -> Completion:
+        req = self.scheduler.requests.pop(rid)
+        n = len(req.output_ids)
+        decode_s = t1 - t_first
+        return Completion(
+            text=req.text, token_ids=req.output_ids, prompt_token_ids=prompt_ids, finish_reason=req.finish_reason,
+            usage={"prompt_tokens": len(prompt_ids), "completion_tokens": n, "total_tokens": len(prompt_ids) + n},
+            timings={"ttft_s": round(t_first - t0, 4), "decode_s": round(decode_s, 4), "total_s": round(t1 - t0, 4),
+                     "decode_tokens_per_s": round((n - 1) / decode_s, 2) if n > 1 and decode_s > 0 else 0.0},
+        )
+
+    # -- asynchronous streaming ------------------------------------------------------------------
+    async def stream(self, prompt: Prompt, params: SamplingParams | None = None, *, raw: bool = False,
+                     system: str | None = None, **kw: Any) -> AsyncIterator[RequestOutput]:
+        """Yield deltas as tokens are made. Many coroutines may stream at once over one engine loop;
+        leaving the iteration early (or cancelling) aborts the request and frees its slot."""
+        p = self._params(params, kw)
+        rid = self.scheduler.add(self.encode_prompt(prompt, raw=raw, system=system), p)
+        q: asyncio.Queue[RequestOutput] = asyncio.Queue()
+        self._queues[rid] = q
+        if self._loop_task is None or self._loop_task.done():
+            self._loop_task = asyncio.get_running_loop().create_task(self._run_loop())
+        try:
+            while True:
+                out = await q.get()
+                yield out
+                if out.finished:
+                    break
+        finally:
+            self._queues.pop(rid, None)
+            self.scheduler.abort(rid)
+            self.scheduler.requests.pop(rid, None)
+
+    async def _run_loop(self) -> None:
+        while self.scheduler.has_work():
+            plan = self.scheduler.schedule()
+            result = await self.engine.run(plan) if plan.seqs else StepResult(tokens={})
+            for out in self.scheduler.update(plan, result):
+                q = self._queues.get(out.request_id)
+                if q is not None:
+                    q.put_nowait(out)
+            await asyncio.sleep(0)
+
+    def close(self) -> None:
+        close = getattr(self.engine, "close", None)
+        if callable(close):
+            close()
+
+
+def _default_model() -> Path:
+    from .paths import default_model_dir
+
+    d = default_model_dir()
+    if not (d / "realm.json").exists():
+        raise FileNotFoundError(f"no default model at {d}: run `realm-web pull` first")
+    return d
+
+
+__all__ = ["LLM", "Completion", "Engine", "load_manifest"]

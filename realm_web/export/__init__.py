@@ -1,0 +1,122 @@
+"""Export pipeline: GGUF or Hugging Face safetensors -> ONNX decoder(s) + realm.json + tokenizer.
+
+Needs the `export` extra (numpy, onnx, gguf); never imported by the core.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+from ..manifest import Manifest, Variant
+from .config import UnsupportedModelError
+from .graph import DTYPES, REFINE, build_decoder
+from .source import Source, load_source
+
+__all__ = ["export_model", "UnsupportedModelError", "DTYPES", "variant_file"]
+
+Progress = Callable[[str], None]
+
+
+def _stderr(msg: str) -> None:
+    print(f"[realm-web] {msg}", file=sys.stderr, flush=True)
+
+
+def variant_file(dtype: str) -> str:
+    """File names follow transformers.js: model.onnx is fp32, the others carry a suffix."""
+    return "model.onnx" if dtype == "fp32" else f"model_{dtype}.onnx"
+
+
+# Which export each engine loads by default.
+PREFERENCES = {
+    "cpu": ["int4", "int8", "fp32", "fp16"],
+    "cuda": ["fp16", "fp32", "int4", "int8"],
+    "wasm": ["int4", "int8", "fp32", "fp16"],
+    "webgpu": ["fp16", "int4", "fp32", "int8"],
+}
+
+
+def _preferred_by(dtypes: list[str]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {d: [] for d in dtypes}
+    for engine, order in PREFERENCES.items():
+        best = next(d for d in order if d in dtypes)
+        out[best].append(engine)
+    return out
+
+
+def export_model(src: str | os.PathLike[str], out_dir: str | os.PathLike[str], dtypes: list[str] | None = None,
+                 *, max_length: int | None = None, progress: Progress | None = _stderr,
+                 name: str | None = None) -> Manifest:
+    """Export `src` into `out_dir` for each dtype; returns the manifest written there."""
+    import onnx
+
+    say = progress or (lambda _m: None)
+    dtypes = list(dict.fromkeys(dtypes or ["fp32"]))
+    for d in dtypes:
+        if d not in DTYPES:
+            raise ValueError(f"unknown dtype {d!r} (choose from {', '.join(DTYPES)})")
+    t0 = time.perf_counter()
+    say(f"reading {src}")
+    source: Source = load_source(src)
+    cfg = source.config
+    max_len = min(max_length or cfg.max_position_embeddings, cfg.max_position_embeddings)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    variants: dict[str, Variant] = {}
+    prefs = _preferred_by(dtypes)
+    timings: dict[str, float] = {"read_s": round(time.perf_counter() - t0, 2)}
+    for d in dtypes:
+        t = time.perf_counter()
+        say(f"building {d} graph ({cfg.num_layers} layers, hidden {cfg.hidden_size}, vocab {cfg.vocab_size})")
+        model = build_decoder(cfg, source.weights, d, max_len)
+        path = out / variant_file(d)
+        tmp = path.with_suffix(".onnx.tmp")
+        say(f"writing {path.name}")
+        with open(tmp, "wb") as f:
+            f.write(model.SerializeToString())
+        os.replace(tmp, path)
+        size = path.stat().st_size
+        variants[d] = Variant(dtype=d, file=path.name, bytes=size, kv_dtype="fp16" if d == "fp16" else "fp32",
+                              preferred_by=prefs[d])
+        timings[f"{d}_s"] = round(time.perf_counter() - t, 2)
+        say(f"{d}: {size / 1e6:.1f} MB in {timings[f'{d}_s']:.1f} s")
+        del model
+    (out / "tokenizer.json").write_text(json.dumps(source.tokenizer_json, ensure_ascii=False))
+    specials = dict(source.special_tokens)
+    tok_cfg = {f"{k}_token": v for k, v in specials.items()}
+    tok_cfg.update({"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": max_len, "clean_up_tokenization_spaces": False})
+    if source.chat_template:
+        (out / "chat_template.jinja").write_text(source.chat_template)
+        tok_cfg["chat_template"] = source.chat_template
+    (out / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2, ensure_ascii=False))
+    manifest = Manifest(
+        name=name or source.name,
+        architecture=cfg.to_json(),
+        variants=variants,
+        graph={
+            "layout": "gqa-v1",
+            "inputs": ["input_ids", "attention_mask", "past_key_values.{i}.key", "past_key_values.{i}.value",
+                       "num_logits_to_keep"],
+            "outputs": ["logits", "present.{i}.key", "present.{i}.value"],
+            "kv_layout": ["batch", "kv_heads", "length", "head_dim"],
+            "padding": "right",  # attention_mask gives each row's length; rows are right-padded
+            "kv_share_buffer": True,  # past and present may be bound to one buffer of capacity max_length
+            "position_ids": "implicit",  # positions follow from the mask (GroupQueryAttention rotary)
+            "num_logits_to_keep": True,  # 0 = all positions, k = last k (speculative verification)
+            "lm_head_refine": REFINE,
+        },
+        tokenizer="tokenizer.json",
+        chat_template="chat_template.jinja" if source.chat_template else None,
+        special_tokens={**specials, "bos_token_id": source.bos_token_id},
+        eos_token_ids=source.eos_token_ids,
+        generation=source.generation_defaults,
+        max_length=max_len,
+        source={**source.origin, "export_seconds": round(time.perf_counter() - t0, 2), "timings": timings},
+        directory=out,
+    )
+    manifest.save(out)
+    say(f"done in {time.perf_counter() - t0:.1f} s: {out}")
+    return manifest

@@ -1,0 +1,237 @@
+"""Build a Llama-family decoder ONNX graph directly from weights (no tracing).
+
+The graph follows the Hugging Face ONNX decoder convention (input_ids, attention_mask,
+past_key_values.N.key/value -> logits, present.N.key/value), so transformers.js and
+onnxruntime-genai style runtimes can load it, but its layers are onnxruntime's fused kernels:
+
+  SimplifiedLayerNormalization / SkipSimplifiedLayerNormalization   RMSNorm (+ residual add)
+  one MatMul (or MatMulNBits) for q|k|v and one for gate|up          fewer, larger matmuls
+  GroupQueryAttention with rotary embedding inside                   KV cache append + RoPE + attention
+
+KV cache: (batch, kv_heads, length, head_dim). The attention_mask (batch, total_length) only
+gives each row's valid length (GroupQueryAttention takes seqlens_k = sum(mask) - 1), so rows
+are right-padded. When the runtime binds the same buffer as past and present (capacity
+`max_length`), the cache is updated in place and nothing is copied between steps.
+
+`num_logits_to_keep` (input: 0 = all positions) limits the lm_head to the
+last k positions: 1 for ordinary decoding, k for speculative verification of k tokens.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from .config import ModelConfig
+from .quantize import NBits, concat_rows, quantize
+from .weights import BLOCK, Q8Blocks, Weight, dense
+
+DTYPES = ("fp32", "fp16", "int8", "int4")
+REFINE = 32  # lm_head candidates recomputed exactly in quantized exports
+MS = "com.microsoft"
+
+
+@dataclass
+class _Graph:
+    float_type: int
+    nodes: list[onnx.NodeProto] = field(default_factory=list)
+    inits: list[onnx.TensorProto] = field(default_factory=list)
+    counter: int = 0
+
+    def name(self, base: str) -> str:
+        self.counter += 1
+        return f"{base}_{self.counter}"
+
+    def node(self, op: str, inputs: list[str], outputs: list[str] | int = 1, domain: str = "", **attrs: Any) -> list[str]:
+        if isinstance(outputs, int):
+            outputs = [self.name(f"/{op}") for _ in range(outputs)]
+        self.nodes.append(helper.make_node(op, inputs, outputs, name=self.name(op), domain=domain, **attrs))
+        return outputs
+
+    def const(self, name: str, arr: np.ndarray) -> str:
+        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(arr), name))
+        return name
+
+    def floats(self, name: str, arr: np.ndarray) -> str:
+        np_type = np.float16 if self.float_type == TensorProto.FLOAT16 else np.float32
+        return self.const(name, np.asarray(arr, dtype=np_type))
+
+
+class _Builder:
+    def __init__(self, cfg: ModelConfig, weights: dict[str, Weight], dtype: str, max_length: int) -> None:
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, not {dtype!r}")
+        self.cfg, self.w, self.dtype = cfg, weights, dtype
+        self.bits = {"int4": 4, "int8": 8}.get(dtype)
+        self.max_length = max_length
+        self.g = _Graph(TensorProto.FLOAT16 if dtype == "fp16" else TensorProto.FLOAT)
+        self.block_sums: dict[str, str] = {}
+        self.accuracy_level = 4  # int8 activations: onnxruntime's fast integer kernels
+        self.head_accuracy_level = 4
+
+    # -- weights -----------------------------------------------------------------------------
+    def linear(self, x: str, names: list[str], out: str, biases: list[str] | None = None) -> str:
+        """x @ concat(W_names)^T (+ bias): MatMul for float exports, MatMulNBits for int exports."""
+        g = self.g
+        ws = [self.w[n] for n in names]
+        bias = None
+        if biases and all(b in self.w for b in biases):
+            bias = np.concatenate([dense(self.w[b]) for b in biases])
+        if self.bits is None:
+            wt = np.concatenate([dense(w) for w in ws], axis=0).T
+            y = g.node("MatMul", [x, g.floats(out + ".weight", wt)])[0]
+            return g.node("Add", [y, g.floats(out + ".bias", bias)], [out])[0] if bias is not None else g.node("Identity", [y], [out])[0]
+        q = concat_rows([quantize(w, self.bits) for w in ws])
+        return self.matmul_nbits(x, q, out, bias)
+
+    def matmul_nbits(self, x: str, q: NBits, out: str, bias: np.ndarray | None, accuracy_level: int | None = None) -> str:
+        g = self.g
+        inputs = [x, g.const(out + ".qweight", q.packed), g.const(out + ".scales", q.scales),
+                  g.const(out + ".zero_points", q.zero_points)]
+        if bias is not None:
+            inputs += ["", g.const(out + ".bias", bias.astype(np.float32))]
+        y = g.node("MatMulNBits", inputs, [out if q.offsets is None else out + "_q"], domain=MS,
+                   K=q.k, N=q.n, bits=q.bits, block_size=BLOCK, accuracy_level=self.accuracy_level if accuracy_level is None else accuracy_level)[0]
+        if q.offsets is None:
+            return y
+        # Exact Q4_1: + sum over blocks of (sum of x over the block) * m[n, block].
+        corr = g.node("MatMul", [self.block_sum(x, q.k), g.const(out + ".block_offsets", q.offsets)])[0]
+        return g.node("Add", [y, corr], [out])[0]
+
+    def block_sum(self, x: str, k: int) -> str:
+        if x not in self.block_sums:
+            g = self.g
+            shape = g.const(g.name("bs_shape"), np.array([0, 0, k // BLOCK, BLOCK], np.int64))
+            r = g.node("Reshape", [x, shape])[0]
+            self.block_sums[x] = g.node("ReduceSum", [r, g.const(g.name("axes"), np.array([-1], np.int64))], keepdims=0)[0]
+        return self.block_sums[x]
+
+    def norm_weight(self, name: str) -> str:
+        return self.g.floats(name, dense(self.w[name]))
+
+    # -- graph -------------------------------------------------------------------------------
+    def embed(self, ids: str) -> str:
+        g = self.g
+        w = self.w["model.embed_tokens.weight"]
+        if self.bits is not None:
+            # 8-bit blocks (GGUF Q8_0 carried over exactly), shared by the lookup and the lm_head refinement.
+            return self.gather_q8(ids, "/embed_tokens/output")
+        self.embed_name = g.floats("model.embed_tokens.weight", dense(w))
+        return g.node("Gather", [self.embed_name, ids], ["/embed_tokens/output"])[0]
+
+    def embed_q8(self) -> list[str]:
+        if not hasattr(self, "_embed_q8"):
+            g = self.g
+            q = quantize(self.w["model.embed_tokens.weight"], 8)
+            self._embed_q8 = [g.const("embed_tokens.qweight", q.packed.reshape(q.n, q.k)),
+                              g.const("embed_tokens.scales", q.scales.reshape(q.n, q.k // BLOCK)),
+                              g.const("embed_tokens.zero_points", q.zero_points.reshape(q.n, q.k // BLOCK))]
+            self._embed_nbits = q
+        return self._embed_q8
+
+    def gather_q8(self, ids: str, out: str | None = None) -> str:
+        data, scales, zp = self.embed_q8()
+        return self.g.node("GatherBlockQuantized", [data, ids, scales, zp], [out] if out else 1, domain=MS,
+                           gather_axis=0, quantize_axis=1, block_size=BLOCK, bits=8)[0]
+
+    def lm_head(self, x: str) -> str:
+        g = self.g
+        tied = self.cfg.tie_word_embeddings
+        w = self.w["model.embed_tokens.weight" if tied else "lm_head.weight"]
+        if self.bits is None:
+            if tied and self.dtype == "fp32":
+                # One table for the lookup and the projection: x @ E^T without a transposed copy.
+                return g.node("FusedMatMul", [x, self.embed_name], ["logits"], domain=MS, transB=1, alpha=1.0)[0]
+            return g.node("MatMul", [x, g.floats("lm_head.weight", dense(w).T)], ["logits"])[0]
+        if not tied:
+            return self.matmul_nbits(x, quantize(w, 8), "logits", None, 0)
+        # int8 activations (fast) for the whole vocabulary, then the top REFINE candidates recomputed
+        # in float from the same 8-bit table: greedy picks match a float head, at int8 cost.
+        approx = self.matmul_nbits(x, self._embed_nbits, "/lm_head/approx", None, self.head_accuracy_level)
+        k = g.const("refine_k", np.array([REFINE], np.int64))
+        _, idx = g.node("TopK", [approx, k], 2, axis=-1)
+        rows = self.gather_q8(idx)  # (B, S, REFINE, H)
+        xe = g.node("Unsqueeze", [x, g.const("axes_m1", np.array([-1], np.int64))])[0]  # (B, S, H, 1)
+        exact = g.node("Squeeze", [g.node("MatMul", [rows, xe])[0], g.const("axes_m1b", np.array([-1], np.int64))])[0]
+        return g.node("ScatterElements", [approx, idx, exact], ["logits"], axis=-1)[0]
+
+    def rotary_cache(self) -> tuple[str, str]:
+        cfg = self.cfg
+        inv = 1.0 / (cfg.rope_theta ** (np.arange(0, cfg.head_dim, 2, dtype=np.float64) / cfg.head_dim))
+        t = np.arange(self.max_length, dtype=np.float64)
+        freqs = np.outer(t, inv)
+        return self.g.floats("cos_cache", np.cos(freqs)), self.g.floats("sin_cache", np.sin(freqs))
+
+    def build(self) -> onnx.ModelProto:
+        g, cfg = self.g, self.cfg
+        ft = g.float_type
+        kv_shape_past = ["batch_size", cfg.num_kv_heads, "past_sequence_length", cfg.head_dim]
+        kv_shape_present = ["batch_size", cfg.num_kv_heads, "total_sequence_length", cfg.head_dim]
+        inputs = [
+            helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch_size", "sequence_length"]),
+            helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch_size", "total_sequence_length"]),
+        ]
+        outputs = [helper.make_tensor_value_info("logits", ft, ["batch_size", "logits_length", cfg.vocab_size])]
+        for i in range(cfg.num_layers):
+            for kv in ("key", "value"):
+                inputs.append(helper.make_tensor_value_info(f"past_key_values.{i}.{kv}", ft, kv_shape_past))
+                outputs.append(helper.make_tensor_value_info(f"present.{i}.{kv}", ft, kv_shape_present))
+        keep = helper.make_tensor_value_info("num_logits_to_keep", TensorProto.INT64, [1])
+        inputs.append(keep)
+
+        # seqlens_k = valid length - 1 per row; total_sequence_length = mask width.
+        one = g.const("one_i64", np.array(1, np.int64))
+        axes1 = g.const("axes_1", np.array([1], np.int64))
+        lens = g.node("ReduceSum", ["attention_mask", axes1], keepdims=0)[0]
+        seqlens_k = g.node("Cast", [g.node("Sub", [lens, one])[0]], ["seqlens_k"], to=TensorProto.INT32)[0]
+        width = g.node("Gather", [g.node("Shape", ["attention_mask"])[0], one], axis=0)[0]
+        total = g.node("Cast", [width], ["total_seq_len"], to=TensorProto.INT32)[0]
+        cos, sin = self.rotary_cache()
+
+        h = self.embed("input_ids")
+        residual = h
+        x = g.node("SimplifiedLayerNormalization", [h, self.norm_weight("model.layers.0.input_layernorm.weight")],
+                   ["/layers.0/input_layernorm/output"], axis=-1, epsilon=cfg.rms_norm_eps, stash_type=1)[0]
+        for i in range(cfg.num_layers):
+            p = f"model.layers.{i}."
+            qkv = self.linear(x, [p + f"self_attn.{n}_proj.weight" for n in "qkv"], f"/layers.{i}/attn/qkv",
+                              [p + f"self_attn.{n}_proj.bias" for n in "qkv"])
+            attn = g.node("GroupQueryAttention",
+                          [qkv, "", "", f"past_key_values.{i}.key", f"past_key_values.{i}.value", seqlens_k, total, cos, sin],
+                          [f"/layers.{i}/attn/output", f"present.{i}.key", f"present.{i}.value"], domain=MS,
+                          num_heads=cfg.num_heads, kv_num_heads=cfg.num_kv_heads, do_rotary=1, rotary_interleaved=0,
+                          scale=float(1.0 / np.sqrt(cfg.head_dim)))[0]
+            o = self.linear(attn, [p + "self_attn.o_proj.weight"], f"/layers.{i}/attn/o_proj")
+            x, _, _, residual = g.node(
+                "SkipSimplifiedLayerNormalization", [o, residual, self.norm_weight(p + "post_attention_layernorm.weight")],
+                [f"/layers.{i}/post_attention_layernorm/output", "", "", f"/layers.{i}/residual_attn"],
+                domain=MS, epsilon=cfg.rms_norm_eps)
+            gu = self.linear(x, [p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"], f"/layers.{i}/mlp/gate_up")
+            gate, up = g.node("Split", [gu, g.const(g.name("split"), np.array([cfg.intermediate_size] * 2, np.int64))], 2, axis=-1)
+            act = g.node("Mul", [g.node("Mul", [gate, g.node("Sigmoid", [gate])[0]])[0], up])[0]
+            down = self.linear(act, [p + "mlp.down_proj.weight"], f"/layers.{i}/mlp/down_proj")
+            nxt = f"model.layers.{i + 1}.input_layernorm.weight" if i + 1 < cfg.num_layers else "model.norm.weight"
+            x, _, _, residual = g.node(
+                "SkipSimplifiedLayerNormalization", [down, residual, self.norm_weight(nxt)],
+                [f"/layers.{i + 1}/input_layernorm/output", "", "", f"/layers.{i}/residual_mlp"],
+                domain=MS, epsilon=cfg.rms_norm_eps)
+        # Keep only the last num_logits_to_keep positions (0 keeps all: Slice from -0 = 0).
+        start = g.node("Neg", ["num_logits_to_keep"])[0]
+        x = g.node("Slice", [x, start, g.const("slice_end", np.array([np.iinfo(np.int64).max], np.int64)), axes1])[0]
+        self.lm_head(x)
+        graph = helper.make_graph(g.nodes, "realm_web_decoder", inputs, outputs, g.inits)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid(MS, 1)],
+                                  producer_name="realm-web")
+        model.ir_version = 10
+        return model
+
+
+def build_decoder(cfg: ModelConfig, weights: dict[str, Weight], dtype: str, max_length: int | None = None) -> onnx.ModelProto:
+    """The decoder graph for `dtype` (fp32, fp16, int8, int4)."""
+    return _Builder(cfg, weights, dtype, max_length or cfg.max_position_embeddings).build()
+
+
+_ = Q8Blocks

@@ -1,0 +1,88 @@
+"""Sampling parameters, validation, and the seeded random draws every engine shares.
+
+The core never touches a logits vector: it hands each engine the parameters plus one uniform
+draw per sampled token, derived only from (seed, request step). An engine turns logits into a
+token with `temperature -> top_k -> top_p -> min_p -> inverse-CDF(draw)` over the candidates in
+a canonical order (logit descending, token id ascending), so a seeded request yields the same
+tokens on every engine whose logits agree.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+
+class SamplingError(ValueError):
+    """Invalid sampling parameters."""
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to pick tokens and when to stop. temperature 0 means greedy."""
+
+    max_tokens: int = 256
+    temperature: float = 0.0
+    top_k: int = 0  # 0: no limit
+    top_p: float = 1.0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = field(default_factory=tuple)
+    stop_token_ids: tuple[int, ...] = field(default_factory=tuple)
+    ignore_eos: bool = False
+    logprobs: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stop, str):
+            object.__setattr__(self, "stop", (self.stop,))
+        else:
+            object.__setattr__(self, "stop", tuple(self.stop))
+        object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
+        self.validate()
+
+    def validate(self) -> None:
+        def need(ok: bool, msg: str) -> None:
+            if not ok:
+                raise SamplingError(msg)
+
+        need(isinstance(self.max_tokens, int) and not isinstance(self.max_tokens, bool) and self.max_tokens >= 0,
+             f"max_tokens must be a non-negative integer, got {self.max_tokens!r}")
+        need(_is_num(self.temperature) and self.temperature >= 0, f"temperature must be >= 0, got {self.temperature!r}")
+        need(isinstance(self.top_k, int) and self.top_k >= 0, f"top_k must be an integer >= 0, got {self.top_k!r}")
+        need(_is_num(self.top_p) and 0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p!r}")
+        need(_is_num(self.min_p) and 0 <= self.min_p <= 1, f"min_p must be in [0, 1], got {self.min_p!r}")
+        need(_is_num(self.repetition_penalty) and self.repetition_penalty > 0,
+             f"repetition_penalty must be > 0, got {self.repetition_penalty!r}")
+        need(self.seed is None or (isinstance(self.seed, int) and not isinstance(self.seed, bool)),
+             f"seed must be an integer, got {self.seed!r}")
+        need(all(isinstance(s, str) and s for s in self.stop), "stop must be a list of non-empty strings")
+        need(all(isinstance(t, int) and t >= 0 for t in self.stop_token_ids), "stop_token_ids must be non-negative integers")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    def with_seed(self, seed: int) -> "SamplingParams":
+        return replace(self, seed=seed)
+
+    def engine_view(self) -> dict[str, Any]:
+        """The fields an engine needs to pick a token."""
+        return {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p,
+                "min_p": self.min_p, "repetition_penalty": self.repetition_penalty}
+
+
+def _is_num(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and x == x
+
+
+def random_seed() -> int:
+    return int.from_bytes(os.urandom(8), "little") >> 1
+
+
+def draw(seed: int, step: int) -> float:
+    """Uniform in [0, 1) for token `step` of a request seeded with `seed`; identical everywhere."""
+    h = hashlib.blake2b(struct.pack("<qQ", seed & 0x7FFFFFFFFFFFFFFF, step), digest_size=8).digest()
+    return (int.from_bytes(h, "little") >> 11) / float(1 << 53)
