@@ -23,9 +23,20 @@ character-class set operations become explicit code point ranges from the fixed 
 not depend on the interpreter's own Unicode version.  Match iteration follows Oniguruma's
 rules for empty matches.
 
-Unicode normalization (NFC etc.) and lowercasing use the interpreter's ``unicodedata`` /
-``str.lower``; they can differ from ``tokenizers`` only on characters that are new in one of
-the Unicode versions involved.
+Known differences from ``tokenizers``:
+
+* NFC/NFD/NFKC/NFKD use the interpreter's ``unicodedata`` (CPython 3.11: Unicode 14.0,
+  Pyodide 3.14: 16.0) while ``tokenizers`` uses an older normalization crate (about Unicode
+  12), so text with characters given decompositions / combining classes after Unicode 12
+  (e.g. U+1AC0..U+1ACE) can normalize differently.  Lowercase, StripAccents, punctuation
+  and digit tests use fixed tables taken from ``tokenizers`` itself, so they are exact.
+* ``(?i)`` in a regex uses Python's simple case folding; Oniguruma also applies Unicode
+  multi-character folds (e.g. ``(?i)[a-z]`` matches U+0130 there).  Real tokenizer patterns
+  only use ``(?i)`` on ASCII contractions, where both agree.
+* ``\\p{Script}`` properties, ``\\G``, ``\\K``, ``\\R``, ``\\X`` raise ``ValueError``; so do
+  WordPiece / Unigram / WordLevel models and the Precompiled / BertNormalizer / Nmt
+  normalizers.  ``truncation`` / ``padding`` settings are not applied, BPE dropout is ignored.
+* Text containing lone surrogates cannot be encoded (``tokenizers`` rejects it too).
 """
 from __future__ import annotations
 
@@ -580,17 +591,10 @@ class _OnigTranslator:
 
     def parse_class_rest(self) -> _Ranges:
         """Right operand of ``&&``: the rest of the class, consuming the closing ``]``."""
-        # Re-use parse_class on a virtual "[...]" starting here (no leading '^' handling
-        # besides what Oniguruma does: a '^' right after && is a literal in Ruby; rare).
-        return self.parse_class_body_no_neg()
-
-    def parse_class_body_no_neg(self) -> _Ranges:
-        save_neg_char = self.i < len(self.p) and self.p[self.i] == "^"
-        if save_neg_char:
-            # treat like Oniguruma: '^' here is literal
+        if self.i < len(self.p) and self.p[self.i] == "^":
+            # a '^' right after && is a literal character
             self.i += 1
-            rest = self.parse_class()
-            return _union(rest, ((0x5E, 0x5E),))
+            return _union(self.parse_class(), ((0x5E, 0x5E),))
         return self.parse_class()
 
     def parse_class_atom(self) -> int | _Ranges:
@@ -1283,8 +1287,8 @@ class Tokenizer:
         mtype = model.get("type", "BPE" if "merges" in model else None)
         if mtype != "BPE":
             raise ValueError(f"unsupported tokenizer model type {mtype!r} (only BPE)")
-        if data.get("truncation") or data.get("padding"):
-            pass  # truncation/padding are not applied (encode returns the full sequence)
+        # "truncation" / "padding" settings are deliberately not applied: encode() always
+        # returns the whole sequence (what an LLM runtime wants).
 
         vocab: dict[str, int] = {str(k): int(v) for k, v in model.get("vocab", {}).items()}
         self._vocab = vocab

@@ -38,3 +38,48 @@ def default_gguf(model_dir: Path) -> Path:
         return Path(env)
     from realm_web.export.pull import default_gguf_path
     return default_gguf_path()
+
+
+@pytest.fixture(scope="session")
+def hf_reference(model_dir: Path, default_gguf: Path):  # type: ignore[no-untyped-def]
+    """transformers (torch, fp32) on the same GGUF weights: (model, tokenizer)."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    tok = transformers.AutoTokenizer.from_pretrained(default_gguf.parent, gguf_file=default_gguf.name)
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        default_gguf.parent, gguf_file=default_gguf.name, dtype=torch.float32)
+    model.eval()
+    return model, tok
+
+
+def make_tiny_hf_model(out: Path, tokenizer_dir: Path, *, arch: str = "llama", seed: int = 0) -> Path:
+    """A random-weight Llama (or Qwen2: q/k/v bias) saved as a Hugging Face directory."""
+    import shutil
+
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    common = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, vocab_size=49152, max_position_embeddings=256, rms_norm_eps=1e-5,
+                  tie_word_embeddings=arch == "llama", bos_token_id=1, eos_token_id=2)
+    if arch == "qwen2":
+        cfg = transformers.Qwen2Config(**common, rope_parameters={"rope_type": "default", "rope_theta": 1e6})
+        model = transformers.Qwen2ForCausalLM(cfg)
+    else:
+        cfg = transformers.LlamaConfig(**common, rope_parameters={"rope_type": "default", "rope_theta": 1e5})
+        model = transformers.LlamaForCausalLM(cfg)
+    with torch.no_grad():  # non-trivial norms and biases so that mistakes show
+        for name, p in model.named_parameters():
+            if "norm" in name or name.endswith("bias"):
+                p.add_(torch.randn_like(p) * 0.1)
+    model.save_pretrained(out)
+    for f in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        if (tokenizer_dir / f).exists():
+            shutil.copy(tokenizer_dir / f, out / f)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_dir(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Path:
+    return make_tiny_hf_model(tmp_path_factory.mktemp("tiny-llama"), model_dir)

@@ -32,7 +32,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "realm_web" / "_unicode_tables.py"
@@ -67,7 +67,7 @@ def fmt(ranges: list[tuple[int, int]]) -> str:
     return ",".join(f"{a:X}" if a == b else f"{a:X}-{b:X}" for a, b in ranges)
 
 
-def load_unicodedata():  # type: ignore[no-untyped-def]
+def load_unicodedata() -> Any:
     try:
         import unicodedata2 as ud  # type: ignore[import-not-found]
     except ImportError:
