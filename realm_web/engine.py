@@ -101,7 +101,7 @@ class LLM:
                  raw: bool = False, system: str | None = None, **kw: Any) -> list[Completion]:
         """Run prompts together through the scheduler; results come back in order."""
         many = not isinstance(prompts, str) and bool(prompts) and not isinstance(next(iter(prompts)), Mapping)
-        items: list[Prompt] = list(prompts) if many else [prompts]  # type: ignore[list-item]
+        items: list[Prompt] = list(prompts) if many else [prompts]  # type: ignore[arg-type, list-item]
         p = self._params(params, kw)
         t0 = time.perf_counter()
         ids = [self.encode_prompt(x, raw=raw, system=system) for x in items]

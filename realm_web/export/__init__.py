@@ -14,7 +14,7 @@ from typing import Callable
 from ..manifest import Manifest, Variant
 from .config import UnsupportedModelError
 from .graph import DTYPES, REFINE, build_decoder
-from .source import Source, load_source
+from .source import Source, detect_format, load_source
 
 __all__ = ["export_model", "UnsupportedModelError", "DTYPES", "variant_file"]
 
@@ -59,6 +59,7 @@ def export_model(src: str | os.PathLike[str], out_dir: str | os.PathLike[str], d
         if d not in DTYPES:
             raise ValueError(f"unknown dtype {d!r} (choose from {', '.join(DTYPES)})")
     t0 = time.perf_counter()
+    detect_format(src)
     say(f"reading {src}")
     source: Source = load_source(src)
     cfg = source.config

@@ -1,0 +1,120 @@
+"""Export pipeline on tiny random-weight models the test makes itself (fast), against transformers."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import make_tiny_hf_model
+from realm_web import LLM
+from realm_web.export import UnsupportedModelError, export_model
+from realm_web.manifest import load_manifest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+IDS = [1, 9690, 198, 2683, 359, 253, 5356, 30, 504, 3575, 282, 4649, 314, 7042, 30, 2, 198]
+
+
+def run_graph(model_dir: Path, dtype: str, ids: list[int]) -> np.ndarray:
+    import onnxruntime as ort
+
+    m = load_manifest(model_dir)
+    s = ort.InferenceSession(str(model_dir / m.variants[dtype].file), providers=["CPUExecutionProvider"])
+    kv = np.float16 if dtype == "fp16" else np.float32
+    feeds = {"input_ids": np.array([ids], np.int64), "attention_mask": np.ones((1, len(ids)), np.int64),
+             "num_logits_to_keep": np.array([0], np.int64)}
+    for i in range(m.num_layers):
+        for k in ("key", "value"):
+            feeds[f"past_key_values.{i}.{k}"] = np.zeros((1, m.num_kv_heads, 0, m.head_dim), kv)
+    return s.run(["logits"], feeds)[0][0].astype(np.float32)
+
+
+def torch_logits(hf_dir: Path, ids: list[int]) -> np.ndarray:
+    model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0].numpy()
+
+
+@pytest.fixture(scope="module")
+def tiny_export(tiny_hf_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("tiny-export")
+    export_model(tiny_hf_dir, out, ["fp32", "fp16", "int8", "int4"], progress=None)
+    return out
+
+
+def test_manifest_describes_the_export(tiny_export: Path) -> None:
+    raw = json.loads((tiny_export / "realm.json").read_text())
+    assert set(raw["variants"]) == {"fp32", "fp16", "int8", "int4"}
+    assert raw["architecture"]["num_layers"] == 2 and raw["architecture"]["num_kv_heads"] == 2
+    assert raw["graph"]["kv_share_buffer"] is True
+    assert "cpu" in raw["variants"]["int4"]["preferred_by"]
+    for v in raw["variants"].values():
+        assert (tiny_export / v["file"]).stat().st_size == v["bytes"]
+    for f in ("tokenizer.json", "chat_template.jinja", "tokenizer_config.json"):
+        assert (tiny_export / f).exists()
+
+
+@pytest.mark.parametrize("dtype,tol", [("fp32", 1e-4), ("fp16", 2e-2)])
+def test_float_exports_match_torch(tiny_hf_dir: Path, tiny_export: Path, dtype: str, tol: float) -> None:
+    ref = torch_logits(tiny_hf_dir, IDS)
+    ours = run_graph(tiny_export, dtype, IDS)
+    assert np.abs(ours - ref).max() < tol * max(1.0, float(np.abs(ref).max()))
+
+
+@pytest.mark.parametrize("dtype", ["int8", "int4"])
+def test_quantized_exports_track_torch(tiny_hf_dir: Path, tiny_export: Path, dtype: str) -> None:
+    ref = torch_logits(tiny_hf_dir, IDS)
+    ours = run_graph(tiny_export, dtype, IDS)
+    cos = (ours * ref).sum(-1) / (np.linalg.norm(ours, axis=-1) * np.linalg.norm(ref, axis=-1))
+    assert cos.min() > (0.999 if dtype == "int8" else 0.98), cos.min()
+
+
+def test_qwen2_style_bias_and_untied_head(tmp_path: Path, model_dir: Path) -> None:
+    hf = make_tiny_hf_model(tmp_path / "qwen", model_dir, arch="qwen2", seed=3)
+    export_model(hf, tmp_path / "out", ["fp32"], progress=None)
+    ref = torch_logits(hf, IDS)
+    assert np.abs(run_graph(tmp_path / "out", "fp32", IDS) - ref).max() < 1e-4
+
+
+def test_greedy_decode_matches_torch_generate(tiny_hf_dir: Path, tiny_export: Path) -> None:
+    model = transformers.AutoModelForCausalLM.from_pretrained(tiny_hf_dir, dtype=torch.float32).eval()
+    x = torch.tensor([IDS])
+    with torch.no_grad():
+        ref = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=24, do_sample=False,
+                             eos_token_id=None, pad_token_id=0)[0, len(IDS):].tolist()
+    llm = LLM(tiny_export, dtype="fp32", max_length=128)
+    c = llm.generate(llm.tokenizer.decode(IDS), raw=True, max_tokens=24, ignore_eos=True)[0]
+    assert c.prompt_token_ids == IDS
+    assert c.token_ids == ref
+
+
+def test_refuses_unsupported_architecture(tmp_path: Path, tiny_hf_dir: Path) -> None:
+    d = tmp_path / "bert"
+    d.mkdir()
+    cfg = json.loads((tiny_hf_dir / "config.json").read_text())
+    cfg["model_type"] = "bert"
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(UnsupportedModelError, match="model_type 'bert' is not supported"):
+        export_model(d, tmp_path / "o", progress=None)
+
+
+def test_refuses_files_that_are_not_models(tmp_path: Path) -> None:
+    f = tmp_path / "notes.txt"
+    f.write_text("hello")
+    with pytest.raises(UnsupportedModelError, match="not a GGUF file"):
+        export_model(f, tmp_path / "o", progress=None)
+    gguf = pytest.importorskip("gguf")
+    g = tmp_path / "bert.gguf"
+    w = gguf.GGUFWriter(str(g), "bert")
+    w.add_tensor("x", np.zeros(4, np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(UnsupportedModelError, match="architecture 'bert' is not supported"):
+        export_model(g, tmp_path / "o2", progress=None)
+    with pytest.raises(FileNotFoundError):
+        export_model(tmp_path / "missing.gguf", tmp_path / "o3", progress=None)

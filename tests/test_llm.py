@@ -1,0 +1,76 @@
+"""The LLM facade over the native engine: batch generate, concurrent streams, cancellation."""
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from realm_web import LLM, SamplingParams
+
+
+@pytest.fixture(scope="module")
+def llm(model_dir: Path) -> LLM:
+    return LLM(model_dir, dtype="fp32", max_length=512)
+
+
+def test_generate_list_in_order(llm: LLM) -> None:
+    out = llm.generate(["What is the capital of France?", "What is 2 + 2?"], max_tokens=16)
+    assert "Paris" in out[0].text
+    assert "4" in out[1].text
+    assert all(c.usage["completion_tokens"] == len(c.token_ids) for c in out)
+
+
+def test_chat_messages_prompt(llm: LLM) -> None:
+    msgs = [{"role": "system", "content": "Be concise."},
+            {"role": "user", "content": "What is the capital of France?"}]
+    assert "Paris" in llm.generate([msgs], max_tokens=16)[0].text
+
+
+def test_stream_deltas_concatenate_to_generate(llm: LLM) -> None:
+    full = llm.generate("Describe the sea in two sentences.", max_tokens=40)[0]
+
+    async def run() -> tuple[str, list[int]]:
+        text, ids = "", []
+        async for d in llm.stream("Describe the sea in two sentences.", max_tokens=40):
+            text += d.text
+            ids += d.token_ids
+        return text, ids
+
+    text, ids = asyncio.run(run())
+    assert text == full.text and ids == full.token_ids
+
+
+def test_concurrent_streams_and_early_exit(llm: LLM) -> None:
+    async def consume(prompt: str, limit: int | None) -> str:
+        text = ""
+        n = 0
+        async for d in llm.stream(prompt, max_tokens=20):
+            text += d.text
+            n += 1
+            if limit is not None and n >= limit:
+                break  # leaving early aborts the request
+        return text
+
+    async def main() -> list[str]:
+        return await asyncio.gather(consume("What is the capital of France?", None),
+                                    consume("Count to ten.", 3),
+                                    consume("What is the capital of France?", None))
+
+    a, _, c = asyncio.run(main())
+    assert "Paris" in a and a == c
+    assert not llm.scheduler.running and not llm.scheduler.waiting
+    assert sorted(llm.scheduler.free_slots) == [0]
+
+
+def test_bad_params_raise_typed_errors(llm: LLM) -> None:
+    from realm_web import SamplingError, SchedulerError
+
+    with pytest.raises(SamplingError):
+        llm.generate("hi", temperature=-0.5)
+    with pytest.raises(ValueError):
+        llm.generate("")
+    with pytest.raises(SchedulerError):
+        llm.generate("word " * 600, raw=True)
+    with pytest.raises(TypeError):
+        llm.generate("hi", SamplingParams(), max_tokens=3)
