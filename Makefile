@@ -32,6 +32,7 @@ test: model
 	$(PY) -m pytest -q -ra
 
 bench: model
+	$(PY) -m pip install -q -e '.[export,native,test,bench]'
 	$(PY) bench/cpu_decode.py
 
 clean:

@@ -69,6 +69,7 @@ class _Builder:
         self.max_length = max_length
         self.g = _Graph(TensorProto.FLOAT16 if dtype == "fp16" else TensorProto.FLOAT)
         self.block_sums: dict[str, str] = {}
+        self.consts: dict[str, str] = {}
         self.accuracy_level = 4  # int8 activations: onnxruntime's fast integer kernels
         self.head_accuracy_level = 4
 
@@ -102,11 +103,15 @@ class _Builder:
         return g.node("Add", [y, corr], [out])[0]
 
     def block_sum(self, x: str, k: int) -> str:
+        """Sums of x over each block of 32 inputs, as one small MatMul with a 0/1 matrix (K, K/32)."""
         if x not in self.block_sums:
             g = self.g
-            shape = g.const(g.name("bs_shape"), np.array([0, 0, k // BLOCK, BLOCK], np.int64))
-            r = g.node("Reshape", [x, shape])[0]
-            self.block_sums[x] = g.node("ReduceSum", [r, g.const(g.name("axes"), np.array([-1], np.int64))], keepdims=0)[0]
+            name = f"block_indicator_{k}"
+            if name not in self.consts:
+                ind = np.zeros((k, k // BLOCK), np.float32)
+                ind[np.arange(k), np.arange(k) // BLOCK] = 1.0
+                self.consts[name] = g.const(name, ind)
+            self.block_sums[x] = g.node("MatMul", [x, self.consts[name]])[0]
         return self.block_sums[x]
 
     def norm_weight(self, name: str) -> str:
