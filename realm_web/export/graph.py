@@ -103,15 +103,14 @@ class _Builder:
         return g.node("Add", [y, corr], [out])[0]
 
     def block_sum(self, x: str, k: int) -> str:
-        """Sums of x over each block of 32 inputs, as one small MatMul with a 0/1 matrix (K, K/32)."""
+        """Sums of x over each block of 32 inputs: (..., K) -> (..., K/32)."""
         if x not in self.block_sums:
             g = self.g
-            name = f"block_indicator_{k}"
-            if name not in self.consts:
-                ind = np.zeros((k, k // BLOCK), np.float32)
-                ind[np.arange(k), np.arange(k) // BLOCK] = 1.0
-                self.consts[name] = g.const(name, ind)
-            self.block_sums[x] = g.node("MatMul", [x, self.consts[name]])[0]
+            if "block_shape" not in self.consts:
+                self.consts["block_shape"] = g.const("block_shape", np.array([0, 0, -1, BLOCK], np.int64))
+                self.consts["axes_last"] = g.const("axes_last", np.array([-1], np.int64))
+            r = g.node("Reshape", [x, self.consts["block_shape"]])[0]
+            self.block_sums[x] = g.node("ReduceSum", [r, self.consts["axes_last"]], keepdims=0)[0]
         return self.block_sums[x]
 
     def norm_weight(self, name: str) -> str:
