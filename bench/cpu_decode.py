@@ -152,10 +152,9 @@ def main() -> int:
         rows[f"realm-web {dtype}"] = bench_realm(int8_dir if dtype == "int8" else model_dir, dtype, a.reps)
         print(f"done: realm-web {dtype}", file=sys.stderr)
     if not a.skip_anchors:
-        from realm_web import load_tokenizer, LLM
+        from realm_web import LLM
 
         ids = LLM(model_dir, dtype="int4", max_length=64).encode_prompt(PROMPT)
-        _ = load_tokenizer
         rows["transformers fp32"] = bench_transformers(gguf, ids, a.reps)
         print("done: transformers", file=sys.stderr)
         hf = hf_dir_from_gguf(gguf, work / "hf")

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..manifest import Manifest, load_manifest
-from ..step import SeqStep, StepPlan, StepResult
+from ..step import StepPlan, StepResult
 from .sampler import sample_token
 
 

@@ -51,8 +51,6 @@ def export_model(src: str | os.PathLike[str], out_dir: str | os.PathLike[str], d
                  *, max_length: int | None = None, progress: Progress | None = _stderr,
                  name: str | None = None) -> Manifest:
     """Export `src` into `out_dir` for each dtype; returns the manifest written there."""
-    import onnx
-
     say = progress or (lambda _m: None)
     dtypes = list(dict.fromkeys(dtypes or ["fp32"]))
     for d in dtypes:

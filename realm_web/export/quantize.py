@@ -91,9 +91,7 @@ def concat_rows(parts: list[NBits]) -> NBits:
     if any(p.offsets is not None for p in parts):
         offsets = np.concatenate(
             [p.offsets if p.offsets is not None else np.zeros((p.k // BLOCK, p.n), np.float32) for p in parts], axis=1)
-    nb = first.k // BLOCK
     zps = [p.zero_points.reshape(p.n, -1) for p in parts]
-    _ = nb
     return NBits(first.bits, sum(p.n for p in parts), first.k,
                  np.concatenate([p.packed for p in parts], axis=0),
                  np.concatenate([p.scales for p in parts]),
