@@ -53,19 +53,15 @@ def pull(dtypes: list[str] | None = None, force: bool = False) -> Path:
 
     want = dtypes or DEFAULT_DTYPES
     out = default_model_dir()
+    have: list[str] = []  # exports already on disk are kept (made again alongside the new ones)
     if not force and (out / MANIFEST).exists():
         try:
             m = load_manifest(out)
-            if all(d in m.variants and (out / m.variants[d].file).exists() for d in want):
-                return out
-        except ValueError:
-            pass
-    gguf = fetch_gguf()
-    have = []
-    if (out / MANIFEST).exists() and not force:
-        try:
-            have = [d for d in load_manifest(out).variants if (out / load_manifest(out).variants[d].file).exists()]
+            have = [d for d, v in m.variants.items() if (out / v.file).exists()]
         except ValueError:
             have = []
+        if all(d in have for d in want):
+            return out
+    gguf = fetch_gguf()
     export_model(gguf, out, list(dict.fromkeys(have + want)), name="smollm2-135m-instruct")
     return out
