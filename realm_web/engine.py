@@ -28,6 +28,7 @@ class Engine(Protocol):
     manifest: Manifest
     max_slots: int
     max_length: int
+    kv_capacity: int
 
     async def run(self, plan: StepPlan) -> StepResult: ...
 
@@ -47,11 +48,18 @@ class Completion:
 
 
 class LLM:
-    """A model plus an engine. `LLM()` loads the default model (made by `realm-web pull`)."""
+    """A model plus an engine plus the scheduler that batches every request over it.
+
+    `LLM()` loads the default model (made by `realm-web pull`); `LLM(model_dir)` any export.
+    `max_slots` requests run at once (each owns a KV row of `max_length` tokens; more wait in
+    the queue); `max_tokens_per_step` bounds one step's padded batch (rows x width), which
+    is also the prefill chunk size.
+    """
 
     def __init__(self, model: str | os.PathLike[str] | None = None, *, engine: Engine | None = None,
                  dtype: str | None = None, device: str = "cpu", threads: int | None = None,
-                 max_slots: int = 1, max_length: int | None = None, max_tokens_per_step: int = 512) -> None:
+                 max_slots: int = 16, max_length: int | None = None, max_tokens_per_step: int | None = None,
+                 kv_capacity: int | None = None) -> None:
         if engine is None:
             model_dir = Path(model) if model is not None else _default_model()
             from .engines.ort_native import OrtNativeEngine
@@ -65,7 +73,8 @@ class LLM:
         self.chat_template: ChatTemplate | None = load_chat_template(d) if self.manifest.chat_template else None
         self.scheduler = Scheduler(self.tokenizer, eos_token_ids=self.manifest.eos_token_ids,
                                    max_slots=engine.max_slots, max_length=engine.max_length,
-                                   max_tokens_per_step=max_tokens_per_step)
+                                   max_tokens_per_step=max_tokens_per_step or (4096 if device == "cuda" else 512),
+                                   kv_capacity=kv_capacity or engine.kv_capacity)
         self._queues: dict[int, asyncio.Queue[RequestOutput]] = {}
         self._loop_task: asyncio.Task[None] | None = None
 
@@ -97,15 +106,31 @@ class LLM:
         return params or SamplingParams(**kw)
 
     # -- synchronous batch API -------------------------------------------------------------------
-    def generate(self, prompts: Prompt | Sequence[Prompt], params: SamplingParams | None = None, *,
+    def generate(self, prompts: Prompt | Sequence[Prompt],
+                 params: SamplingParams | Sequence[SamplingParams] | None = None, *,
                  raw: bool = False, system: str | None = None, **kw: Any) -> list[Completion]:
-        """Run prompts together through the scheduler; results come back in order."""
+        """Run prompts together through the scheduler (continuous batching); results come back in
+        order. `params` may be one SamplingParams for all prompts or one per prompt; keyword
+        arguments (temperature=, max_tokens=, seed=, stop=, ...) build one for all."""
         many = not isinstance(prompts, str) and bool(prompts) and not isinstance(next(iter(prompts)), Mapping)
         items: list[Prompt] = list(prompts) if many else [prompts]  # type: ignore[arg-type, list-item]
-        p = self._params(params, kw)
+        if isinstance(params, Sequence):
+            if kw or len(params) != len(items):
+                raise TypeError("pass one SamplingParams per prompt, and no keyword sampling arguments with them")
+            plist = list(params)
+        else:
+            plist = [self._params(params, kw)] * len(items)
         t0 = time.perf_counter()
         ids = [self.encode_prompt(x, raw=raw, system=system) for x in items]
-        rids = [self.scheduler.add(x, p) for x in ids]
+        rids: list[int] = []
+        try:
+            for x, p in zip(ids, plist):
+                rids.append(self.scheduler.add(x, p))
+        except Exception:
+            for r in rids:  # leave nothing half-queued behind
+                self.scheduler.abort(r)
+                self.scheduler.requests.pop(r, None)
+            raise
         first: dict[int, float] = {}
         while self.scheduler.has_work():
             plan = self.scheduler.schedule()
@@ -129,11 +154,13 @@ class LLM:
 
     # -- asynchronous streaming ------------------------------------------------------------------
     async def stream(self, prompt: Prompt, params: SamplingParams | None = None, *, raw: bool = False,
-                     system: str | None = None, **kw: Any) -> AsyncIterator[RequestOutput]:
+                     system: str | None = None, priority: int = 0, adapter: str | None = None,
+                     **kw: Any) -> AsyncIterator[RequestOutput]:
         """Yield deltas as tokens are made. Many coroutines may stream at once over one engine loop;
         leaving the iteration early (or cancelling) aborts the request and frees its slot."""
         p = self._params(params, kw)
-        rid = self.scheduler.add(self.encode_prompt(prompt, raw=raw, system=system), p)
+        rid = self.scheduler.add(self.encode_prompt(prompt, raw=raw, system=system), p,
+                                 priority=priority, adapter=adapter)
         q: asyncio.Queue[RequestOutput] = asyncio.Queue()
         self._queues[rid] = q
         if self._loop_task is None or self._loop_task.done():

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 MANIFEST = "realm.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: logits_index replaces num_logits_to_keep
 
 
 class ModelDirError(ValueError):

@@ -25,7 +25,7 @@ def run_graph(model_dir: Path, dtype: str, ids: list[int]) -> np.ndarray:
     s = ort.InferenceSession(str(model_dir / m.variants[dtype].file), providers=["CPUExecutionProvider"])
     kv = np.float16 if dtype == "fp16" else np.float32
     feeds = {"input_ids": np.array([ids], np.int64), "attention_mask": np.ones((1, len(ids)), np.int64),
-             "num_logits_to_keep": np.array([0], np.int64)}
+             "logits_index": np.arange(len(ids), dtype=np.int64)[None]}
     for i in range(m.num_layers):
         for k in ("key", "value"):
             feeds[f"past_key_values.{i}.{k}"] = np.zeros((1, m.num_kv_heads, 0, m.head_dim), kv)

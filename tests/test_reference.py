@@ -58,11 +58,7 @@ def test_fp32_logits_close_to_torch(model_dir: Path, hf_reference) -> None:  # t
     with torch.no_grad():
         ref = model(torch.tensor([ids])).logits[0].numpy()
     eng = OrtNativeEngine(model_dir, dtype="fp32", max_length=128)
-    eng.binding.bind_cpu_input("input_ids", np.array([ids], np.int64))
-    eng.binding.bind_cpu_input("attention_mask", np.ones((1, len(ids)), np.int64))
-    eng.binding.bind_cpu_input("num_logits_to_keep", np.array([0], np.int64))
-    eng.session.run_with_iobinding(eng.binding)
-    ours = eng.binding.get_outputs()[0].numpy()[0]
+    ours = eng.prompt_logits(ids)
     assert ours.shape == ref.shape
     assert np.abs(ours - ref).max() < 2e-3, np.abs(ours - ref).max()
     assert (ours.argmax(-1) == ref.argmax(-1)).all()

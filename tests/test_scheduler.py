@@ -89,32 +89,43 @@ def test_context_limit_ends_with_length(tok) -> None:  # type: ignore[no-untyped
 
 
 def test_chunked_prefill_respects_budget_and_positions(tok) -> None:  # type: ignore[no-untyped-def]
-    s = Scheduler(tok, eos_token_ids=[EOS], max_slots=2, max_length=256, max_tokens_per_step=16)
+    s = Scheduler(tok, eos_token_ids=[EOS], max_slots=3, max_length=256, max_tokens_per_step=16)
     a = s.add(list(range(10, 50)), SamplingParams(max_tokens=2))
     plan = s.schedule()
     assert [(q.start, len(q.tokens), q.sample) for q in plan.seqs] == [(0, 16, False)]
     s.update(plan, StepResult(tokens={a: []}))
-    plan = s.schedule()
-    assert [(q.start, len(q.tokens), q.sample) for q in plan.seqs] == [(16, 16, False)]
-    s.update(plan, StepResult(tokens={a: []}))
     b = s.add([5, 6, 7], SamplingParams(max_tokens=2))
-    plan = s.schedule()  # a finishes its prompt (8 left), b starts (3): within budget
-    assert [(q.seq_id, q.start, len(q.tokens), q.sample) for q in plan.seqs] == [(a, 32, 8, True), (b, 0, 3, True)]
-    assert plan.num_tokens <= 16
+    c = s.add([8, 9], SamplingParams(max_tokens=2))
+    plan = s.schedule()  # a's next chunk has context before it: it runs alone, a whole budget long
+    assert [(q.seq_id, q.start, len(q.tokens), q.sample) for q in plan.seqs] == [(a, 16, 16, False)]
+    s.update(plan, StepResult(tokens={a: []}))
+    plan = s.schedule()
+    assert [(q.seq_id, q.start, len(q.tokens), q.sample) for q in plan.seqs] == [(a, 32, 8, True)]
+    s.update(plan, StepResult(tokens={a: [1]}))
+    plan = s.schedule()  # a decodes, then b and c (fresh, whole) share one padded prefill step
+    assert [(q.seq_id, q.tokens) for q in plan.seqs] == [(a, [1])]
+    s.update(plan, StepResult(tokens={a: [EOS]}))
+    plan = s.schedule()
+    assert [(q.seq_id, q.start, len(q.tokens), q.sample) for q in plan.seqs] == [(b, 0, 3, True), (c, 0, 2, True)]
+    assert len(plan.seqs) * 3 <= 16 and plan.freed_slots == [0]
 
 
-def test_decodes_go_first_and_long_prompt_waits_its_turn(tok) -> None:  # type: ignore[no-untyped-def]
+def test_long_prompt_stalls_a_decoding_stream_by_at_most_one_chunk(tok) -> None:  # type: ignore[no-untyped-def]
     s = Scheduler(tok, eos_token_ids=[EOS], max_slots=2, max_length=512, max_tokens_per_step=8)
     a = s.add([1, 2], SamplingParams(max_tokens=50))
     plan = s.schedule()
     s.update(plan, StepResult(tokens={a: [9]}))
     b = s.add(list(range(100, 140)), SamplingParams(max_tokens=5))
-    for _ in range(4):
+    kinds = ""
+    for _ in range(12):
         plan = s.schedule()
-        first = plan.seqs[0]
-        assert first.seq_id == a and first.tokens == [9]  # the running stream advances every step
-        assert plan.num_tokens <= 8
-        s.update(plan, StepResult(tokens={a: [9], b: []}))
+        ids = {q.seq_id for q in plan.seqs}
+        kinds += "a" if ids == {a} else "b" if ids == {b} else "?"
+        assert len(plan.seqs) * max(len(q.tokens) for q in plan.seqs) <= 8  # padded cost within budget
+        s.update(plan, StepResult(tokens={q.seq_id: [9] if q.sample else [] for q in plan.seqs}))
+    # while b's 40-token prompt is pending (5 chunks of 8), decode and prefill steps take turns;
+    # then both decode together
+    assert kinds == "ababababab??", kinds
 
 
 def test_abort_frees_slot_for_waiting_request(tok) -> None:  # type: ignore[no-untyped-def]
@@ -170,3 +181,131 @@ def test_sampling_params_are_validated(bad: dict) -> None:  # type: ignore[type-
 
     with pytest.raises(SamplingError):
         SamplingParams(**bad)
+
+
+def test_freed_slots_are_reused_lowest_first(tok) -> None:  # type: ignore[no-untyped-def]
+    s = Scheduler(tok, eos_token_ids=[EOS], max_slots=4, max_length=64)
+    ids = [s.add([1, 2, 3], SamplingParams(max_tokens=1)) for _ in range(3)]
+    plan = s.schedule()
+    assert sorted(q.slot for q in plan.seqs) == [0, 1, 2]
+    s.update(plan, StepResult(tokens={i: [5] for i in ids}))  # all finish
+    c = s.add([4, 5], SamplingParams(max_tokens=3))
+    plan = s.schedule()
+    assert [(q.seq_id, q.slot) for q in plan.seqs] == [(c, 0)] and sorted(plan.freed_slots) == [0, 1, 2]
+
+
+def test_priority_orders_the_queue_and_preempts(tok) -> None:  # type: ignore[no-untyped-def]
+    s = Scheduler(tok, eos_token_ids=[EOS], max_slots=1, max_length=64)
+    low = s.add([1, 2, 3], SamplingParams(max_tokens=4))
+    plan = s.schedule()
+    s.update(plan, StepResult(tokens={low: [10]}))
+    plan = s.schedule()
+    s.update(plan, StepResult(tokens={low: [11]}))
+    mid = s.add([4], SamplingParams(max_tokens=1))
+    high = s.add([5, 6], SamplingParams(max_tokens=2), priority=5)
+    plan = s.schedule()  # high takes the only slot from low; mid (same priority as low) waits
+    assert [q.seq_id for q in plan.seqs] == [high] and plan.freed_slots == [0]
+    assert s.requests[low].slot is None and s.requests[low].preemptions == 1
+    assert [r.request_id for r in s.waiting] == [low, mid]  # low keeps its place (earlier arrival)
+    s.update(plan, StepResult(tokens={high: [20]}))
+    plan = s.schedule()
+    s.update(plan, StepResult(tokens={high: [21]}))  # high done
+    # low resumes: its prompt by prefill, then the two tokens it had replayed one per step (as
+    # they were first computed), the last of which samples its third token
+    steps = []
+    for _ in range(3):
+        plan = s.schedule()
+        steps += [(q.seq_id, q.start, q.tokens, q.sample) for q in plan.seqs]
+        s.update(plan, StepResult(tokens={low: [12] if plan.seqs[0].sample else []}))
+    assert steps == [(low, 0, [1, 2, 3], False), (low, 3, [10], False), (low, 4, [11], True)]
+    plan = s.schedule()
+    assert [(q.seq_id, q.start, q.tokens) for q in plan.seqs] == [(low, 5, [12])]
+    s.update(plan, StepResult(tokens={low: [13]}))
+    assert s.requests[low].output_ids == [10, 11, 12, 13] and s.requests[low].finish_reason == "length"
+    with pytest.raises(SchedulerError):
+        s.add([1], SamplingParams(), priority="high")  # type: ignore[arg-type]
+
+
+class FakeModel:
+    """A hand-made engine that keeps each slot's cached tokens, checks every plan against them,
+    and 'samples' a token that depends on the whole sequence (so a lost, repeated or misplaced
+    token changes everything after it)."""
+
+    def __init__(self, s: Scheduler) -> None:
+        self.s = s
+        self.kv: dict[int, list[int]] = {i: [] for i in range(s.max_slots)}
+
+    def run(self, plan):  # type: ignore[no-untyped-def]
+        for slot in plan.freed_slots:
+            self.kv[slot] = []
+        tokens = {}
+        if plan.seqs:
+            lo, hi = min(q.slot for q in plan.seqs), max(q.slot for q in plan.seqs)
+            width = max(len(q.tokens) for q in plan.seqs)
+            assert (hi - lo + 1) * width <= self.s.budget or width == 1  # decode spans are 1 wide
+            for slot in range(lo, hi + 1):  # every row of the span has room for the padding
+                assert len(self.kv[slot]) + width <= self.s.max_length
+            assert len({q.slot for q in plan.seqs}) == len(plan.seqs)
+            if width > 1 and hi > lo:  # a shared prefill step: every row of the span starts empty
+                assert all(not self.kv[slot] for slot in range(lo, hi + 1))
+            assert width == 1 or all(q.start + len(q.tokens) <= len(self.s.requests[q.seq_id].all_ids)
+                                     for q in plan.seqs)
+        for q in plan.seqs:
+            assert q.start == len(self.kv[q.slot]), "a step must continue exactly where the cache ends"
+            self.kv[q.slot] += q.tokens
+            tokens[q.seq_id] = [self.next_token(self.kv[q.slot])] if q.sample else []
+        assert self.s.kv_used() <= self.s.kv_capacity
+        return StepResult(tokens=tokens)
+
+    @staticmethod
+    def next_token(seq: list[int]) -> int:
+        h = 0
+        for t in seq:
+            h = (h * 31 + t) % 1_000_003
+        return 3 + h % 500
+
+
+def test_random_traffic_matches_each_request_alone(tok) -> None:  # type: ignore[no-untyped-def]
+    import random
+
+    rng = random.Random(7)
+    specs = [([rng.randrange(3, 500) for _ in range(rng.randrange(1, 60))], rng.randrange(1, 40),
+              rng.choice([0, 0, 1, 2]), rng.randrange(0, 120)) for _ in range(60)]
+
+    def alone(prompt: list[int], n: int) -> list[int]:
+        seq, out = list(prompt), []
+        for _ in range(n):
+            t = FakeModel.next_token(seq)
+            out.append(t)
+            seq.append(t)
+        return out
+
+    for slots, budget, cap in ((1, 512, None), (4, 16, None), (8, 64, 200), (16, 37, 120)):
+        s = Scheduler(tok, eos_token_ids=[1], max_slots=slots, max_length=120, max_tokens_per_step=budget,
+                      kv_capacity=cap)
+        fake = FakeModel(s)
+        rids: dict[int, int] = {}
+        aborted: set[int] = set()
+        step = 0
+        while len(rids) < len(specs) or s.has_work():
+            for i, (prompt, n, prio, at) in enumerate(specs):
+                if at == step:
+                    rids[i] = s.add(prompt, SamplingParams(max_tokens=n, ignore_eos=True), priority=prio)
+            if step % 13 == 5 and s.running:
+                victim = s.running[rng.randrange(len(s.running))]
+                aborted.add(victim.request_id)
+                s.abort(victim.request_id)
+            plan = s.schedule()
+            s.update(plan, fake.run(plan))
+            step += 1
+            assert step < 5000
+        for i, (prompt, n, _, _) in enumerate(specs):
+            req = s.requests[rids[i]]
+            if req.request_id in aborted:
+                assert req.finish_reason == "abort"
+                assert req.output_ids == alone(prompt, n)[: len(req.output_ids)]
+            else:
+                assert req.output_ids == alone(prompt, min(n, 120 - len(prompt))), (slots, budget, cap, i)
+        if cap is not None:
+            assert s.num_preemptions > 0  # the capacity limit really was exercised
+        assert sorted(s.free_slots) == list(range(slots)) and not s.running and not s.waiting

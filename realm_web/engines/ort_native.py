@@ -1,14 +1,26 @@
 """Native engine: onnxruntime (CPU, or CUDA with onnxruntime-gpu) + numpy.
 
-The only module (with ort_web) that touches a runtime. KV cache: one buffer per layer and
-key/value, shape (slots, kv_heads, max_length, head_dim), allocated once on the device and
-bound as both `past_key_values.N.*` and `present.N.*`: GroupQueryAttention then appends the
-new keys/values in place, so a step copies no cache at all, only token ids in and one row
-of logits per sampled request out.
+The only module (with ort_web) that touches a runtime.
+
+KV cache layout: one buffer per layer and key/value, shape (slots, kv_heads, max_length,
+head_dim), allocated once (on the device for CUDA). Slot s is the contiguous block
+[s * row, (s + 1) * row) of each buffer. A step runs one padded batch over the contiguous
+span of slots lo..hi that its requests occupy: the span's block is bound, by pointer, as both
+`past_key_values.N.*` and `present.N.*`, so GroupQueryAttention appends each row's new keys
+and values in place at that row's own position. No cache is copied, gathered or moved by a
+step; what crosses per step is the token ids and mask in (rows x width int64) and one row of
+logits per sampled request out (or, on CUDA with greedy requests, one token id each).
+Bindings are redone only when the span changes.
+
+Rows of the span that the step does not schedule (free slots, requests waiting for their
+turn) are idle: they are fed padding that lands past their valid length, where the next real
+token overwrites it, so they cost compute but never change what a request sees.
 """
 from __future__ import annotations
 
+import asyncio
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +29,6 @@ import numpy as np
 from ..manifest import Manifest, load_manifest
 from ..step import StepPlan, StepResult
 from .sampler import sample_token
-
 
 def default_threads() -> int:
     try:
@@ -36,6 +47,8 @@ class OrtNativeEngine:
 
         self.manifest: Manifest = load_manifest(model_dir)
         m = self.manifest
+        if max_slots < 1:
+            raise ValueError("max_slots must be >= 1")
         self.device = device
         self.variant = m.variant_for(device, dtype)
         so = ort.SessionOptions()
@@ -46,7 +59,7 @@ class OrtNativeEngine:
         if device == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise RuntimeError("device 'cuda' needs onnxruntime-gpu with CUDAExecutionProvider")
-            providers: list[Any] = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+            providers: list[Any] = [("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"]
         elif device == "cpu":
             providers = ["CPUExecutionProvider"]
         else:
@@ -54,61 +67,151 @@ class OrtNativeEngine:
         self.session = ort.InferenceSession(str(Path(m.directory, self.variant.file)), so, providers=providers)
         self.max_slots = max_slots
         self.max_length = min(max_length or m.max_length, m.max_length)
+        self.kv_capacity = max_slots * self.max_length
         self.kv_dtype = np.float16 if self.variant.kv_dtype == "fp16" else np.float32
         self.ort = ort
         self.ort_device = "cuda" if device == "cuda" else "cpu"
-        shape = (max_slots, m.num_kv_heads, self.max_length, m.head_dim)
+        self.row_shape = (m.num_kv_heads, self.max_length, m.head_dim)
+        self.row_bytes = int(np.prod(self.row_shape)) * np.dtype(self.kv_dtype).itemsize
+        shape = (max_slots, *self.row_shape)
+        # CPU: numpy buffers (zero pages are only touched when used). CUDA: device OrtValues.
+        self._keep: list[Any] = []
+        self.cache_ptrs: list[int] = []
+        for _ in range(m.num_layers * 2):
+            if device == "cuda":
+                buf = ort.OrtValue.ortvalue_from_shape_and_type(shape, self.kv_dtype, "cuda", 0)
+                self.cache_ptrs.append(int(buf.data_ptr()))
+            else:
+                buf = np.zeros(shape, dtype=self.kv_dtype)
+                self.cache_ptrs.append(int(buf.ctypes.data))
+            self._keep.append(buf)
+        self.lengths = np.zeros(max_slots, dtype=np.int64)  # valid tokens per slot
         self.binding = self.session.io_binding()
-        self.cache: list[Any] = []
-        self.binding.bind_output("logits", self.ort_device if device == "cpu" else "cpu")  # output 0
-        for i in range(m.num_layers):
-            for kv in ("key", "value"):
-                buf = ort.OrtValue.ortvalue_from_shape_and_type(shape, self.kv_dtype, self.ort_device, 0)
-                self.cache.append(buf)
-                self.binding.bind_ortvalue_input(f"past_key_values.{i}.{kv}", buf)
-                self.binding.bind_ortvalue_output(f"present.{i}.{kv}", buf)
+        self._span: tuple[int, int] | None = None
         self.pad_id = int(m.eos_token_ids[0]) if m.eos_token_ids else 0
+        self._argmax = self._argmax_session() if device == "cuda" else None
+        self._executor: ThreadPoolExecutor | None = None
 
+    # -- bindings ------------------------------------------------------------------------------
+    def _bind_span(self, lo: int, hi: int) -> None:
+        """Bind slots lo..hi-1 of every cache buffer as past and present (in place)."""
+        if self._span == (lo, hi):
+            return
+        shape = [hi - lo, *self.row_shape]
+        bnd = self.binding
+        bnd.clear_binding_outputs()
+        bnd.bind_output("logits", self.ort_device)  # output 0
+        for i in range(self.manifest.num_layers):
+            for j, kv in enumerate(("key", "value")):
+                ptr = self.cache_ptrs[2 * i + j] + lo * self.row_bytes
+                bnd.bind_input(f"past_key_values.{i}.{kv}", self.ort_device, 0, self.kv_dtype, shape, ptr)
+                bnd.bind_output(f"present.{i}.{kv}", self.ort_device, 0, self.kv_dtype, shape, ptr)
+        self._span = (lo, hi)
+
+    def _argmax_session(self) -> Any:
+        """A one-node graph that takes greedy picks on the device: (rows, 1, vocab) -> (rows, 1)."""
+        import onnx
+        from onnx import TensorProto, helper
+
+        ft = TensorProto.FLOAT16 if self.variant.kv_dtype == "fp16" else TensorProto.FLOAT
+        g = helper.make_graph([helper.make_node("ArgMax", ["logits"], ["ids"], axis=-1, keepdims=0)], "argmax",
+                              [helper.make_tensor_value_info("logits", ft, ["b", "k", "v"])],
+                              [helper.make_tensor_value_info("ids", TensorProto.INT64, ["b", "k"])])
+        model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+        model.ir_version = 8
+        so = self.ort.SessionOptions()
+        so.log_severity_level = 3
+        return self.ort.InferenceSession(model.SerializeToString(), so, providers=["CUDAExecutionProvider"])
+
+    # -- one step ------------------------------------------------------------------------------
     def run_sync(self, plan: StepPlan) -> StepResult:
         """One forward pass for every request in the plan, then one sampled token per request that asks."""
+        for s in plan.freed_slots:
+            self.lengths[s] = 0
         seqs = plan.seqs
         if not seqs:
             return StepResult(tokens={})
-        b = self.max_slots
-        s = max(len(q.tokens) for q in seqs)
-        ids = np.full((b, s), self.pad_id, dtype=np.int64)
-        totals = np.ones(b, dtype=np.int64) * s  # idle rows write pads past their valid length: harmless
+        lo = min(q.slot for q in seqs)
+        hi = max(q.slot for q in seqs) + 1
+        width = max(len(q.tokens) for q in seqs)
+        ids = np.full((hi - lo, width), self.pad_id, dtype=np.int64)
+        totals = self.lengths[lo:hi] + width  # idle rows: padding after their valid tokens
+        index = np.zeros((hi - lo, 1), dtype=np.int64)
         for q in seqs:
-            if q.start + s > self.max_length:
-                raise ValueError(f"sequence {q.seq_id} exceeds the context of {self.max_length} tokens")
-            ids[q.slot, : len(q.tokens)] = q.tokens
-            totals[q.slot] = q.start + s
-        width = int(totals.max())
-        mask = (np.arange(width)[None, :] < totals[:, None]).astype(np.int64)
-        ragged = any(len(q.tokens) != s for q in seqs)
-        keep = 0 if ragged else 1
+            r = q.slot - lo
+            ids[r, : len(q.tokens)] = q.tokens
+            totals[r] = q.start + width
+            index[r, 0] = len(q.tokens) - 1
+        logits = self._forward(lo, ids, totals, index)
+        for q in seqs:
+            self.lengths[q.slot] = q.start + len(q.tokens)
+        return self._sample(plan, lo, logits)
+
+    def _forward(self, lo: int, ids: np.ndarray, totals: np.ndarray, index: np.ndarray) -> Any:
+        """One run over slots lo..lo+rows-1; returns the logits OrtValue (rows, k, vocab)."""
+        if int(totals.max()) > self.max_length:
+            raise ValueError(f"a step of width {ids.shape[1]} exceeds the context of {self.max_length} tokens")
+        mask = (np.arange(int(totals.max()))[None, :] < totals[:, None]).astype(np.int64)
+        self._bind_span(lo, lo + ids.shape[0])
         bnd = self.binding
         bnd.bind_cpu_input("input_ids", ids)
         bnd.bind_cpu_input("attention_mask", mask)
-        bnd.bind_cpu_input("num_logits_to_keep", np.array([keep], dtype=np.int64))
-        bnd.bind_output("logits", "cpu")
+        bnd.bind_cpu_input("logits_index", index)
         self.session.run_with_iobinding(bnd)
-        logits = bnd.get_outputs()[0].numpy()  # logits were bound first
-        out: dict[int, list[int]] = {}
+        return bnd.get_outputs()[0]
+
+    def prompt_logits(self, token_ids: list[int], slot: int = 0) -> np.ndarray:
+        """Logits (len, vocab) at every position of `token_ids`, run from an empty cache in `slot`
+        (which it overwrites): for parity checks and tools, not for serving."""
+        n = len(token_ids)
+        logits = self._forward(slot, np.array([token_ids], np.int64), np.array([n], np.int64),
+                               np.arange(n, dtype=np.int64)[None])
+        self.lengths[slot] = n
+        return np.array(logits.numpy()[0], dtype=np.float32)  # a copy: the output buffer is reused
+
+    def _sample(self, plan: StepPlan, lo: int, logits_value: Any) -> StepResult:
+        out: dict[int, list[int]] = {q.seq_id: [] for q in plan.seqs}
         lps: dict[int, list[float]] = {}
-        for q in seqs:
-            if not q.sample:
-                out[q.seq_id] = []
+        todo = [q for q in plan.seqs if q.sample]
+        if not todo:
+            return StepResult(tokens=out)
+        fast = [q for q in todo if _plain_greedy(q.sampling) and not q.logprobs]
+        if self._argmax is not None and len(fast) == len(todo):  # all greedy: pick on the device
+            picks = self._argmax.run_with_ortvalues(["ids"], {"logits": logits_value})[0].numpy()[:, 0]
+            for q in todo:
+                out[q.seq_id] = [int(picks[q.slot - lo])]
+            return StepResult(tokens=out)
+        logits = logits_value.numpy()[:, 0]  # (rows, vocab)
+        if fast:
+            rows = np.array([q.slot - lo for q in fast])
+            picks = np.argmax(logits[rows], axis=-1)
+            for q, t in zip(fast, picks):
+                out[q.seq_id] = [int(t)]
+        for q in todo:
+            if out[q.seq_id]:
                 continue
-            row = logits[q.slot, (len(q.tokens) - 1) if ragged else -1]
-            tok, lp = sample_token(row, q.sampling, q.draw, q.history, q.logprobs)
+            tok, lp = sample_token(logits[q.slot - lo], q.sampling, q.draw, q.history, q.logprobs)
             out[q.seq_id] = [tok]
             if lp is not None:
                 lps[q.seq_id] = [lp]
         return StepResult(tokens=out, logprobs=lps)
 
     async def run(self, plan: StepPlan) -> StepResult:
-        return self.run_sync(plan)
+        """Run the step on a worker thread (onnxruntime releases the GIL), so the event loop keeps
+        serving while the model computes."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="realm-engine")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self.run_sync, plan)
 
     def close(self) -> None:
-        self.cache.clear()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+        self._span = None
+        self.binding.clear_binding_inputs()
+        self.binding.clear_binding_outputs()
+        self._keep.clear()
+
+
+def _plain_greedy(sampling: dict[str, Any]) -> bool:
+    return float(sampling.get("temperature", 0.0)) == 0.0 and float(sampling.get("repetition_penalty", 1.0)) == 1.0

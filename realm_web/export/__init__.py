@@ -98,13 +98,13 @@ def export_model(src: str | os.PathLike[str], out_dir: str | os.PathLike[str], d
         graph={
             "layout": "gqa-v1",
             "inputs": ["input_ids", "attention_mask", "past_key_values.{i}.key", "past_key_values.{i}.value",
-                       "num_logits_to_keep"],
+                       "logits_index"],
             "outputs": ["logits", "present.{i}.key", "present.{i}.value"],
             "kv_layout": ["batch", "kv_heads", "length", "head_dim"],
             "padding": "right",  # attention_mask gives each row's length; rows are right-padded
             "kv_share_buffer": True,  # past and present may be bound to one buffer of capacity max_length
             "position_ids": "implicit",  # positions follow from the mask (GroupQueryAttention rotary)
-            "num_logits_to_keep": True,  # 0 = all positions, k = last k (speculative verification)
+            "logits_index": True,  # (batch, k) positions of this step to compute logits for
             "lm_head_refine": REFINE,
         },
         tokenizer="tokenizer.json",

@@ -13,8 +13,10 @@ gives each row's valid length (GroupQueryAttention takes seqlens_k = sum(mask) -
 are right-padded. When the runtime binds the same buffer as past and present (capacity
 `max_length`), the cache is updated in place and nothing is copied between steps.
 
-`num_logits_to_keep` (input: 0 = all positions) limits the lm_head to the
-last k positions: 1 for ordinary decoding, k for speculative verification of k tokens.
+`logits_index` (input, batch x k, int64) picks, per row, the k positions of this step whose
+logits the lm_head computes: the last real token of each row for ordinary decoding (rows are
+right-padded, so that is not always the last column), k positions for speculative
+verification, arange(sequence_length) for all of them.
 """
 from __future__ import annotations
 
@@ -183,8 +185,7 @@ class _Builder:
             for kv in ("key", "value"):
                 inputs.append(helper.make_tensor_value_info(f"past_key_values.{i}.{kv}", ft, kv_shape_past))
                 outputs.append(helper.make_tensor_value_info(f"present.{i}.{kv}", ft, kv_shape_present))
-        keep = helper.make_tensor_value_info("num_logits_to_keep", TensorProto.INT64, [1])
-        inputs.append(keep)
+        inputs.append(helper.make_tensor_value_info("logits_index", TensorProto.INT64, ["batch_size", "logits_length"]))
 
         # seqlens_k = valid length - 1 per row; total_sequence_length = mask width.
         one = g.const("one_i64", np.array(1, np.int64))
@@ -222,9 +223,11 @@ class _Builder:
                 "SkipSimplifiedLayerNormalization", [down, residual, self.norm_weight(nxt)],
                 [f"/layers.{i + 1}/input_layernorm/output", "", "", f"/layers.{i}/residual_mlp"],
                 domain=MS, epsilon=cfg.rms_norm_eps)
-        # Keep only the last num_logits_to_keep positions (0 keeps all: Slice from -0 = 0).
-        start = g.node("Neg", ["num_logits_to_keep"])[0]
-        x = g.node("Slice", [x, start, g.const("slice_end", np.array([np.iinfo(np.int64).max], np.int64)), axes1])[0]
+        # Gather the positions named by logits_index (batch, k) -> x (batch, k, hidden).
+        idx = g.node("Unsqueeze", ["logits_index", g.const("axes_2", np.array([2], np.int64))])[0]
+        shape = g.node("Concat", [g.node("Shape", ["logits_index"])[0],
+                                  g.const("hidden_dim", np.array([cfg.hidden_size], np.int64))], axis=0)[0]
+        x = g.node("GatherElements", [x, g.node("Expand", [idx, shape])[0]], axis=1)[0]
         self.lm_head(x)
         graph = helper.make_graph(g.nodes, "realm_web_decoder", inputs, outputs, g.inits)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid(MS, 1)],
