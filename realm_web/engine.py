@@ -19,7 +19,7 @@ from .scheduler import RequestOutput, Scheduler
 from .step import StepPlan, StepResult
 from .tokenizer import Tokenizer, load_tokenizer
 
-Prompt = Union[str, Sequence[Mapping[str, Any]]]  # raw text, or chat messages
+Prompt = Union[str, Sequence[Mapping[str, Any]], Sequence[int]]  # raw text, chat messages, or token ids
 
 
 class Engine(Protocol):
@@ -81,7 +81,12 @@ class LLM:
     # -- prompts -------------------------------------------------------------------------------
     def encode_prompt(self, prompt: Prompt, *, system: str | None = None, raw: bool = False) -> list[int]:
         """Token ids for a prompt: chat messages (or a user string) through the chat template,
-        or the text as is when `raw` is set or the model has no template."""
+        the text as is when `raw` is set or the model has no template, or token ids unchanged."""
+        if not isinstance(prompt, str) and prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+            ids = [int(t) for t in prompt]  # type: ignore[arg-type]
+            if not all(0 <= t < self.manifest.vocab_size for t in ids):
+                raise ValueError(f"token ids must be in [0, {self.manifest.vocab_size})")
+            return ids
         if isinstance(prompt, str):
             if not prompt:
                 raise ValueError("the prompt is empty")
@@ -89,7 +94,7 @@ class LLM:
                 return self.tokenizer.encode(prompt)
             messages: list[Mapping[str, Any]] = [{"role": "user", "content": prompt}]
         else:
-            messages = list(prompt)
+            messages = list(prompt)  # type: ignore[arg-type]  # ints were handled above
             if not messages:
                 raise ValueError("the message list is empty")
             if self.chat_template is None:
@@ -112,7 +117,7 @@ class LLM:
         """Run prompts together through the scheduler (continuous batching); results come back in
         order. `params` may be one SamplingParams for all prompts or one per prompt; keyword
         arguments (temperature=, max_tokens=, seed=, stop=, ...) build one for all."""
-        many = not isinstance(prompts, str) and bool(prompts) and not isinstance(next(iter(prompts)), Mapping)
+        many = not isinstance(prompts, str) and bool(prompts) and not isinstance(next(iter(prompts)), (Mapping, int))
         items: list[Prompt] = list(prompts) if many else [prompts]  # type: ignore[arg-type, list-item]
         if isinstance(params, Sequence):
             if kw or len(params) != len(items):

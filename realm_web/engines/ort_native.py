@@ -121,7 +121,8 @@ class OrtNativeEngine:
         model.ir_version = 8
         so = self.ort.SessionOptions()
         so.log_severity_level = 3
-        return self.ort.InferenceSession(model.SerializeToString(), so, providers=["CUDAExecutionProvider"])
+        return self.ort.InferenceSession(model.SerializeToString(), so,
+                                         providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
 
     # -- one step ------------------------------------------------------------------------------
     def run_sync(self, plan: StepPlan) -> StepResult:
@@ -177,7 +178,7 @@ class OrtNativeEngine:
             return StepResult(tokens=out)
         fast = [q for q in todo if _plain_greedy(q.sampling) and not q.logprobs]
         if self._argmax is not None and len(fast) == len(todo):  # all greedy: pick on the device
-            picks = self._argmax.run_with_ortvalues(["ids"], {"logits": logits_value})[0].numpy()[:, 0]
+            picks = self._argmax.run_with_ort_values(["ids"], {"logits": logits_value})[0].numpy()[:, 0]
             for q in todo:
                 out[q.seq_id] = [int(picks[q.slot - lo])]
             return StepResult(tokens=out)
