@@ -53,13 +53,14 @@ class LLM:
     `LLM()` loads the default model (made by `realm-web pull`); `LLM(model_dir)` any export.
     `max_slots` requests run at once (each owns a KV row of `max_length` tokens; more wait in
     the queue); `max_tokens_per_step` bounds one step's padded batch (rows x width), which
-    is also the prefill chunk size.
+    is also the prefill chunk size. `warmup` (default: on for CUDA) runs every step shape
+    once at load, so that no request pays a runtime's first-shape cost.
     """
 
     def __init__(self, model: str | os.PathLike[str] | None = None, *, engine: Engine | None = None,
                  dtype: str | None = None, device: str = "cpu", threads: int | None = None,
                  max_slots: int = 16, max_length: int | None = None, max_tokens_per_step: int | None = None,
-                 kv_capacity: int | None = None) -> None:
+                 kv_capacity: int | None = None, warmup: bool | None = None) -> None:
         if engine is None:
             model_dir = Path(model) if model is not None else _default_model()
             from .engines.ort_native import OrtNativeEngine
@@ -75,6 +76,10 @@ class LLM:
                                    max_slots=engine.max_slots, max_length=engine.max_length,
                                    max_tokens_per_step=max_tokens_per_step or (4096 if device == "cuda" else 512),
                                    kv_capacity=kv_capacity or engine.kv_capacity)
+        if warmup if warmup is not None else device == "cuda":  # see OrtNativeEngine.warmup
+            warm = getattr(engine, "warmup", None)
+            if callable(warm):
+                warm(self.scheduler.budget)
         self._queues: dict[int, asyncio.Queue[RequestOutput]] = {}
         self._loop_task: asyncio.Task[None] | None = None
 

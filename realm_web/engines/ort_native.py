@@ -42,7 +42,8 @@ class OrtNativeEngine:
     """Runs StepPlans on onnxruntime. `device` is "cpu" or "cuda"."""
 
     def __init__(self, model_dir: str | os.PathLike[str], *, dtype: str | None = None, device: str = "cpu",
-                 threads: int | None = None, max_slots: int = 1, max_length: int | None = None) -> None:
+                 threads: int | None = None, max_slots: int = 1, max_length: int | None = None,
+                 bucket_shapes: bool | None = None) -> None:
         import onnxruntime as ort
 
         self.manifest: Manifest = load_manifest(model_dir)
@@ -90,6 +91,10 @@ class OrtNativeEngine:
         self._span: tuple[int, int] | None = None
         self.pad_id = int(m.eos_token_ids[0]) if m.eos_token_ids else 0
         self._argmax = self._argmax_session() if device == "cuda" else None
+        # onnxruntime's CUDA provider spends ~45 ms (H100, ORT 1.31) the first time a session sees
+        # a new input_ids shape; rounding rows and width up to powers of two bounds the number of
+        # shapes (warmup() can visit them all up front). On CPU padding costs real compute: off.
+        self.bucket_shapes = device == "cuda" if bucket_shapes is None else bucket_shapes
         self._executor: ThreadPoolExecutor | None = None
 
     # -- bindings ------------------------------------------------------------------------------
@@ -135,6 +140,8 @@ class OrtNativeEngine:
         lo = min(q.slot for q in seqs)
         hi = max(q.slot for q in seqs) + 1
         width = max(len(q.tokens) for q in seqs)
+        if self.bucket_shapes:
+            lo, hi, width = self._bucketed(seqs, lo, hi, width)
         ids = np.full((hi - lo, width), self.pad_id, dtype=np.int64)
         totals = self.lengths[lo:hi] + width  # idle rows: padding after their valid tokens
         index = np.zeros((hi - lo, 1), dtype=np.int64)
@@ -147,6 +154,40 @@ class OrtNativeEngine:
         for q in seqs:
             self.lengths[q.slot] = q.start + len(q.tokens)
         return self._sample(plan, lo, logits)
+
+    def _bucketed(self, seqs: list[Any], lo: int, hi: int, width: int) -> tuple[int, int, int]:
+        """Round the step's width and span up to powers of two where the extra positions and rows
+        are harmless: padding must fit every row's context, and a multi-token step may only widen
+        its span over empty slots (the attention kernel's rule for batched prompts)."""
+        w = _pow2(width) if width > 1 else 1
+        if int(self.lengths[lo:hi].max(initial=0)) + w > self.max_length or \
+                any(q.start + w > self.max_length for q in seqs):
+            w = width
+        rows = _pow2(hi - lo)
+        if rows > hi - lo and (lo + rows <= self.max_slots or hi - rows >= 0):
+            extra = list(range(hi, lo + rows)) if lo + rows <= self.max_slots else list(range(hi - rows, lo))
+            if w == 1 or (all(q.start == 0 for q in seqs) and all(self.lengths[r] == 0 for r in extra)):
+                lo, hi = min(lo, *extra), max(hi, max(extra) + 1)
+        return lo, hi, w
+
+    def warmup(self, max_width: int) -> int:
+        """Run each bucketed shape once (decode spans, prompt widths, batched prompts up to
+        `max_width` tokens) so that no request pays the provider's first-shape cost. Only empty
+        slots are touched; returns the number of shapes run."""
+        if self.lengths.any():
+            raise RuntimeError("warmup() needs an idle engine")
+        n = 0
+        rows = 1
+        while rows <= self.max_slots:
+            width = 1
+            while width <= min(max_width, self.max_length):
+                if rows == 1 or width == 1 or rows * width <= max_width:
+                    ids = np.full((rows, width), self.pad_id, np.int64)
+                    self._forward(0, ids, np.full(rows, width, np.int64), np.full((rows, 1), width - 1, np.int64))
+                    n += 1
+                width *= 2
+            rows *= 2
+        return n
 
     def _forward(self, lo: int, ids: np.ndarray, totals: np.ndarray, index: np.ndarray) -> Any:
         """One run over slots lo..lo+rows-1; returns the logits OrtValue (rows, k, vocab)."""
@@ -216,3 +257,7 @@ class OrtNativeEngine:
 
 def _plain_greedy(sampling: dict[str, Any]) -> bool:
     return float(sampling.get("temperature", 0.0)) == 0.0 and float(sampling.get("repetition_penalty", 1.0)) == 1.0
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
