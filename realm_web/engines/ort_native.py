@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -95,7 +96,11 @@ class OrtNativeEngine:
         # a new input_ids shape; rounding rows and width up to powers of two bounds the number of
         # shapes (warmup() can visit them all up front). On CPU padding costs real compute: off.
         self.bucket_shapes = device == "cuda" if bucket_shapes is None else bucket_shapes
-        self._executor: ThreadPoolExecutor | None = None
+        # Every run happens on one worker thread: onnxruntime's CUDA provider keeps per-thread
+        # state (handles, and the first-shape cost that warmup() pays), so a step must not
+        # land on a thread that was never warmed. The async API awaits that thread.
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="realm-engine")
+        self._worker = self._executor.submit(threading.get_ident).result()
 
     # -- bindings ------------------------------------------------------------------------------
     def _bind_span(self, lo: int, hi: int) -> None:
@@ -132,6 +137,9 @@ class OrtNativeEngine:
     # -- one step ------------------------------------------------------------------------------
     def run_sync(self, plan: StepPlan) -> StepResult:
         """One forward pass for every request in the plan, then one sampled token per request that asks."""
+        return self._on_worker(self._run, plan)  # type: ignore[no-any-return]
+
+    def _run(self, plan: StepPlan) -> StepResult:
         for s in plan.freed_slots:
             self.lengths[s] = 0
         seqs = plan.seqs
@@ -170,10 +178,20 @@ class OrtNativeEngine:
                 lo, hi = min(lo, *extra), max(hi, max(extra) + 1)
         return lo, hi, w
 
+    def _on_worker(self, fn: Any, *args: Any) -> Any:
+        if threading.get_ident() == self._worker:
+            return fn(*args)
+        if self._executor is None:
+            raise RuntimeError("the engine is closed")
+        return self._executor.submit(fn, *args).result()
+
     def warmup(self, max_width: int) -> int:
         """Run each bucketed shape once (decode spans, prompt widths, batched prompts up to
         `max_width` tokens) so that no request pays the provider's first-shape cost. Only empty
         slots are touched; returns the number of shapes run."""
+        return int(self._on_worker(self._warmup, max_width))
+
+    def _warmup(self, max_width: int) -> int:
         if self.lengths.any():
             raise RuntimeError("warmup() needs an idle engine")
         n = 0
@@ -205,6 +223,9 @@ class OrtNativeEngine:
     def prompt_logits(self, token_ids: list[int], slot: int = 0) -> np.ndarray:
         """Logits (len, vocab) at every position of `token_ids`, run from an empty cache in `slot`
         (which it overwrites): for parity checks and tools, not for serving."""
+        return self._on_worker(self._prompt_logits, token_ids, slot)  # type: ignore[no-any-return]
+
+    def _prompt_logits(self, token_ids: list[int], slot: int) -> np.ndarray:
         n = len(token_ids)
         logits = self._forward(slot, np.array([token_ids], np.int64), np.array([n], np.int64),
                                np.arange(n, dtype=np.int64)[None])
@@ -242,8 +263,8 @@ class OrtNativeEngine:
         """Run the step on a worker thread (onnxruntime releases the GIL), so the event loop keeps
         serving while the model computes."""
         if self._executor is None:
-            self._executor = ThreadPoolExecutor(1, thread_name_prefix="realm-engine")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, self.run_sync, plan)
+            raise RuntimeError("the engine is closed")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._run, plan)
 
     def close(self) -> None:
         if self._executor is not None:
