@@ -47,7 +47,7 @@ import bisect
 import heapq
 import itertools
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from typing import Any, Protocol, Sequence
 
 from .sampling import SamplingParams, draw, random_seed
 from .step import SeqStep, StepPlan, StepResult
@@ -93,6 +93,10 @@ class Request:
     stops: StopStrings | None = None
     text: str = ""
     preemptions: int = 0
+    view: dict[str, Any] = field(default_factory=dict)  # params.engine_view(), made once
+
+    def __post_init__(self) -> None:
+        self.view = self.params.engine_view()
 
     @property
     def finished(self) -> bool:
@@ -101,6 +105,10 @@ class Request:
     @property
     def all_ids(self) -> list[int]:
         return self.prompt_ids + self.output_ids
+
+    def token_at(self, i: int) -> int:
+        n = len(self.prompt_ids)
+        return self.prompt_ids[i] if i < n else self.output_ids[i - n]
 
     @property
     def length(self) -> int:
@@ -211,7 +219,7 @@ class Scheduler:
             self._last_kind = "prefill"
         else:  # one token each: the last sample, or (after a preemption) an output token replayed
             decoders.sort(key=lambda r: r.rank)
-            seqs = [self._seq(r, [r.all_ids[r.num_computed]], r.pending == 1) for r in decoders[: self.budget]]
+            seqs = [self._seq(r, [r.token_at(r.num_computed)], r.pending == 1) for r in decoders[: self.budget]]
             self._last_kind = "decode"
         freed, self._freed = self._freed, []
         return StepPlan(seqs=seqs, freed_slots=freed)
@@ -275,7 +283,7 @@ class Scheduler:
         assert req.slot is not None
         return SeqStep(
             seq_id=req.request_id, slot=req.slot, tokens=tokens, start=req.num_computed, sample=sample,
-            sampling=p.engine_view(), draw=draw(req.seed, len(req.output_ids)) if not p.greedy else 0.0,
+            sampling=req.view, draw=draw(req.seed, len(req.output_ids)) if not p.greedy else 0.0,
             history=req.all_ids if p.repetition_penalty != 1.0 else None,
             logprobs=p.logprobs, adapter=req.adapter,
         )
