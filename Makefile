@@ -34,6 +34,7 @@ test: model
 bench: model
 	$(PY) -m pip install -q -e '.[export,native,test,bench]'
 	$(PY) bench/cpu_decode.py
+	$(PY) bench/batching.py
 
 clean:
 	rm -rf .venv build *.egg-info
