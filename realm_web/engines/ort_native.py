@@ -210,7 +210,9 @@ class OrtNativeEngine:
             while width <= min(max_width, self.max_length):
                 if rows == 1 or width == 1 or rows * width <= max_width:
                     ids = np.full((rows, width), self.pad_id, np.int64)
-                    self._forward(0, ids, np.full(rows, width, np.int64), np.full((rows, 1), width - 1, np.int64))
+                    logits = self._forward(0, ids, np.full(rows, width, np.int64), np.full((rows, 1), width - 1, np.int64))
+                    if width == 1 and self._argmax is not None:  # its shapes depend on rows only
+                        self._argmax.run_with_ort_values(["ids"], {"logits": logits})
                     n += 1
                 width *= 2
             rows *= 2
