@@ -130,6 +130,8 @@ class LLM:
             plist = list(params)
         else:
             plist = [self._params(params, kw)] * len(items)
+        if self._loop_task is not None and not self._loop_task.done():
+            raise RuntimeError("generate() cannot run while streams are being served: await llm.stream() instead")
         t0 = time.perf_counter()
         ids = [self.encode_prompt(x, raw=raw, system=system) for x in items]
         rids: list[int] = []
