@@ -123,6 +123,8 @@ def main() -> int:
     ap.add_argument("--gap-ms", type=float, default=None, help="arrival spacing (default 10 on cpu, 2 on cuda)")
     ap.add_argument("--anchors", default="hf,sequential", help="comma list of: sequential, hf, plain, genai")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--inline", action="store_true",
+                    help="also measure an engine that runs steps inline in the event loop (step_thread=False)")
     ap.add_argument("--model", default=None, help="realm-web model dir (default: realm-web pull)")
     ap.add_argument("--gguf", default=None, help="the GGUF the anchors load (default: the pulled one)")
     ap.add_argument("--work", default=None, help="where anchors keep their builds")
@@ -172,6 +174,18 @@ def main() -> int:
             rows[f"realm-web one after another N={n}"] = {**summary(r, a.new), "_tokens": r["tokens"]}
         print("done: one after another", file=sys.stderr)
     llm.close()
+    if a.inline:
+        from realm_web.engines.ort_native import OrtNativeEngine
+
+        eng = OrtNativeEngine(model_dir, dtype=dtype, device=a.device, threads=threads, max_slots=max(sizes),
+                              max_length=384, step_thread=False)
+        inl = LLM(engine=eng, device=a.device)
+        asyncio.run(realm_concurrent(inl, prompts[:2], 4, 0.0))
+        for n in sizes:
+            r = asyncio.run(realm_concurrent(inl, prompts[:n], a.new, gap))
+            rows[f"realm-web inline steps N={n}"] = {**summary(r, a.new), "_tokens": r["tokens"]}
+        inl.close()
+        print("done: realm-web inline", file=sys.stderr)
     gguf = Path(a.gguf) if a.gguf else None
     if gguf is None and want & {"hf", "plain", "genai"}:
         from realm_web.export.pull import default_gguf_path

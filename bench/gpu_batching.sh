@@ -28,5 +28,5 @@ fi
 log "benchmark"
 timeout ${BENCH_TIMEOUT:-420} python3 bench/batching.py --device cuda --dtype fp16 --sizes ${SIZES:-1,16,128} \
   --anchors ${ANCHORS:-sequential,hf,plain,genai} --model /tmp/realm --gguf /tmp/stage/model.gguf --work /tmp/bw \
-  --out "$OUT/${OUTNAME:-batching_gpu}.json" 2>&1 | grep -v -i "warn\|Loading weights\|^  " | tee "$OUT/${OUTNAME:-batching_gpu}.log" | tail -40
+  ${EXTRA:-} --out "$OUT/${OUTNAME:-batching_gpu}.json" 2>&1 | grep -v -i "warn\|Loading weights\|^  " | tee "$OUT/${OUTNAME:-batching_gpu}.log" | tail -40
 log "done"

@@ -74,3 +74,33 @@ def test_bad_params_raise_typed_errors(llm: LLM) -> None:
         llm.generate("word " * 600, raw=True)
     with pytest.raises(TypeError):
         llm.generate("hi", SamplingParams(), max_tokens=3)
+
+
+def test_inline_engine_streams_the_same_tokens(model_dir: Path) -> None:
+    from realm_web.engines.ort_native import OrtNativeEngine
+
+    inline = LLM(engine=OrtNativeEngine(model_dir, dtype="int4", max_slots=4, max_length=256, step_thread=False))
+    threaded = LLM(model_dir, dtype="int4", max_slots=4, max_length=256)
+    prompts = ["What is the capital of France?", "Count to five."]
+
+    async def run(llm: LLM) -> list[list[int]]:
+        async def one(p: str) -> list[int]:
+            return [t async for d in llm.stream(p, max_tokens=12) for t in d.token_ids]
+        return list(await asyncio.gather(*(one(p) for p in prompts)))
+
+    assert asyncio.run(run(inline)) == asyncio.run(run(threaded)) == [c.token_ids for c in threaded.generate(prompts, max_tokens=12)]
+    import threading
+
+    out: list[BaseException] = []
+    t = threading.Thread(target=lambda: out.extend(_catch(lambda: inline.generate("hi", max_tokens=2))))
+    t.start()
+    t.join()
+    assert out and isinstance(out[0], RuntimeError)  # steps stay on the thread that made the engine
+
+
+def _catch(fn) -> list[BaseException]:  # type: ignore[no-untyped-def]
+    try:
+        fn()
+    except BaseException as e:  # noqa: BLE001
+        return [e]
+    return []

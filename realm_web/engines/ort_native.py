@@ -44,7 +44,7 @@ class OrtNativeEngine:
 
     def __init__(self, model_dir: str | os.PathLike[str], *, dtype: str | None = None, device: str = "cpu",
                  threads: int | None = None, max_slots: int = 1, max_length: int | None = None,
-                 bucket_shapes: bool | None = None) -> None:
+                 bucket_shapes: bool | None = None, step_thread: bool = True) -> None:
         import onnxruntime as ort
 
         self.manifest: Manifest = load_manifest(model_dir)
@@ -102,11 +102,18 @@ class OrtNativeEngine:
         # a new input_ids shape; rounding rows and width up to powers of two bounds the number of
         # shapes (warmup() can visit them all up front). On CPU padding costs real compute: off.
         self.bucket_shapes = device == "cuda" if bucket_shapes is None else bucket_shapes
-        # Every run happens on one worker thread: onnxruntime's CUDA provider keeps per-thread
-        # state (handles, and the first-shape cost that warmup() pays), so a step must not
-        # land on a thread that was never warmed. The async API awaits that thread.
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="realm-engine")
-        self._worker = self._executor.submit(threading.get_ident).result()
+        # Every run happens on one thread: onnxruntime's CUDA provider keeps per-thread state
+        # (handles, and the first-shape cost that warmup() pays), so a step must not land on a
+        # thread that was never warmed. With step_thread (the default) that is a worker the
+        # async API awaits, so the event loop keeps serving while a step runs; without it, the
+        # thread that made the engine, which then runs async steps inline (no thread hand-off:
+        # less host latency per step, but the loop is blocked for the step).
+        self.step_thread = step_thread
+        self._executor: ThreadPoolExecutor | None = None
+        self._worker = threading.get_ident()
+        if step_thread:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="realm-engine")
+            self._worker = self._executor.submit(threading.get_ident).result()
 
     # -- bindings ------------------------------------------------------------------------------
     def _bind_span(self, lo: int, hi: int) -> None:
@@ -191,7 +198,7 @@ class OrtNativeEngine:
         if threading.get_ident() == self._worker:
             return fn(*args)
         if self._executor is None:
-            raise RuntimeError("the engine is closed")
+            raise RuntimeError("the engine is closed, or runs steps only on the thread that made it (step_thread=False)")
         return self._executor.submit(fn, *args).result()
 
     def warmup(self, max_width: int) -> int:
@@ -273,6 +280,8 @@ class OrtNativeEngine:
     async def run(self, plan: StepPlan) -> StepResult:
         """Run the step on a worker thread (onnxruntime releases the GIL), so the event loop keeps
         serving while the model computes."""
+        if not self.step_thread:
+            return self._on_worker(self._run, plan)  # type: ignore[no-any-return]
         if self._executor is None:
             raise RuntimeError("the engine is closed")
         return await asyncio.get_running_loop().run_in_executor(self._executor, self._run, plan)
