@@ -125,6 +125,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--inline", action="store_true",
                     help="also measure an engine that runs steps inline in the event loop (step_thread=False)")
+    ap.add_argument("--cuda-graph", action="store_true", help="also measure decode steps replayed as CUDA graphs")
     ap.add_argument("--model", default=None, help="realm-web model dir (default: realm-web pull)")
     ap.add_argument("--gguf", default=None, help="the GGUF the anchors load (default: the pulled one)")
     ap.add_argument("--work", default=None, help="where anchors keep their builds")
@@ -174,18 +175,24 @@ def main() -> int:
             rows[f"realm-web one after another N={n}"] = {**summary(r, a.new), "_tokens": r["tokens"]}
         print("done: one after another", file=sys.stderr)
     llm.close()
-    if a.inline:
+    variants = ([("inline steps", {"step_thread": False})] if a.inline else []) + \
+        ([("cuda graph", {"cuda_graph": True}), ("cuda graph inline", {"cuda_graph": True, "step_thread": False})]
+         if a.cuda_graph else [])
+    for label, opts in variants:
         from realm_web.engines.ort_native import OrtNativeEngine
 
-        eng = OrtNativeEngine(model_dir, dtype=dtype, device=a.device, threads=threads, max_slots=max(sizes),
-                              max_length=384, step_thread=False)
-        inl = LLM(engine=eng, device=a.device)
-        asyncio.run(realm_concurrent(inl, prompts[:2], 4, 0.0))
-        for n in sizes:
-            r = asyncio.run(realm_concurrent(inl, prompts[:n], a.new, gap))
-            rows[f"realm-web inline steps N={n}"] = {**summary(r, a.new), "_tokens": r["tokens"]}
-        inl.close()
-        print("done: realm-web inline", file=sys.stderr)
+        try:
+            eng = OrtNativeEngine(model_dir, dtype=dtype, device=a.device, threads=threads, max_slots=max(sizes),
+                                  max_length=384, **opts)
+            var = LLM(engine=eng, device=a.device)
+            asyncio.run(realm_concurrent(var, prompts[:2], 4, 0.0))
+            for n in sizes:
+                r = asyncio.run(realm_concurrent(var, prompts[:n], a.new, gap))
+                rows[f"realm-web {label} N={n}"] = {**summary(r, a.new), "_tokens": r["tokens"]}
+            var.close()
+        except Exception as e:  # noqa: BLE001 - a variant that fails is reported, not fatal
+            rows[f"realm-web {label}"] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
+        print(f"done: realm-web {label}", file=sys.stderr)
     gguf = Path(a.gguf) if a.gguf else None
     if gguf is None and want & {"hf", "plain", "genai"}:
         from realm_web.export.pull import default_gguf_path
@@ -262,6 +269,9 @@ def report(rows: dict[str, dict[str, Any]], sizes: list[int], env: dict[str, Any
             r["same_tokens_as_one_after_another"] = same
             print(f"{name:42} {r['agg_tok_s']:10.1f} {r['ttft_p50_ms']:9.1f} {r['ttft_p99_ms']:8.1f} "
                   f"{ratio:9.2f}x {same:>5}")
+    for name, r in rows.items():
+        if "error" in r and "N=" not in name:
+            print(f"{name:42} error: {r['error'][:200]}")
     for r in rows.values():
         r.pop("_tokens", None)
     out.parent.mkdir(parents=True, exist_ok=True)

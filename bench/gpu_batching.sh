@@ -2,6 +2,8 @@
 # The GPU part of issue 3's benchmark, run on the lent H100 by the `device` tool after the
 # parts of ../shared/gpu/stage.sh (plus .gpu/p1/extra: onnx, ml_dtypes, protobuf, accelerate
 # wheels for cp312) were carried into /tmp/stage. Writes logs and JSON under $OUT.
+# Env: SIZES (1,16,128), ANCHORS (sequential,hf,plain,genai), SKIP_CHECK=1, OUTNAME,
+# EXTRA (e.g. "--inline --cuda-graph" to A/B the engine variants in the same run).
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 cd "$(dirname "$0")/.."

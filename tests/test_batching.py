@@ -81,3 +81,18 @@ def test_preempted_requests_resume_exactly(model_dir: Path) -> None:
     out = run_staggered(llm, prompts, params, [0, 0, 0, 1, 1, 2, 2, 3])
     assert llm.scheduler.num_preemptions > before
     assert [out[i] for i in range(len(prompts))] == alone
+
+
+def test_static_decode_buffers_give_the_same_tokens(model_dir: Path) -> None:
+    # The CUDA-graph path (fixed-shape device buffers per power-of-two span, mask as wide as the
+    # context) run on the CPU without graph capture: the same tokens as the dynamic path.
+    from realm_web.engines.ort_native import OrtNativeEngine
+
+    prompts, max_tokens, arrive = workload(12)
+    params = [SamplingParams(max_tokens=m) for m in max_tokens]
+    eng = OrtNativeEngine(model_dir, max_slots=12, max_length=256, static_decode=True, bucket_shapes=True)
+    assert eng.warmup(256) > 0
+    static = run_staggered(LLM(engine=eng, max_tokens_per_step=256), prompts, params, arrive)
+    plain = run_staggered(LLM(model_dir, max_slots=12, max_length=256, max_tokens_per_step=256), prompts, params, arrive)
+    assert static == plain
+    assert sorted(eng._static) == [1, 2, 4, 8, 12]

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..manifest import Manifest, load_manifest
-from ..step import StepPlan, StepResult
+from ..step import SeqStep, StepPlan, StepResult
 from .sampler import sample_token
 
 def default_threads() -> int:
@@ -44,7 +44,8 @@ class OrtNativeEngine:
 
     def __init__(self, model_dir: str | os.PathLike[str], *, dtype: str | None = None, device: str = "cpu",
                  threads: int | None = None, max_slots: int = 1, max_length: int | None = None,
-                 bucket_shapes: bool | None = None, step_thread: bool = True) -> None:
+                 bucket_shapes: bool | None = None, step_thread: bool = True, cuda_graph: bool = False,
+                 static_decode: bool | None = None) -> None:
         import onnxruntime as ort
 
         self.manifest: Manifest = load_manifest(model_dir)
@@ -67,7 +68,10 @@ class OrtNativeEngine:
         if device == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise RuntimeError("device 'cuda' needs onnxruntime-gpu with CUDAExecutionProvider")
-            providers: list[Any] = [("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"]
+            cuda_opts = {"device_id": "0", **({"enable_cuda_graph": "1"} if cuda_graph else {})}
+            providers: list[Any] = [("CUDAExecutionProvider", cuda_opts), "CPUExecutionProvider"]
+        elif cuda_graph:
+            raise ValueError("cuda_graph needs device 'cuda'")
         elif device == "cpu":
             providers = ["CPUExecutionProvider"]
         else:
@@ -102,6 +106,16 @@ class OrtNativeEngine:
         # a new input_ids shape; rounding rows and width up to powers of two bounds the number of
         # shapes (warmup() can visit them all up front). On CPU padding costs real compute: off.
         self.bucket_shapes = device == "cuda" if bucket_shapes is None else bucket_shapes
+        # Static decode: decode steps run over slots 0..R-1 (R a power of two) with device
+        # buffers of fixed shape and address for ids, mask (width max_length) and logits, one
+        # set per R; with cuda_graph each R is captured once as a CUDA graph and replayed.
+        self.cuda_graph = cuda_graph
+        self.static_decode = cuda_graph if static_decode is None else static_decode
+        self._static: dict[int, dict[str, Any]] = {}
+        self._plain_options = ort.RunOptions()
+        if cuda_graph:
+            self._plain_options.add_run_config_entry("gpu_graph_id", "-1")  # prompts: no capture
+        self._logits_type = np.float16 if "float16" in self.session.get_outputs()[0].type else np.float32
         # Every run happens on one thread: onnxruntime's CUDA provider keeps per-thread state
         # (handles, and the first-shape cost that warmup() pays), so a step must not land on a
         # thread that was never warmed. With step_thread (the default) that is a worker the
@@ -164,6 +178,8 @@ class OrtNativeEngine:
         lo = min(q.slot for q in seqs)
         hi = max(q.slot for q in seqs) + 1
         width = max(len(q.tokens) for q in seqs)
+        if self.static_decode and width == 1:
+            return self._static_decode(plan, hi)
         if self.bucket_shapes:
             lo, hi, width = self._bucketed(seqs, lo, hi, width)
         ids = np.full((hi - lo, width), self.pad_id, dtype=np.int64)
@@ -178,6 +194,49 @@ class OrtNativeEngine:
         for q in seqs:
             self.lengths[q.slot] = q.start + len(q.tokens)
         return self._sample(plan, lo, logits)
+
+    def _static_decode(self, plan: StepPlan, hi: int) -> StepResult:
+        rows = min(_pow2(hi), self.max_slots)
+        ids = np.full((rows, 1), self.pad_id, dtype=np.int64)
+        totals = self.lengths[:rows] + 1  # idle rows: one pad after their valid tokens
+        for q in plan.seqs:
+            ids[q.slot, 0] = q.tokens[0]
+            totals[q.slot] = q.start + 1
+        mask = (np.arange(self.max_length)[None, :] < totals[:, None]).astype(np.int64)
+        st = self._static.get(rows) or self._make_static(rows)
+        st["ids"].update_inplace(ids)
+        st["mask"].update_inplace(mask)
+        self.session.run_with_iobinding(st["binding"], st["options"])
+        for q in plan.seqs:
+            self.lengths[q.slot] = q.start + 1
+        return self._sample(plan, 0, st["logits"])
+
+    def _make_static(self, rows: int) -> dict[str, Any]:
+        ort, dev = self.ort, self.ort_device
+        st: dict[str, Any] = {
+            "ids": ort.OrtValue.ortvalue_from_numpy(np.zeros((rows, 1), np.int64), dev, 0),
+            "mask": ort.OrtValue.ortvalue_from_numpy(np.zeros((rows, self.max_length), np.int64), dev, 0),
+            "index": ort.OrtValue.ortvalue_from_numpy(np.zeros((rows, 1), np.int64), dev, 0),
+            "logits": ort.OrtValue.ortvalue_from_shape_and_type((rows, 1, self.manifest.vocab_size),
+                                                                 self._logits_type, dev, 0),
+            "binding": self.session.io_binding(),
+            "options": ort.RunOptions(),
+        }
+        bnd = st["binding"]
+        bnd.bind_ortvalue_input("input_ids", st["ids"])
+        bnd.bind_ortvalue_input("attention_mask", st["mask"])
+        bnd.bind_ortvalue_input("logits_index", st["index"])
+        bnd.bind_ortvalue_output("logits", st["logits"])
+        shape = [rows, *self.row_shape]
+        for i in range(self.manifest.num_layers):
+            for j, kv in enumerate(("key", "value")):
+                ptr = self.cache_ptrs[2 * i + j]
+                bnd.bind_input(f"past_key_values.{i}.{kv}", dev, 0, self.kv_dtype, shape, ptr)
+                bnd.bind_output(f"present.{i}.{kv}", dev, 0, self.kv_dtype, shape, ptr)
+        if self.cuda_graph:
+            st["options"].add_run_config_entry("gpu_graph_id", str(len(self._static) + 1))
+        self._static[rows] = st
+        return st
 
     def _bucketed(self, seqs: list[Any], lo: int, hi: int, width: int) -> tuple[int, int, int]:
         """Round the step's width and span up to powers of two where the extra positions and rows
@@ -215,7 +274,13 @@ class OrtNativeEngine:
         while rows <= self.max_slots:
             width = 1
             while width <= min(max_width, self.max_length):
-                if rows == 1 or width == 1 or rows * width <= max_width:
+                if width == 1 and self.static_decode:
+                    plan = StepPlan(seqs=[SeqStep(seq_id=0, slot=rows - 1, tokens=[self.pad_id], start=0, sample=True)])
+                    for _ in range(2):  # the first run of a graph id warms up, the next captures it
+                        self._static_decode(plan, rows)
+                    self.lengths[:] = 0
+                    n += 1
+                elif rows == 1 or width == 1 or rows * width <= max_width:
                     ids = np.full((rows, width), self.pad_id, np.int64)
                     logits = self._forward(0, ids, np.full(rows, width, np.int64), np.full((rows, 1), width - 1, np.int64))
                     if width == 1 and self._argmax is not None:  # its shapes depend on rows only
@@ -223,6 +288,12 @@ class OrtNativeEngine:
                     n += 1
                 width *= 2
             rows *= 2
+        if self.static_decode and self.max_slots not in self._static:  # max_slots not a power of two
+            plan = StepPlan(seqs=[SeqStep(seq_id=0, slot=self.max_slots - 1, tokens=[self.pad_id], start=0, sample=True)])
+            for _ in range(2):
+                self._static_decode(plan, self.max_slots)
+            self.lengths[:] = 0
+            n += 1
         return n
 
     def _forward(self, lo: int, ids: np.ndarray, totals: np.ndarray, index: np.ndarray) -> Any:
@@ -235,7 +306,7 @@ class OrtNativeEngine:
         bnd.bind_cpu_input("input_ids", ids)
         bnd.bind_cpu_input("attention_mask", mask)
         bnd.bind_cpu_input("logits_index", index)
-        self.session.run_with_iobinding(bnd)
+        self.session.run_with_iobinding(bnd, self._plain_options)
         return bnd.get_outputs()[0]
 
     def prompt_logits(self, token_ids: list[int], slot: int = 0) -> np.ndarray:

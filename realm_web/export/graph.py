@@ -223,11 +223,11 @@ class _Builder:
                 "SkipSimplifiedLayerNormalization", [down, residual, self.norm_weight(nxt)],
                 [f"/layers.{i + 1}/input_layernorm/output", "", "", f"/layers.{i}/residual_mlp"],
                 domain=MS, epsilon=cfg.rms_norm_eps)
-        # Gather the positions named by logits_index (batch, k) -> x (batch, k, hidden).
+        # Gather the positions named by logits_index (batch, k) -> x (batch, k, hidden). GatherND
+        # with batch_dims=1 needs no shape arithmetic, so no node falls back to the CPU (which
+        # CUDA graph capture requires).
         idx = g.node("Unsqueeze", ["logits_index", g.const("axes_2", np.array([2], np.int64))])[0]
-        shape = g.node("Concat", [g.node("Shape", ["logits_index"])[0],
-                                  g.const("hidden_dim", np.array([cfg.hidden_size], np.int64))], axis=0)[0]
-        x = g.node("GatherElements", [x, g.node("Expand", [idx, shape])[0]], axis=1)[0]
+        x = g.node("GatherND", [x, idx], batch_dims=1)[0]
         self.lm_head(x)
         graph = helper.make_graph(g.nodes, "realm_web_decoder", inputs, outputs, g.inits)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid(MS, 1)],
