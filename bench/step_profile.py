@@ -10,6 +10,7 @@ import collections
 import json
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -82,6 +83,7 @@ def main() -> int:
 
         so = ort.SessionOptions()
         so.enable_profiling = True
+        so.profile_file_prefix = str(Path(tempfile.gettempdir()) / "realm_step_profile")
         so.log_severity_level = 3
         prov = ["CUDAExecutionProvider", "CPUExecutionProvider"] if a.device == "cuda" else ["CPUExecutionProvider"]
         eng.session = ort.InferenceSession(str(Path(a.model, eng.variant.file)), so, providers=prov)
