@@ -4,7 +4,7 @@ PY      := .venv/bin/python
 STAMP   := .venv/.setup-stamp
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup model serve test typecheck bench clean
+.PHONY: setup model web serve test typecheck bench clean
 
 setup: $(STAMP)
 
@@ -19,6 +19,15 @@ $(STAMP): pyproject.toml Makefile
 model: setup
 	.venv/bin/realm-web pull
 
+# The JavaScript side: Pyodide and onnxruntime-web from npm (package-lock.json), and the core's
+# pure-Python wheel that Pyodide installs.
+web: wasm/node_modules/.stamp
+	$(PY) tools/build_core_wheel.py
+
+wasm/node_modules/.stamp: wasm/package.json wasm/package-lock.json
+	cd wasm && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
 serve: model
 	@echo "realm-web: the default model is ready at $$(.venv/bin/realm-web pull)."
 	@echo "realm-web: the HTTP server lands with issue 5; meanwhile: .venv/bin/realm-web generate 'What is the capital of France?'"
@@ -27,7 +36,7 @@ serve: model
 typecheck: setup
 	$(PY) -m mypy --strict
 
-test: model
+test: model web
 	$(PY) -m mypy --strict
 	$(PY) -m pytest -q -ra
 

@@ -155,14 +155,30 @@ class LLM:
 
     def _completion(self, rid: int, prompt_ids: list[int], t0: float, t_first: float, t1: float) -> Completion:
         req = self.scheduler.requests.pop(rid)
-        n = len(req.output_ids)
-        decode_s = t1 - t_first
-        return Completion(
-            text=req.text, token_ids=req.output_ids, prompt_token_ids=prompt_ids, finish_reason=req.finish_reason,
-            usage={"prompt_tokens": len(prompt_ids), "completion_tokens": n, "total_tokens": len(prompt_ids) + n},
-            timings={"ttft_s": round(t_first - t0, 4), "decode_s": round(decode_s, 4), "total_s": round(t1 - t0, 4),
-                     "decode_tokens_per_s": round((n - 1) / decode_s, 2) if n > 1 and decode_s > 0 else 0.0},
-        )
+        return _make_completion(req.text, req.output_ids, prompt_ids, req.finish_reason, t0, t_first, t1)
+
+    async def agenerate(self, prompts: Prompt | Sequence[Prompt], params: SamplingParams | None = None, *,
+                        raw: bool = False, system: str | None = None, **kw: Any) -> list[Completion]:
+        """`generate` for event loops (and the only form on asynchronous engines such as the web
+        one): the prompts stream concurrently over the shared loop; results come back in order."""
+        many = not isinstance(prompts, str) and bool(prompts) and not isinstance(next(iter(prompts)), (Mapping, int))
+        items: list[Prompt] = list(prompts) if many else [prompts]  # type: ignore[arg-type, list-item]
+        p = self._params(params, kw)
+        ids = [self.encode_prompt(x, raw=raw, system=system) for x in items]
+
+        async def one(prompt_ids: list[int]) -> Completion:
+            t0 = time.perf_counter()
+            first, out_ids, text, reason = None, [], "", None
+            async for d in self.stream(prompt_ids, p):
+                if d.token_ids and first is None:
+                    first = time.perf_counter()
+                out_ids += d.token_ids
+                text += d.text
+                reason = d.finish_reason
+            t1 = time.perf_counter()
+            return _make_completion(text, out_ids, prompt_ids, reason, t0, first or t1, t1)
+
+        return list(await asyncio.gather(*(one(x) for x in ids)))
 
     # -- asynchronous streaming ------------------------------------------------------------------
     async def stream(self, prompt: Prompt, params: SamplingParams | None = None, *, raw: bool = False,
@@ -202,6 +218,18 @@ class LLM:
         close = getattr(self.engine, "close", None)
         if callable(close):
             close()
+
+
+def _make_completion(text: str, ids: list[int], prompt_ids: list[int], reason: str | None,
+                     t0: float, t_first: float, t1: float) -> Completion:
+    n = len(ids)
+    decode_s = t1 - t_first
+    return Completion(
+        text=text, token_ids=ids, prompt_token_ids=prompt_ids, finish_reason=reason,
+        usage={"prompt_tokens": len(prompt_ids), "completion_tokens": n, "total_tokens": len(prompt_ids) + n},
+        timings={"ttft_s": round(t_first - t0, 4), "decode_s": round(decode_s, 4), "total_s": round(t1 - t0, 4),
+                 "decode_tokens_per_s": round((n - 1) / decode_s, 2) if n > 1 and decode_s > 0 else 0.0},
+    )
 
 
 def _default_model() -> Path:

@@ -29,24 +29,25 @@ def sample_token(logits: np.ndarray, params: dict[str, Any], u: float,
 
 
 def _sample(x: np.ndarray, top_k: int, top_p: float, min_p: float, u: float) -> int:
-    k = x.shape[0] if top_k <= 0 else min(top_k, x.shape[0])
-    # Candidates in canonical order: logit descending, then token id ascending.
-    if k < x.shape[0]:
-        cand = np.argpartition(-x, k - 1)[:k]
+    """Canonical candidates (logit descending, id ascending; top-k keeps the lowest ids among
+    ties), unnormalized weights exp(z - z0) in float64, a sequential cumulative sum, then top-p,
+    min-p and the inverse CDF at u. wasm/src/bridge.mjs does exactly the same arithmetic."""
+    v = x.shape[0]
+    k = v if top_k <= 0 else min(top_k, v)
+    if k < v:
+        thr = x[np.argpartition(-x, k - 1)[k - 1]]
+        above = np.flatnonzero(x > thr)
+        cand = np.concatenate([above, np.flatnonzero(x == thr)[: k - len(above)]])
     else:
-        cand = np.arange(x.shape[0])
-    order = np.lexsort((cand, -x[cand]))
-    cand = cand[order]
+        cand = np.arange(v)
+    cand = cand[np.lexsort((cand, -x[cand]))]
     z = x[cand].astype(np.float64)
-    p = np.exp(z - z[0])
-    p /= p.sum()
+    w = np.exp(z - z[0])
+    c = np.cumsum(w)
     n = len(cand)
     if top_p < 1.0:
-        c = np.cumsum(p)
-        n = min(n, int(np.searchsorted(c, top_p, side="left")) + 1)
+        n = min(n, int(np.searchsorted(c, top_p * c[-1], side="left")) + 1)
     if min_p > 0.0:
-        n = min(n, max(1, int(np.count_nonzero(p[:n] >= min_p * p[0]))))
-    p = p[:n]
-    c = np.cumsum(p)
-    i = int(np.searchsorted(c, u * c[-1], side="right"))
+        n = min(n, max(1, int(np.count_nonzero(w[:n] >= min_p))))
+    i = int(np.searchsorted(c[:n], u * c[n - 1], side="right"))
     return int(cand[min(i, n - 1)])

@@ -1,0 +1,49 @@
+"""Web engine: onnxruntime-web driven from Pyodide through pyodide.ffi.
+
+The JavaScript half (wasm/src/bridge.mjs) owns the ORT session, the KV tensors of each slot
+(GPU buffers with WebGPU) and token selection over the logits; this half only turns a StepPlan
+into one JSON message and awaits one call per step, so no logits or cache ever become Python
+objects. Standard library only: it runs in Pyodide, where `bridge` is a JsProxy.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ..manifest import Manifest
+from ..step import StepPlan, StepResult
+
+KV_TYPES = {"fp32": "float32", "fp16": "float16"}
+
+
+def bridge_config(manifest: Manifest, dtype: str | None, backend: str) -> dict[str, Any]:
+    """What the JavaScript bridge needs to know about the export it runs (from realm.json)."""
+    v = manifest.variant_for(backend, dtype)
+    return {"file": v.file, "dtype": v.dtype, "kvDtype": KV_TYPES[v.kv_dtype], "backend": backend,
+            "numLayers": manifest.num_layers, "kvHeads": manifest.num_kv_heads, "headDim": manifest.head_dim,
+            "vocabSize": manifest.vocab_size, "bytes": v.bytes}
+
+
+class OrtWebEngine:
+    """Runs StepPlans through a bridge object whose `step(json)` returns a promise of JSON."""
+
+    def __init__(self, manifest: Manifest, bridge: Any, *, max_slots: int = 1, max_length: int | None = None) -> None:
+        self.manifest = manifest
+        self.bridge = bridge
+        self.max_slots = max_slots
+        self.max_length = min(max_length or manifest.max_length, manifest.max_length)
+        self.kv_capacity = max_slots * self.max_length
+        self.steps = 0
+
+    async def run(self, plan: StepPlan) -> StepResult:
+        msg = json.dumps({"freed_slots": plan.freed_slots, "seqs": [
+            {"seq_id": q.seq_id, "slot": q.slot, "tokens": q.tokens, "start": q.start, "sample": q.sample,
+             "sampling": q.sampling, "draw": q.draw, "history": q.history, "logprobs": q.logprobs}
+            for q in plan.seqs]})
+        res = json.loads(str(await self.bridge.step(msg)))
+        self.steps += 1
+        return StepResult(tokens={int(k): [int(t) for t in v] for k, v in res["tokens"].items()},
+                          logprobs={int(k): [float(x) for x in v] for k, v in res.get("logprobs", {}).items()})
+
+    def run_sync(self, plan: StepPlan) -> StepResult:
+        raise RuntimeError("the web engine is asynchronous: use `await llm.agenerate(...)` or `llm.stream(...)`")

@@ -1,0 +1,98 @@
+"""Entry points for the JavaScript hosts (the browser worker and Node): they load this core in
+Pyodide, hand it a bridge to onnxruntime-web (wasm/src/bridge.mjs) and call these functions with
+JSON strings. Standard library only; nothing here imports `js`.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .engine import LLM, Completion
+from .engines.ort_web import OrtWebEngine, bridge_config
+from .manifest import load_manifest
+from .sampling import SamplingParams
+
+_llm: LLM | None = None
+
+_OPTION_NAMES = {"maxTokens": "max_tokens", "topP": "top_p", "topK": "top_k", "minP": "min_p",
+                 "repetitionPenalty": "repetition_penalty", "stopTokenIds": "stop_token_ids",
+                 "ignoreEos": "ignore_eos"}
+_SAMPLING = {"temperature", "max_tokens", "top_p", "top_k", "min_p", "repetition_penalty", "seed", "stop",
+             "stop_token_ids", "ignore_eos", "logprobs"}
+_HOST_ONLY = {"backend", "threads", "dtype", "raw", "system"}
+
+
+def config(model_dir: str, backend: str, dtype: str | None = None) -> str:
+    """JSON: which ONNX file `backend` should load and how its KV cache looks."""
+    return json.dumps(bridge_config(load_manifest(model_dir), dtype or None, backend))
+
+
+def start(model_dir: str, bridge: Any, options: str = "{}") -> str:
+    """Create the model over `bridge`; returns JSON facts about it."""
+    global _llm
+    opts = json.loads(options)
+    engine = OrtWebEngine(load_manifest(model_dir), bridge, max_slots=int(opts.get("maxSlots", 4)),
+                          max_length=opts.get("maxLength"))
+    _llm = LLM(engine=engine, max_tokens_per_step=int(opts.get("maxTokensPerStep", 256)))
+    m = _llm.manifest
+    return json.dumps({"name": m.name, "max_length": engine.max_length, "eos_token_ids": m.eos_token_ids})
+
+
+def _params(options: dict[str, Any]) -> SamplingParams:
+    kw: dict[str, Any] = {}
+    for k, v in options.items():
+        name = _OPTION_NAMES.get(k, k)
+        if name in _SAMPLING:
+            kw[name] = v
+        elif name not in _HOST_ONLY:
+            raise ValueError(f"unknown option {k!r}")
+    return SamplingParams(**kw)
+
+
+def _prompt(prompt: str) -> Any:
+    p = json.loads(prompt)
+    return p
+
+
+def _result(c: Completion) -> str:
+    return json.dumps({"text": c.text, "tokenIds": c.token_ids, "promptTokenIds": c.prompt_token_ids,
+                       "finishReason": c.finish_reason, "usage": c.usage, "timings": c.timings})
+
+
+def _need() -> LLM:
+    if _llm is None:
+        raise RuntimeError("call start() first")
+    return _llm
+
+
+async def generate(prompt: str, options: str = "{}") -> str:
+    """prompt: JSON of a string or a list of chat messages. Returns the completion as JSON."""
+    llm = _need()
+    opts = json.loads(options)
+    c = (await llm.agenerate(_prompt(prompt), _params(opts), raw=bool(opts.get("raw")), system=opts.get("system")))[0]
+    return _result(c)
+
+
+async def stream(prompt: str, options: str, on_delta: Any) -> str:
+    """Like generate, calling on_delta(json) for every delta ({text, tokenIds, finishReason})."""
+    import time
+
+    llm = _need()
+    opts = json.loads(options)
+    p = _params(opts)
+    ids = llm.encode_prompt(_prompt(prompt), raw=bool(opts.get("raw")), system=opts.get("system"))
+    t0 = time.perf_counter()
+    first = None
+    out_ids: list[int] = []
+    text, reason = "", None
+    async for d in llm.stream(ids, p):
+        if d.token_ids and first is None:
+            first = time.perf_counter()
+        out_ids += d.token_ids
+        text += d.text
+        reason = d.finish_reason
+        on_delta(json.dumps({"text": d.text, "tokenIds": d.token_ids, "finishReason": d.finish_reason}))
+    from .engine import _make_completion
+
+    t1 = time.perf_counter()
+    return _result(_make_completion(text, out_ids, ids, reason, t0, first or t1, t1))

@@ -1,0 +1,68 @@
+"""The same Python core in Pyodide, on onnxruntime-web (WASM), in Node: real Node, real Pyodide,
+real onnxruntime-web; greedy tokens equal the native engine's on the same export."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from realm_web import LLM, load_manifest
+
+ROOT = Path(__file__).resolve().parent.parent
+WASM = ROOT / "wasm"
+PROMPTS = ["What is the capital of France?", "Write a haiku about the sea."]
+
+SCRIPT = """
+import { createRealm } from "%s";
+const [modelDir, wheel, prompts] = process.argv.slice(2);
+const realm = await createRealm({ modelDir, wheel, threads: 1 });
+const out = [];
+for (const p of JSON.parse(prompts)) out.push(await realm.generate(p, { maxTokens: 24 }));
+let deltas = [];
+const streamed = await realm.stream(JSON.parse(prompts)[0], { maxTokens: 24 }, (d) => deltas.push(d));
+console.log(JSON.stringify({ info: realm.info, out, streamed, deltas }));
+await realm.close();
+"""
+
+
+@pytest.fixture(scope="module")
+def node_run(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:  # type: ignore[type-arg]
+    if shutil.which("node") is None or not (WASM / "node_modules" / "pyodide").exists():
+        pytest.fail("node and wasm/node_modules are needed: `make web` installs them")
+    tmp = tmp_path_factory.mktemp("node")
+    wheel = subprocess.run([sys.executable, str(ROOT / "tools" / "build_core_wheel.py"), "--out", str(tmp)],
+                           check=True, capture_output=True, text=True).stdout.strip()
+    script = tmp / "run.mjs"
+    script.write_text(SCRIPT % (WASM / "src" / "node.mjs").as_posix())
+    r = subprocess.run(["node", str(script), str(model_dir), wheel, json.dumps(PROMPTS)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def test_node_wasm_answers_paris(node_run: dict) -> None:  # type: ignore[type-arg]
+    assert "Paris" in node_run["out"][0]["text"]
+    assert node_run["out"][0]["finishReason"] in ("stop", "length")
+    assert node_run["info"]["backend"] == "wasm"
+
+
+def test_node_wasm_greedy_tokens_equal_native(node_run: dict, model_dir: Path) -> None:  # type: ignore[type-arg]
+    dtype = node_run["info"]["dtype"]
+    assert dtype == load_manifest(model_dir).variant_for("wasm").dtype
+    native = LLM(model_dir, dtype=dtype, max_slots=2, max_length=256)
+    for p, got in zip(PROMPTS, node_run["out"]):
+        c = native.generate(p, max_tokens=24)[0]
+        assert got["promptTokenIds"] == c.prompt_token_ids
+        assert got["tokenIds"] == c.token_ids, p
+        assert got["text"] == c.text
+
+
+def test_node_wasm_stream_deltas_add_up(node_run: dict) -> None:  # type: ignore[type-arg]
+    deltas, streamed = node_run["deltas"], node_run["streamed"]
+    assert "".join(d["text"] for d in deltas) == streamed["text"] == node_run["out"][0]["text"]
+    assert [t for d in deltas for t in d["tokenIds"]] == streamed["tokenIds"]
+    assert deltas[-1]["finishReason"] == streamed["finishReason"]

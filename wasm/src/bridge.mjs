@@ -1,0 +1,181 @@
+// The onnxruntime-web side of realm-web's `ort_web` engine.
+//
+// The Python core (scheduler, tokenizer, sampling parameters, stop rules) runs in Pyodide and
+// calls `step(planJson)` once per step. This module owns what must stay out of Python: the ORT
+// session, each KV slot's tensors (on the GPU with WebGPU: outputs stay in GPU buffers and the
+// replaced ones are disposed) and the token-selection kernel over the logits, which never cross
+// into Python. It implements no scheduling, tokenization or stop rule.
+
+const EMPTY = { float32: () => new Float32Array(0), float16: () => new Uint16Array(0) };
+
+export class Bridge {
+  /** @param ort the onnxruntime-web module; @param model ONNX bytes; @param cfg from realm.json */
+  static async create(ort, model, cfg) {
+    const backend = cfg.backend || "wasm";
+    const opts = { executionProviders: backend === "webgpu" ? ["webgpu", "wasm"] : ["wasm"],
+                   graphOptimizationLevel: "all" };
+    if (backend === "webgpu") {
+      opts.preferredOutputLocation = {};
+      for (let i = 0; i < cfg.numLayers; i++)
+        for (const kv of ["key", "value"]) opts.preferredOutputLocation[`present.${i}.${kv}`] = "gpu-buffer";
+    }
+    const session = await ort.InferenceSession.create(model, opts);
+    return new Bridge(ort, session, { ...cfg, backend });
+  }
+
+  constructor(ort, session, cfg) {
+    this.ort = ort;
+    this.session = session;
+    this.cfg = cfg;
+    this.slots = new Map(); // slot -> {length, past: {name: Tensor}}
+    this.timings = { runs: 0, runMs: 0, sampleMs: 0 };
+  }
+
+  pastFor(slot, start) {
+    const { numLayers, kvHeads, headDim, kvDtype } = this.cfg;
+    let st = this.slots.get(slot);
+    if (start === 0 && st) { this.release(slot); st = undefined; }
+    if (!st) {
+      if (start !== 0) throw new Error(`slot ${slot} holds no cache but the step starts at ${start}`);
+      const past = {};
+      for (let i = 0; i < numLayers; i++)
+        for (const kv of ["key", "value"])
+          past[`past_key_values.${i}.${kv}`] = new this.ort.Tensor(kvDtype, EMPTY[kvDtype](), [1, kvHeads, 0, headDim]);
+      st = { length: 0, past };
+      this.slots.set(slot, st);
+    }
+    if (st.length !== start) throw new Error(`slot ${slot} holds ${st.length} tokens but the step starts at ${start}`);
+    return st;
+  }
+
+  release(slot) {
+    const st = this.slots.get(slot);
+    if (!st) return;
+    for (const t of Object.values(st.past)) if (t.location === "gpu-buffer") t.dispose();
+    this.slots.delete(slot);
+  }
+
+  /** One step: `plan` (JSON) lists per sequence its slot, tokens, start and sampling; returns
+   * JSON {tokens: {seq_id: [id]}, logprobs: {...}}. Sequences run one after another, each on
+   * its own slot's cache (one awaited call from Python covers them all). */
+  async step(planJson) {
+    const plan = JSON.parse(planJson);
+    for (const s of plan.freed_slots) this.release(s);
+    const out = { tokens: {}, logprobs: {} };
+    const { numLayers } = this.cfg;
+    for (const q of plan.seqs) {
+      const st = this.pastFor(q.slot, q.start);
+      const n = q.tokens.length;
+      const feeds = { ...st.past };
+      feeds.input_ids = new this.ort.Tensor("int64", BigInt64Array.from(q.tokens, BigInt), [1, n]);
+      feeds.attention_mask = new this.ort.Tensor("int64", new BigInt64Array(q.start + n).fill(1n), [1, q.start + n]);
+      feeds.logits_index = new this.ort.Tensor("int64", BigInt64Array.from([BigInt(n - 1)]), [1, 1]);
+      const t0 = performance.now();
+      const res = await this.session.run(feeds);
+      const t1 = performance.now();
+      const past = {};
+      for (let i = 0; i < numLayers; i++)
+        for (const kv of ["key", "value"]) past[`past_key_values.${i}.${kv}`] = res[`present.${i}.${kv}`];
+      for (const t of Object.values(st.past)) if (t.location === "gpu-buffer") t.dispose();
+      st.past = past;
+      st.length = q.start + n;
+      if (q.sample) {
+        const logits = toFloat32(res.logits);
+        const [tok, lp] = sampleToken(logits, q.sampling, q.draw, q.history, q.logprobs);
+        out.tokens[q.seq_id] = [tok];
+        if (lp !== null) out.logprobs[q.seq_id] = [lp];
+      } else {
+        out.tokens[q.seq_id] = [];
+      }
+      this.timings.runs += 1;
+      this.timings.runMs += t1 - t0;
+      this.timings.sampleMs += performance.now() - t1;
+    }
+    return JSON.stringify(out);
+  }
+
+  async dispose() {
+    for (const s of [...this.slots.keys()]) this.release(s);
+    await this.session.release();
+  }
+}
+
+function toFloat32(t) {
+  if (t.type === "float32") return t.data;
+  const h = t.data, f = new Float32Array(h.length);
+  for (let i = 0; i < h.length; i++) f[i] = halfToFloat(h[i]);
+  return f;
+}
+
+function halfToFloat(h) {
+  const s = h & 0x8000 ? -1 : 1, e = (h >> 10) & 0x1f, m = h & 0x3ff;
+  if (e === 0) return s * m * 2 ** -24;
+  if (e === 31) return m ? NaN : s * Infinity;
+  return s * (1 + m / 1024) * 2 ** (e - 15);
+}
+
+// Token selection: the same rule, in the same order and precision, as
+// realm_web/engines/sampler.py (see realm_web/sampling.py): repetition penalty, then greedy, or
+// temperature -> candidates in canonical order (logit descending, id ascending) -> top-k ->
+// top-p -> min-p -> inverse CDF at the draw u over unnormalized exp weights.
+export function sampleToken(logits, p, u, history, wantLogprob) {
+  const f = Math.fround;
+  let x = logits;
+  const rp = p.repetition_penalty ?? 1.0;
+  if (rp !== 1.0 && history && history.length) {
+    x = Float32Array.from(logits);
+    const r = f(rp); // numpy divides float32 by float32: round the factor first (exact after)
+    for (const id of new Set(history)) x[id] = x[id] > 0 ? f(x[id] / r) : f(x[id] * r);
+  }
+  const temp = p.temperature ?? 0.0;
+  let tok;
+  if (temp === 0) {
+    tok = 0;
+    for (let i = 1; i < x.length; i++) if (x[i] > x[tok]) tok = i;
+  } else {
+    const y = new Float32Array(x.length);
+    const t = f(temp);
+    for (let i = 0; i < x.length; i++) y[i] = f(x[i] / t);
+    tok = pick(y, p.top_k ?? 0, p.top_p ?? 1.0, p.min_p ?? 0.0, u);
+  }
+  let lp = null;
+  if (wantLogprob) {
+    let m = -Infinity;
+    for (let i = 0; i < x.length; i++) if (x[i] > m) m = x[i];
+    let s = 0;
+    for (let i = 0; i < x.length; i++) s += Math.exp(x[i] - m);
+    lp = x[tok] - m - Math.log(s);
+  }
+  return [tok, lp];
+}
+
+function pick(y, topK, topP, minP, u) {
+  const V = y.length;
+  const k = topK <= 0 ? V : Math.min(topK, V);
+  let cand = Array.from({ length: V }, (_, i) => i);
+  const order = (a, b) => (y[b] - y[a]) || (a - b);
+  if (k < V) {
+    cand.sort(order);
+    cand = cand.slice(0, k);
+  } else {
+    cand.sort(order);
+  }
+  const z0 = y[cand[0]];
+  const w = new Float64Array(cand.length);
+  for (let i = 0; i < cand.length; i++) w[i] = Math.exp(y[cand[i]] - z0);
+  let n = cand.length;
+  const c = new Float64Array(n);
+  let acc = 0;
+  for (let i = 0; i < n; i++) { acc += w[i]; c[i] = acc; }
+  if (topP < 1.0) n = Math.min(n, searchLeft(c, n, topP * c[n - 1]) + 1);
+  if (minP > 0.0) {
+    let m = 0;
+    for (let i = 0; i < n; i++) if (w[i] >= minP) m++;
+    n = Math.min(n, Math.max(1, m));
+  }
+  const i = searchRight(c, n, u * c[n - 1]);
+  return cand[Math.min(i, n - 1)];
+}
+
+function searchLeft(c, n, v) { let lo = 0, hi = n; while (lo < hi) { const m = (lo + hi) >> 1; if (c[m] < v) lo = m + 1; else hi = m; } return lo; }
+function searchRight(c, n, v) { let lo = 0, hi = n; while (lo < hi) { const m = (lo + hi) >> 1; if (c[m] <= v) lo = m + 1; else hi = m; } return lo; }
