@@ -15,16 +15,24 @@ from realm_web import LLM, load_manifest
 ROOT = Path(__file__).resolve().parent.parent
 WASM = ROOT / "wasm"
 PROMPTS = ["What is the capital of France?", "Write a haiku about the sea."]
+SEEDED = [{"maxTokens": 24, "temperature": 0.9, "topP": 0.95, "topK": 40, "seed": 11},
+          {"maxTokens": 16, "temperature": 1.2, "minP": 0.05, "repetitionPenalty": 1.3, "seed": 5},
+          {"maxTokens": 16, "temperature": 0.7, "seed": 123}]
+NATIVE = {"maxTokens": "max_tokens", "topP": "top_p", "topK": "top_k", "minP": "min_p",
+          "repetitionPenalty": "repetition_penalty"}
 
 SCRIPT = """
 import { createRealm } from "%s";
-const [modelDir, wheel, prompts] = process.argv.slice(2);
+const [modelDir, wheel, prompts, seededJson] = process.argv.slice(2);
+const SEEDED = JSON.parse(seededJson);
 const realm = await createRealm({ modelDir, wheel, threads: 1 });
 const out = [];
 for (const p of JSON.parse(prompts)) out.push(await realm.generate(p, { maxTokens: 24 }));
+const seeded = [];
+for (const o of SEEDED) seeded.push(await realm.generate(JSON.parse(prompts)[1], o));
 let deltas = [];
 const streamed = await realm.stream(JSON.parse(prompts)[0], { maxTokens: 24 }, (d) => deltas.push(d));
-console.log(JSON.stringify({ info: realm.info, out, streamed, deltas }));
+console.log(JSON.stringify({ info: realm.info, out, streamed, deltas, seeded }));
 await realm.close();
 """
 
@@ -38,7 +46,7 @@ def node_run(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
                            check=True, capture_output=True, text=True).stdout.strip()
     script = tmp / "run.mjs"
     script.write_text(SCRIPT % (WASM / "src" / "node.mjs").as_posix())
-    r = subprocess.run(["node", str(script), str(model_dir), wheel, json.dumps(PROMPTS)],
+    r = subprocess.run(["node", str(script), str(model_dir), wheel, json.dumps(PROMPTS), json.dumps(SEEDED)],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     return json.loads(r.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
@@ -66,3 +74,12 @@ def test_node_wasm_stream_deltas_add_up(node_run: dict) -> None:  # type: ignore
     assert "".join(d["text"] for d in deltas) == streamed["text"] == node_run["out"][0]["text"]
     assert [t for d in deltas for t in d["tokenIds"]] == streamed["tokenIds"]
     assert deltas[-1]["finishReason"] == streamed["finishReason"]
+
+
+def test_node_wasm_seeded_sampling_equals_native(node_run: dict, model_dir: Path) -> None:  # type: ignore[type-arg]
+    # The token-selection kernel exists twice (numpy, JavaScript) with the same arithmetic: the
+    # same seed gives the same tokens on both engines.
+    native = LLM(model_dir, dtype=node_run["info"]["dtype"], max_slots=2, max_length=256)
+    for opts, got in zip(SEEDED, node_run["seeded"]):
+        c = native.generate(PROMPTS[1], **{NATIVE.get(k, k): v for k, v in opts.items()})[0]
+        assert got["tokenIds"] == c.token_ids, opts
