@@ -23,6 +23,7 @@ model: setup
 # pure-Python wheel that Pyodide installs.
 web: wasm/node_modules/.stamp
 	$(PY) tools/build_core_wheel.py
+	$(PY) tools/build_web.py
 
 wasm/node_modules/.stamp: wasm/package.json wasm/package-lock.json
 	cd wasm && npm ci --no-audit --no-fund --loglevel=error

@@ -13,6 +13,13 @@ from .manifest import load_manifest
 from .sampling import SamplingParams
 
 _llm: LLM | None = None
+_cancelled = False
+
+
+def cancel_all() -> None:
+    """Stop the streams in progress at their next token (their slots are freed at once)."""
+    global _cancelled
+    _cancelled = True
 
 _OPTION_NAMES = {"maxTokens": "max_tokens", "topP": "top_p", "topK": "top_k", "minP": "min_p",
                  "repetitionPenalty": "repetition_penalty", "stopTokenIds": "stop_token_ids",
@@ -49,11 +56,6 @@ def _params(options: dict[str, Any]) -> SamplingParams:
     return SamplingParams(**kw)
 
 
-def _prompt(prompt: str) -> Any:
-    p = json.loads(prompt)
-    return p
-
-
 def _result(c: Completion) -> str:
     return json.dumps({"text": c.text, "tokenIds": c.token_ids, "promptTokenIds": c.prompt_token_ids,
                        "finishReason": c.finish_reason, "usage": c.usage, "timings": c.timings})
@@ -69,7 +71,7 @@ async def generate(prompt: str, options: str = "{}") -> str:
     """prompt: JSON of a string or a list of chat messages. Returns the completion as JSON."""
     llm = _need()
     opts = json.loads(options)
-    c = (await llm.agenerate(_prompt(prompt), _params(opts), raw=bool(opts.get("raw")), system=opts.get("system")))[0]
+    c = (await llm.agenerate(json.loads(prompt), _params(opts), raw=bool(opts.get("raw")), system=opts.get("system")))[0]
     return _result(c)
 
 
@@ -77,10 +79,12 @@ async def stream(prompt: str, options: str, on_delta: Any) -> str:
     """Like generate, calling on_delta(json) for every delta ({text, tokenIds, finishReason})."""
     import time
 
+    global _cancelled
     llm = _need()
     opts = json.loads(options)
     p = _params(opts)
-    ids = llm.encode_prompt(_prompt(prompt), raw=bool(opts.get("raw")), system=opts.get("system"))
+    ids = llm.encode_prompt(json.loads(prompt), raw=bool(opts.get("raw")), system=opts.get("system"))
+    _cancelled = False
     t0 = time.perf_counter()
     first = None
     out_ids: list[int] = []
@@ -92,6 +96,10 @@ async def stream(prompt: str, options: str, on_delta: Any) -> str:
         text += d.text
         reason = d.finish_reason
         on_delta(json.dumps({"text": d.text, "tokenIds": d.token_ids, "finishReason": d.finish_reason}))
+        if _cancelled and reason is None:
+            reason = "abort"
+            on_delta(json.dumps({"text": "", "tokenIds": [], "finishReason": reason}))
+            break  # leaving the stream aborts the request and frees its slot
     from .engine import _make_completion
 
     t1 = time.perf_counter()

@@ -1,0 +1,88 @@
+// The chat page over window.realm (realm.js).
+import realm from "./realm.js";
+
+const $ = (id) => document.getElementById(id);
+const chat = $("chat"), input = $("input"), send = $("send"), stop = $("stop");
+const history = [];
+let busy = false;
+
+function status(text, error = false) { $("statusText").textContent = text; $("status").classList.toggle("error", error); }
+function mb(n) { return (n / 1e6).toFixed(1) + " MB"; }
+function bubble(role, text) {
+  const d = document.createElement("div");
+  d.className = `msg ${role}`;
+  d.textContent = text;
+  chat.appendChild(d);
+  chat.scrollTop = chat.scrollHeight;
+  return d;
+}
+function enable(on) { input.disabled = send.disabled = !on; }
+
+realm.onprogress = (p) => {
+  if (p.stage === "download") {
+    $("bar").style.width = `${p.total ? (100 * p.got) / p.total : 0}%`;
+    status(`Downloading ${p.file}: ${mb(p.got)} of ${mb(p.total)}`);
+  } else status(p.text || p.stage);
+};
+
+async function start() {
+  enable(false);
+  $("backend").value = realm.backend;
+  $("bar").style.width = "0%";
+  try {
+    const info = await realm.ready;
+    $("bar").style.width = "100%";
+    status(`Ready: ${info.name} (${info.dtype}, ${mb(info.bytes)}${info.fromCache ? ", from the browser cache" : ""}) on ` +
+           `${info.backend === "webgpu" ? "WebGPU" : `WASM, ${info.threads} thread${info.threads > 1 ? "s" : ""}`}` +
+           ` in ${info.loadSeconds.toFixed(1)} s`);
+    $("model").textContent = `${info.name} · ${info.file}`;
+    enable(true);
+    input.focus();
+  } catch (e) {
+    status(e.message, true);
+  }
+}
+
+$("backend").onchange = async () => {
+  const b = $("backend").value;
+  if (b === "server") { status("The server backend needs `realm-web serve` (not available on this page yet).", true); return; }
+  realm.ready = realm._start(b);
+  await start();
+};
+
+$("form").onsubmit = async (ev) => {
+  ev.preventDefault();
+  const text = input.value.trim();
+  if (!text || busy) return;
+  input.value = "";
+  busy = true;
+  enable(false);
+  stop.disabled = false;
+  bubble("user", text);
+  history.push({ role: "user", content: text });
+  const out = bubble("assistant", "");
+  const t0 = performance.now();
+  let n = 0, first = 0;
+  try {
+    const r = await realm.stream(history, { temperature: Number($("temperature").value), maxTokens: Number($("maxTokens").value) }, (d) => {
+      if (!first && d.tokenIds.length) first = performance.now();
+      n += d.tokenIds.length;
+      out.textContent += d.text;
+      chat.scrollTop = chat.scrollHeight;
+      if (n > 1) $("speed").textContent = `${((n - 1) / ((performance.now() - first) / 1000)).toFixed(1)} tokens/s · first token ${((first - t0) / 1000).toFixed(2)} s`;
+    });
+    history.push({ role: "assistant", content: r.text });
+    if (r.finishReason === "abort") out.textContent += " [stopped]";
+  } catch (e) {
+    out.remove();
+    bubble("error", e.message);
+  }
+  busy = false;
+  stop.disabled = true;
+  enable(true);
+  input.focus();
+};
+
+input.addEventListener("keydown", (e) => { if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); $("form").requestSubmit(); } });
+stop.onclick = () => realm.stop();
+start();

@@ -1,0 +1,104 @@
+// realm-web's browser worker: Pyodide (the Python core) + onnxruntime-web (the model), off the
+// page's thread so the page never freezes. Messages in: {id, op, args}; out: {id, result} |
+// {id, error} | {id, delta} | {progress}.
+import { loadPyodide } from "./pyodide/pyodide.mjs";
+import { Bridge } from "./realm/bridge.mjs";
+
+const MODEL_FILES = ["realm.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"];
+const CACHE = "realm-web-models-v1";
+let py, web, bridge, info;
+
+const post = (m) => postMessage(m);
+
+async function cachedFetch(url, onBytes) {
+  // Model files are cached in the browser (Cache API): a reload does not download them again.
+  const cache = await caches.open(CACHE);
+  let resp = await cache.match(url);
+  const fromCache = !!resp;
+  if (!resp) {
+    const net = await fetch(url);
+    if (!net.ok) throw new Error(`${url}: HTTP ${net.status} (is the model there? run \`realm-web pull\`)`);
+    const total = Number(net.headers.get("content-length")) || 0;
+    const reader = net.body.getReader();
+    const chunks = [];
+    let got = 0;
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      chunks.push(value);
+      got += value.length;
+      onBytes?.(got, total);
+    }
+    const blob = new Blob(chunks);
+    try {
+      await cache.put(url, new Response(blob, { headers: { "content-type": "application/octet-stream",
+                                                            "content-length": String(blob.size) } }));
+    } catch (e) {  // over the storage quota (private windows): run from memory, download next time
+      post({ progress: { stage: "cache", text: `not cached (${e.message}); the next visit downloads again` } });
+    }
+    return { bytes: new Uint8Array(await blob.arrayBuffer()), fromCache: false };
+  }
+  const buf = new Uint8Array(await resp.arrayBuffer());
+  if (fromCache) onBytes?.(buf.length, buf.length);
+  return { bytes: buf, fromCache };
+}
+
+async function init({ modelUrl, backend, threads = 2, dtype = null }) {
+  const t0 = performance.now();
+  if (backend === "webgpu") {
+    if (!navigator.gpu) throw new Error("WebGPU is not available in this browser: choose WASM");
+    const adapter = await navigator.gpu.requestAdapter();
+    if (!adapter) throw new Error("no WebGPU adapter: choose WASM");
+  }
+  const ort = await import(backend === "webgpu" ? "./ort/ort.webgpu.min.mjs" : "./ort/ort.wasm.min.mjs");
+  ort.env.wasm.wasmPaths = new URL("./ort/", import.meta.url).href;
+  ort.env.wasm.numThreads = self.crossOriginIsolated ? threads : 1;
+  post({ progress: { stage: "python", text: "starting Python" } });
+  py = await loadPyodide({ indexURL: new URL("./pyodide/", import.meta.url).href });
+  const wheelName = await (await fetch("./realm/wheel.txt")).text();
+  py.unpackArchive(new Uint8Array(await (await fetch(`./realm/${wheelName.trim()}`)).arrayBuffer()), "wheel");
+  py.FS.mkdirTree("/model");
+  for (const f of MODEL_FILES) {
+    const r = await fetch(`${modelUrl}/${f}`);
+    if (r.ok) py.FS.writeFile(`/model/${f}`, new Uint8Array(await r.arrayBuffer()));
+    else if (f === "realm.json") throw new Error(`no model at ${modelUrl} (HTTP ${r.status}): run \`realm-web pull\``);
+  }
+  web = py.pyimport("realm_web.web");
+  const cfg = JSON.parse(web.config("/model", backend, dtype));
+  const { bytes, fromCache } = await cachedFetch(`${modelUrl}/${cfg.file}`, (got, total) =>
+    post({ progress: { stage: "download", got, total: total || cfg.bytes, file: cfg.file } }));
+  post({ progress: { stage: "session", text: `loading ${cfg.file} on ${backend}` } });
+  try {
+    bridge = await Bridge.create(ort, bytes, cfg);
+  } catch (e) {
+    throw new Error(`could not load the model on ${backend}: ${e.message || e}` +
+                    (/memory|alloc/i.test(String(e)) ? " (out of memory: try WASM or a smaller export)" : ""));
+  }
+  info = { ...JSON.parse(web.start("/model", bridge, JSON.stringify({ maxSlots: 2 }))), ...cfg,
+           threads: ort.env.wasm.numThreads, crossOriginIsolated: self.crossOriginIsolated, fromCache,
+           loadSeconds: (performance.now() - t0) / 1000 };
+  return info;
+}
+
+const ops = {
+  init,
+  async generate({ prompt, options }) {
+    return JSON.parse(await web.generate(JSON.stringify(prompt), JSON.stringify(options || {})));
+  },
+  async stream({ prompt, options }, id) {
+    const r = await web.stream(JSON.stringify(prompt), JSON.stringify(options || {}),
+                               (d) => post({ id, delta: JSON.parse(d) }));
+    return JSON.parse(r);
+  },
+  async stop() { web?.cancel_all(); return true; },
+  async stats() { return { ...bridge?.timings }; },
+};
+
+onmessage = async (e) => {
+  const { id, op, args } = e.data;
+  try {
+    post({ id, result: await ops[op](args || {}, id) });
+  } catch (err) {
+    post({ id, error: String(err?.message || err) });
+  }
+};

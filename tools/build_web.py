@@ -1,0 +1,50 @@
+"""Assemble the web page's bundle in build/web from local packages only:
+
+    build/web/            the page (static/*)
+    build/web/pyodide/    Pyodide core (npm `pyodide`)
+    build/web/ort/        onnxruntime-web's dist/ (npm)
+    build/web/realm/      the JS bridge and the core's pure-Python wheel (+ wheel.txt naming it)
+
+Large directories are symlinked, not copied. The model is not part of the bundle: the server
+maps /models/default/ to the model directory (`realm-web pull`).
+
+    python tools/build_web.py        # after `npm ci` in wasm/ (make web does both)
+"""
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+from build_core_wheel import build  # noqa: E402
+
+
+def link(src: Path, dst: Path) -> None:
+    if not src.exists():
+        raise SystemExit(f"build_web: {src} is missing: run `cd wasm && npm ci` (or `make web`)")
+    if dst.is_symlink() or dst.exists():
+        dst.unlink() if dst.is_symlink() or dst.is_file() else shutil.rmtree(dst)
+    dst.symlink_to(src.resolve())
+
+
+def main() -> int:
+    out = ROOT / "build" / "web"
+    (out / "realm").mkdir(parents=True, exist_ok=True)
+    for f in (ROOT / "static").iterdir():
+        link(f, out / f.name)
+    nm = ROOT / "wasm" / "node_modules"
+    link(nm / "pyodide", out / "pyodide")
+    link(nm / "onnxruntime-web" / "dist", out / "ort")
+    link(ROOT / "wasm" / "src" / "bridge.mjs", out / "realm" / "bridge.mjs")
+    for old in (out / "realm").glob("*.whl"):
+        old.unlink()
+    wheel = build(out / "realm")
+    (out / "realm" / "wheel.txt").write_text(wheel.name)
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
