@@ -1,0 +1,96 @@
+"""The web page in real headless Chromium (Debian's, driven by Playwright): Pyodide runs the same
+Python core, onnxruntime-web (WASM) runs the model, in a Web Worker."""
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from realm_web import LLM, load_manifest
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-quic", "--no-first-run", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--enable-unsafe-webgpu"]
+QUESTION = "What is the capital of France?"
+
+
+@pytest.fixture(scope="module")
+def site(model_dir: Path) -> Iterator[str]:
+    if not Path(CHROMIUM).exists() or not (ROOT / "wasm" / "node_modules" / "pyodide").exists():
+        pytest.fail("Chromium and wasm/node_modules are needed: .ci/run and `make web` install them")
+    subprocess.run([sys.executable, str(ROOT / "tools" / "build_web.py")], check=True, capture_output=True)
+    sys.path.insert(0, str(ROOT / "tools"))
+    from serve_web import make_server
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = make_server(port, model_dir)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{port}"
+    srv.shutdown()
+
+
+@pytest.fixture(scope="module")
+def browser_run(site: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    from playwright.sync_api import sync_playwright
+
+    profile = tmp_path_factory.mktemp("profile")  # a persistent profile: the Cache API keeps the model
+    requests: list[str] = []
+    out: dict[str, Any] = {}
+    with sync_playwright() as p:
+        ctx = p.chromium.launch_persistent_context(str(profile), executable_path=CHROMIUM, args=ARGS, headless=True)
+        ctx.on("request", lambda r: requests.append(r.url))
+        page = ctx.new_page()
+        page.goto(f"{site}/?backend=wasm&threads=2")
+        out["info"] = page.evaluate("() => window.realm.ready")
+        out["answer"] = page.evaluate(f"() => window.realm.generate({json.dumps(QUESTION)}, {{maxTokens: 24}})")
+        out["deltas"] = page.evaluate(
+            "async () => { const ds = []; const r = await window.realm.stream('Write a haiku about the sea.',"
+            " {maxTokens: 12}, (d) => ds.push(d)); return {r, ds}; }")
+        out["ui_status"] = page.inner_text("#statusText")
+        page.reload()
+        out["info_reload"] = page.evaluate("() => window.realm.ready")
+        out["answer_reload"] = page.evaluate(f"() => window.realm.generate({json.dumps(QUESTION)}, {{maxTokens: 24}})")
+        ctx.close()
+    out["requests"] = requests
+    return out
+
+
+def test_page_answers_paris_on_wasm(browser_run: dict[str, Any]) -> None:
+    assert browser_run["info"]["backend"] == "wasm" and browser_run["info"]["crossOriginIsolated"]
+    assert "Paris" in browser_run["answer"]["text"]
+    assert "Ready" in browser_run["ui_status"]
+
+
+def test_browser_greedy_tokens_equal_native(browser_run: dict[str, Any], model_dir: Path) -> None:
+    dtype = browser_run["info"]["dtype"]
+    assert dtype == load_manifest(model_dir).variant_for("wasm").dtype
+    c = LLM(model_dir, dtype=dtype, max_slots=1, max_length=256).generate(QUESTION, max_tokens=24)[0]
+    assert browser_run["answer"]["promptTokenIds"] == c.prompt_token_ids
+    assert browser_run["answer"]["tokenIds"] == c.token_ids
+
+
+def test_stream_deltas_in_the_page(browser_run: dict[str, Any]) -> None:
+    r, ds = browser_run["deltas"]["r"], browser_run["deltas"]["ds"]
+    assert "".join(d["text"] for d in ds) == r["text"] and len(ds) >= 2
+    assert [t for d in ds for t in d["tokenIds"]] == r["tokenIds"]
+
+
+def test_no_request_leaves_the_origin(browser_run: dict[str, Any], site: str) -> None:
+    outside = [u for u in browser_run["requests"] if not (u.startswith(site + "/") or u.startswith(("data:", "blob:")))]
+    assert not outside, outside[:5]
+
+
+def test_reload_serves_the_model_from_the_browser_cache(browser_run: dict[str, Any]) -> None:
+    assert browser_run["info"]["fromCache"] is False
+    assert browser_run["info_reload"]["fromCache"] is True
+    assert browser_run["answer_reload"]["tokenIds"] == browser_run["answer"]["tokenIds"]
