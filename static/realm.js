@@ -32,7 +32,8 @@ class Realm {
     this._worker = new Worker(new URL("./worker.mjs", import.meta.url), { type: "module" });
     this._worker.onmessage = (e) => this._message(e.data);
     this._worker.onerror = (e) => { for (const p of this._pending.values()) p.reject(new Error(e.message || "worker failed")); };
-    const ready = this._call("init", { modelUrl: this.modelUrl, backend, threads: this.threads }).then((info) => {
+    const ready = this._call("init", { modelUrl: this.modelUrl, backend, threads: this.threads,
+                                       dtype: params.get("dtype") }).then((info) => {
       this.info = info;
       return info;
     });
