@@ -21,9 +21,15 @@ model: setup
 
 # The JavaScript side: Pyodide and onnxruntime-web from npm (package-lock.json), and the core's
 # pure-Python wheel that Pyodide installs.
-web: wasm/node_modules/.stamp
+web: wasm/node_modules/.stamp wasm/dist/pywheels/.stamp
 	$(PY) tools/build_core_wheel.py
 	$(PY) tools/build_web.py
+
+# pytest and its pure-Python dependencies, for running the core's tests inside Pyodide
+PYODIDE_TEST_WHEELS := pytest==9.2.0 pluggy==1.7.0 iniconfig==2.3.1 packaging==26.4 pygments==2.21.0
+wasm/dist/pywheels/.stamp: Makefile
+	$(PY) -m pip download -q --no-deps --only-binary=:all: -d wasm/dist/pywheels $(PYODIDE_TEST_WHEELS)
+	touch $@
 
 wasm/node_modules/.stamp: wasm/package.json wasm/package-lock.json
 	cd wasm && npm ci --no-audit --no-fund --loglevel=error
