@@ -94,3 +94,18 @@ def test_reload_serves_the_model_from_the_browser_cache(browser_run: dict[str, A
     assert browser_run["info"]["fromCache"] is False
     assert browser_run["info_reload"]["fromCache"] is True
     assert browser_run["answer_reload"]["tokenIds"] == browser_run["answer"]["tokenIds"]
+
+
+def test_page_answers_paris_on_webgpu(site: str, model_dir: Path) -> None:
+    # WebGPU through SwiftShader (software): a few tokens only.
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        page = b.new_page()
+        page.goto(f"{site}/?backend=webgpu")
+        info = page.evaluate("() => window.realm.ready")
+        r = page.evaluate(f"() => window.realm.generate({json.dumps(QUESTION)}, {{maxTokens: 8}})")
+        b.close()
+    assert info["backend"] == "webgpu" and info["dtype"] == load_manifest(model_dir).variant_for("webgpu").dtype
+    assert "Paris" in r["text"], r["text"]

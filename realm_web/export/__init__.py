@@ -37,7 +37,10 @@ PREFERENCES = {
     # onnxruntime-web's WASM build has no fast MatMulNBits (measured in Node, 1 thread: fp16 and
     # fp32 26 ms/token, int8 204, int4 259): fp16 for half the download, fp32 next.
     "wasm": ["fp16", "fp32", "int8", "int4"],
-    "webgpu": ["fp16", "int4", "fp32", "int8"],
+    # WebGPU's 4-bit MatMulNBits quantizes activations (accuracy level 4) and moves logits by a few
+    # tenths: enough to flip SmolLM2's knife-edge first token to French on SwiftShader; 8-bit
+    # keeps the answer. fp16 first on real GPUs.
+    "webgpu": ["fp16", "int8", "int4", "fp32"],
 }
 
 

