@@ -16,12 +16,15 @@ import os
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
+
+sys.path.insert(0, str(Path(__file__).parent))
+from anchors import build_genai as _build_genai  # noqa: E402
+from anchors import hf_dir_from_gguf  # noqa: E402
 
 PROMPT = "What is the capital of France?"
 NEW = 128
@@ -55,22 +58,6 @@ def bench_realm(model_dir: Path, dtype: str, reps: int) -> dict[str, Any]:
     return r
 
 
-def hf_dir_from_gguf(gguf: Path, out: Path) -> Path:
-    """transformers' dequantized weights saved as safetensors (input for the genai builder)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    if (out / "config.json").exists():
-        return out
-    m = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    m.hf_quantizer = None
-    if hasattr(m.config, "quantization_config"):
-        del m.config.quantization_config
-    m.save_pretrained(out)
-    AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(out)
-    return out
-
-
 def bench_transformers(gguf: Path, ids: list[int], reps: int) -> dict[str, Any]:
     import torch
     from transformers import AutoModelForCausalLM
@@ -91,21 +78,6 @@ def bench_transformers(gguf: Path, ids: list[int], reps: int) -> dict[str, Any]:
         return ttft, (t2 - t1) - ttft, out[0, len(ids):].tolist()
 
     return measure(run, reps)
-
-
-def build_genai(hf: Path, out: Path, precision: str) -> Path:
-    if not (out / "genai_config.json").exists():
-        cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(hf), "-o", str(out),
-               "-p", precision, "-e", "cpu", "-c", str(out / "cache")]
-        if precision == "int4":
-            cmd += ["--extra_options", "int4_accuracy_level=4"]
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        cfg = json.loads((out / "genai_config.json").read_text())
-        so = cfg["model"]["decoder"].setdefault("session_options", {})
-        so["intra_op_num_threads"] = THREADS
-        so["inter_op_num_threads"] = 1
-        (out / "genai_config.json").write_text(json.dumps(cfg, indent=2))
-    return out
 
 
 def bench_genai(model: Path, ids: list[int], reps: int) -> dict[str, Any]:
@@ -160,7 +132,7 @@ def main() -> int:
         hf = hf_dir_from_gguf(gguf, work / "hf")
         for prec in ("fp32", "int8", "int4"):
             try:
-                rows[f"onnxruntime-genai {prec}"] = bench_genai(build_genai(hf, work / f"genai-{prec}", prec), ids, a.reps)
+                rows[f"onnxruntime-genai {prec}"] = bench_genai(_build_genai(hf, work / f"genai-{prec}", prec, "cpu", THREADS), ids, a.reps)
             except Exception as e:  # noqa: BLE001 - an anchor that cannot be built is reported, not fatal
                 rows[f"onnxruntime-genai {prec}"] = {"error": f"{type(e).__name__}: {e}"}
             print(f"done: genai {prec}", file=sys.stderr)

@@ -10,7 +10,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Mapping, Protocol, Sequence, Union
+from typing import Any, AsyncIterator, Callable, Mapping, Protocol, Sequence, Union
 
 from .chat import ChatTemplate, load_chat_template
 from .manifest import Manifest, load_manifest
@@ -166,19 +166,30 @@ class LLM:
         p = self._params(params, kw)
         ids = [self.encode_prompt(x, raw=raw, system=system) for x in items]
 
-        async def one(prompt_ids: list[int]) -> Completion:
-            t0 = time.perf_counter()
-            first, out_ids, text, reason = None, [], "", None
-            async for d in self.stream(prompt_ids, p):
-                if d.token_ids and first is None:
-                    first = time.perf_counter()
-                out_ids += d.token_ids
-                text += d.text
-                reason = d.finish_reason
-            t1 = time.perf_counter()
-            return _make_completion(text, out_ids, prompt_ids, reason, t0, first or t1, t1)
+        return list(await asyncio.gather(*(self.collect(x, p) for x in ids)))
 
-        return list(await asyncio.gather(*(one(x) for x in ids)))
+    async def collect(self, prompt_ids: list[int], params: SamplingParams,
+                      on_delta: Callable[[RequestOutput], None] | None = None,
+                      cancelled: Callable[[], bool] | None = None) -> Completion:
+        """Stream one prompt into a Completion, calling `on_delta` for each delta; when
+        `cancelled()` turns true the request is aborted (finish_reason "abort")."""
+        t0 = time.perf_counter()
+        first, out_ids, text, reason = None, [], "", None
+        async for d in self.stream(prompt_ids, params):
+            if d.token_ids and first is None:
+                first = time.perf_counter()
+            out_ids += d.token_ids
+            text += d.text
+            reason = d.finish_reason
+            if on_delta is not None:
+                on_delta(d)
+            if reason is None and cancelled is not None and cancelled():
+                reason = "abort"
+                if on_delta is not None:
+                    on_delta(RequestOutput(d.request_id, [], "", True, reason))
+                break  # leaving the stream aborts the request and frees its slot
+        t1 = time.perf_counter()
+        return _make_completion(text, out_ids, prompt_ids, reason, t0, first or t1, t1)
 
     # -- asynchronous streaming ------------------------------------------------------------------
     async def stream(self, prompt: Prompt, params: SamplingParams | None = None, *, raw: bool = False,

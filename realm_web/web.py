@@ -11,6 +11,7 @@ from .engine import LLM, Completion
 from .engines.ort_web import OrtWebEngine, bridge_config
 from .manifest import load_manifest
 from .sampling import SamplingParams
+from .scheduler import RequestOutput
 
 _llm: LLM | None = None
 _cancelled = False
@@ -76,31 +77,15 @@ async def generate(prompt: str, options: str = "{}") -> str:
 
 
 async def stream(prompt: str, options: str, on_delta: Any) -> str:
-    """Like generate, calling on_delta(json) for every delta ({text, tokenIds, finishReason})."""
-    import time
-
+    """Like generate, calling on_delta(json) for every delta ({text, tokenIds, finishReason});
+    cancel_all() stops it at the next token."""
     global _cancelled
     llm = _need()
     opts = json.loads(options)
-    p = _params(opts)
     ids = llm.encode_prompt(json.loads(prompt), raw=bool(opts.get("raw")), system=opts.get("system"))
     _cancelled = False
-    t0 = time.perf_counter()
-    first = None
-    out_ids: list[int] = []
-    text, reason = "", None
-    async for d in llm.stream(ids, p):
-        if d.token_ids and first is None:
-            first = time.perf_counter()
-        out_ids += d.token_ids
-        text += d.text
-        reason = d.finish_reason
-        on_delta(json.dumps({"text": d.text, "tokenIds": d.token_ids, "finishReason": d.finish_reason}))
-        if _cancelled and reason is None:
-            reason = "abort"
-            on_delta(json.dumps({"text": "", "tokenIds": [], "finishReason": reason}))
-            break  # leaving the stream aborts the request and frees its slot
-    from .engine import _make_completion
 
-    t1 = time.perf_counter()
-    return _result(_make_completion(text, out_ids, ids, reason, t0, first or t1, t1))
+    def send(d: RequestOutput) -> None:
+        on_delta(json.dumps({"text": d.text, "tokenIds": d.token_ids, "finishReason": d.finish_reason}))
+
+    return _result(await llm.collect(ids, _params(opts), send, lambda: _cancelled))
