@@ -202,10 +202,11 @@ def build_genai(hf: Path, out: Path, precision: str, device: str, threads: int |
     return out
 
 
-def genai_batched(model_dir: Path, ids_list: list[list[int]], new: int) -> dict[str, Any]:
+def genai_batched(model: Any, ids_list: list[list[int]], new: int) -> dict[str, Any]:
+    """`model`: a genai model directory, or an `og.Model` already loaded (to time repeated runs)."""
     import onnxruntime_genai as og
 
-    m = og.Model(str(model_dir))
+    m = og.Model(str(model)) if isinstance(model, (str, Path)) else model
     ids, _ = left_pad(ids_list)
     b, n = ids.shape
     params = og.GeneratorParams(m)

@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).parent))
 from anchors import build_genai as _build_genai  # noqa: E402
-from anchors import hf_dir_from_gguf  # noqa: E402
+from anchors import genai_batched, hf_dir_from_gguf  # noqa: E402
 
 PROMPT = "What is the capital of France?"
 NEW = 128
@@ -86,18 +86,8 @@ def bench_genai(model: Path, ids: list[int], reps: int) -> dict[str, Any]:
     m = og.Model(str(model))
 
     def run() -> tuple[float, float, list[int]]:
-        params = og.GeneratorParams(m)
-        params.set_search_options(max_length=len(ids) + NEW, min_length=len(ids) + NEW, do_sample=False)
-        g = og.Generator(m, params)
-        t0 = time.perf_counter()
-        g.append_tokens(ids)
-        g.generate_next_token()
-        t1 = time.perf_counter()
-        while not g.is_done():
-            g.generate_next_token()
-        t2 = time.perf_counter()
-        seq = [int(t) for t in g.get_sequence(0)][len(ids):]
-        return t1 - t0, t2 - t1, seq
+        r = genai_batched(m, [ids], NEW)
+        return r["ttft_s"][0], r["total_s"], r["tokens"][0]
 
     return measure(run, reps)
 
