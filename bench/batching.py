@@ -125,7 +125,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--inline", action="store_true",
                     help="also measure an engine that runs steps inline in the event loop (step_thread=False)")
-    ap.add_argument("--cuda-graph", action="store_true", help="also measure decode steps replayed as CUDA graphs")
+    ap.add_argument("--no-graph", action="store_true",
+                    help="also measure decode steps without CUDA graphs (the default on cuda replays them)")
     ap.add_argument("--model", default=None, help="realm-web model dir (default: realm-web pull)")
     ap.add_argument("--gguf", default=None, help="the GGUF the anchors load (default: the pulled one)")
     ap.add_argument("--work", default=None, help="where anchors keep their builds")
@@ -176,8 +177,8 @@ def main() -> int:
         print("done: one after another", file=sys.stderr)
     llm.close()
     variants = ([("inline steps", {"step_thread": False})] if a.inline else []) + \
-        ([("cuda graph", {"cuda_graph": True}), ("cuda graph inline", {"cuda_graph": True, "step_thread": False})]
-         if a.cuda_graph else [])
+        ([("no cuda graph", {"cuda_graph": False}), ("no cuda graph inline", {"cuda_graph": False, "step_thread": False})]
+         if a.no_graph else [])
     for label, opts in variants:
         from realm_web.engines.ort_native import OrtNativeEngine
 
@@ -263,7 +264,9 @@ def report(rows: dict[str, dict[str, Any]], sizes: list[int], env: dict[str, Any
                 continue
             ratio = ours.get("agg_tok_s", 0) / r["agg_tok_s"] if r.get("agg_tok_s") else 0
             r["realm_ratio"] = round(ratio, 2)
-            ref = seq.get("_tokens") if name.startswith("realm-web") else None  # other dtypes differ anyway
+            # realm-web rows are compared with the requests run alone, or else with the default engine's
+            ref = (seq.get("_tokens") or (ours.get("_tokens") if r is not ours else None)) \
+                if name.startswith("realm-web") else None  # other dtypes differ anyway
             same = "-" if ref is None else ("yes" if r["_tokens"] == ref else
                                             f"{sum(x == y for x, y in zip(r['_tokens'], ref))}/{len(ref)}")
             r["same_tokens_as_one_after_another"] = same

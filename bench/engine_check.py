@@ -23,9 +23,11 @@ def main() -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default=None)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--no-graph", action="store_true", help="no CUDA graphs (the default on cuda replays decode steps)")
     a = ap.parse_args()
     t = time.perf_counter()
-    llm = LLM(a.model, device=a.device, dtype=a.dtype, max_slots=32, max_length=256, max_tokens_per_step=256)
+    llm = LLM(a.model, device=a.device, dtype=a.dtype, max_slots=32, max_length=256, max_tokens_per_step=256,
+              cuda_graph=False if a.no_graph else None)
     res: dict[str, object] = {"load_s": round(time.perf_counter() - t, 2)}
     c = llm.generate("What is the capital of France?", max_tokens=24)[0]
     res["paris"] = c.text

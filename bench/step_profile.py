@@ -34,12 +34,16 @@ def main() -> int:
     ap.add_argument("--dtype", default=None)
     ap.add_argument("--ort-profile", action="store_true")
     ap.add_argument("--first-runs", action="store_true", help="time the first run of new shapes")
+    ap.add_argument("--no-graph", action="store_true", help="no CUDA graphs (on cuda, decode steps in run_sync replay them by default)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     from realm_web.engines.ort_native import OrtNativeEngine
     from realm_web.step import SeqStep, StepPlan
 
-    eng = OrtNativeEngine(a.model, device=a.device, dtype=a.dtype, max_slots=64, max_length=384)
+    eng = OrtNativeEngine(a.model, device=a.device, dtype=a.dtype, max_slots=64, max_length=384,
+                         cuda_graph=False if a.no_graph else None)
+    if eng.cuda_graph:
+        print("warm-up shapes:", eng.warmup(64))
     res: dict[str, float] = {}
 
     def fwd(rows: int, width: int, start: int) -> None:

@@ -54,19 +54,21 @@ class LLM:
     `max_slots` requests run at once (each owns a KV row of `max_length` tokens; more wait in
     the queue); `max_tokens_per_step` bounds one step's padded batch (rows x width), which
     is also the prefill chunk size. `warmup` (default: on for CUDA) runs every step shape
-    once at load, so that no request pays a runtime's first-shape cost.
+    once at load, so that no request pays a runtime's first-shape cost. `cuda_graph` (default:
+    on for CUDA) replays decode steps as CUDA graphs.
     """
 
     def __init__(self, model: str | os.PathLike[str] | None = None, *, engine: Engine | None = None,
                  dtype: str | None = None, device: str = "cpu", threads: int | None = None,
                  max_slots: int = 16, max_length: int | None = None, max_tokens_per_step: int | None = None,
-                 kv_capacity: int | None = None, warmup: bool | None = None) -> None:
+                 kv_capacity: int | None = None, warmup: bool | None = None,
+                 cuda_graph: bool | None = None) -> None:
         if engine is None:
             model_dir = Path(model) if model is not None else _default_model()
             from .engines.ort_native import OrtNativeEngine
 
             engine = OrtNativeEngine(model_dir, dtype=dtype, device=device, threads=threads,
-                                     max_slots=max_slots, max_length=max_length)
+                                     max_slots=max_slots, max_length=max_length, cuda_graph=cuda_graph)
         self.engine = engine
         self.manifest = engine.manifest
         d = self.manifest.directory

