@@ -112,7 +112,41 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--stream", action="store_true", help="print tokens as they are made")
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.set_defaults(func=_cmd_generate)
+
+    s = sub.add_parser("serve", help="the OpenAI-compatible HTTP + WebSocket server")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--model", help="model directory (default: the pulled default model)")
+    s.add_argument("--config", help="TOML or JSON file with tenants, API keys and limits (default: open, loopback only)")
+    s.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    s.add_argument("--dtype", choices=["fp32", "fp16", "int8", "int4"], help="which export to run")
+    s.add_argument("--threads", type=int, default=None)
+    s.add_argument("--max-slots", type=int, default=16, help="requests decoded together (more wait in a queue)")
+    s.add_argument("--max-length", type=int, default=2048, help="context per request, in tokens")
+    s.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"],
+                   help="info logs one JSON line per request")
+    s.set_defaults(func=_cmd_serve)
     return p
+
+
+def _cmd_serve(a: argparse.Namespace) -> int:
+    from .server.config import ConfigError
+    from .server.serve import serve
+
+    if a.model is None:
+        from .paths import default_model_dir
+
+        if not (default_model_dir() / "realm.json").exists():
+            raise CliError(f"no default model at {default_model_dir()}: run `realm-web pull` first")
+    elif not (Path(a.model) / "realm.json").exists():
+        raise CliError(f"{a.model}: not a realm-web model directory (no realm.json)")
+    if not 0 < a.port < 65536:
+        raise CliError(f"--port must be in 1..65535, got {a.port}")
+    try:
+        return serve(host=a.host, port=a.port, model=a.model, config=a.config, device=a.device, dtype=a.dtype,
+                     threads=a.threads, max_slots=a.max_slots, max_length=a.max_length, log_level=a.log_level)
+    except ConfigError as e:
+        raise CliError(str(e)) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -121,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if a.verbose else logging.WARNING,
                         format='{"level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}')
     try:
-        a.func(a)
+        rc = a.func(a)
     except KeyboardInterrupt:
         return 130
     except (CliError, ValueError, FileNotFoundError, RuntimeError) as e:
@@ -136,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"realm-web: error: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}",
               file=sys.stderr)
         return 1
-    return 0
+    return int(rc or 0)
 
 
 

@@ -1,0 +1,142 @@
+"""Server configuration: tenants with API keys and limits, read from a TOML or JSON file.
+
+    [server]                      # all optional
+    max_body_bytes = 1048576
+    metrics_api_key = "..."       # if set, /metrics wants this key
+
+    [[tenants]]
+    name = "acme"
+    api_keys = ["sk-acme-1"]
+    requests_per_minute = 60      # 0 or absent: no limit
+    tokens_per_minute = 20000     # prompt + completion tokens
+    max_concurrent = 4
+    max_tokens = 512              # per request
+    models = ["smollm2-135m-instruct"]   # absent: every model
+    adapters = []                 # for LoRA routing (later)
+    priority = 0                  # scheduler priority of this tenant's requests
+"""
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """The server config file is malformed."""
+
+
+@dataclass(frozen=True)
+class Tenant:
+    name: str
+    api_keys: tuple[str, ...] = ()
+    requests_per_minute: int = 0
+    tokens_per_minute: int = 0
+    max_concurrent: int = 0
+    max_tokens: int = 0
+    models: tuple[str, ...] | None = None
+    adapters: tuple[str, ...] = ()
+    priority: int = 0
+
+    def allows_model(self, model: str) -> bool:
+        return self.models is None or model in self.models
+
+
+OPEN_TENANT = Tenant(name="default")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    tenants: tuple[Tenant, ...] = ()
+    max_body_bytes: int = 1 << 20
+    metrics_api_key: str | None = None
+    shutdown_grace_s: float = 10.0
+    _by_key: dict[str, Tenant] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        for t in self.tenants:
+            for k in t.api_keys:
+                if k in self._by_key:
+                    raise ConfigError(f"API key given to two tenants ({self._by_key[k].name}, {t.name})")
+                self._by_key[k] = t
+
+    @property
+    def open(self) -> bool:
+        """No tenants configured: every request is served as the one open tenant."""
+        return not self.tenants
+
+    def tenant_for_key(self, key: str | None) -> Tenant | None:
+        if self.open:
+            return OPEN_TENANT
+        return self._by_key.get(key or "")
+
+
+_TENANT_KEYS = {"name", "api_keys", "requests_per_minute", "tokens_per_minute", "max_concurrent", "max_tokens",
+                "models", "adapters", "priority"}
+_SERVER_KEYS = {"max_body_bytes", "metrics_api_key", "shutdown_grace_s"}
+
+
+def load_config(path: str | Path) -> ServerConfig:
+    """Read a .toml or .json config; raises ConfigError with the reason if it is malformed."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read config {p}: {e.strerror}") from None
+    try:
+        raw: Any = json.loads(text) if p.suffix == ".json" else tomllib.loads(text)
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"{p}: {e}") from None
+    return parse_config(raw, str(p))
+
+
+def parse_config(raw: Any, where: str = "config") -> ServerConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a table at the top")
+    unknown = set(raw) - {"server", "tenants"}
+    if unknown:
+        raise ConfigError(f"{where}: unknown sections {sorted(unknown)}")
+    server = raw.get("server", {})
+    if not isinstance(server, dict) or set(server) - _SERVER_KEYS:
+        raise ConfigError(f"{where}: [server] takes only {sorted(_SERVER_KEYS)}")
+    tenants = []
+    names: set[str] = set()
+    for i, t in enumerate(raw.get("tenants", [])):
+        if not isinstance(t, dict):
+            raise ConfigError(f"{where}: tenants[{i}] must be a table")
+        bad = set(t) - _TENANT_KEYS
+        if bad:
+            raise ConfigError(f"{where}: tenants[{i}] has unknown keys {sorted(bad)}")
+        name = t.get("name")
+        if not isinstance(name, str) or not name or name in names:
+            raise ConfigError(f"{where}: tenants[{i}] needs a unique non-empty name")
+        names.add(name)
+        keys = t.get("api_keys", [])
+        if not isinstance(keys, list) or not keys or not all(isinstance(k, str) and len(k) >= 8 for k in keys):
+            raise ConfigError(f"{where}: tenant {name!r} needs api_keys, a list of strings of 8+ characters")
+        ints = {}
+        for k in ("requests_per_minute", "tokens_per_minute", "max_concurrent", "max_tokens", "priority"):
+            v = t.get(k, 0)
+            if not isinstance(v, int) or isinstance(v, bool) or (v < 0 and k != "priority"):
+                raise ConfigError(f"{where}: tenant {name!r}: {k} must be a non-negative integer")
+            ints[k] = v
+        models = t.get("models")
+        if models is not None and not (isinstance(models, list) and all(isinstance(m, str) for m in models)):
+            raise ConfigError(f"{where}: tenant {name!r}: models must be a list of names")
+        adapters = t.get("adapters", [])
+        if not (isinstance(adapters, list) and all(isinstance(a, str) for a in adapters)):
+            raise ConfigError(f"{where}: tenant {name!r}: adapters must be a list of names")
+        tenants.append(Tenant(name=name, api_keys=tuple(keys), models=tuple(models) if models is not None else None,
+                              adapters=tuple(adapters), **ints))
+    mb = server.get("max_body_bytes", 1 << 20)
+    if not isinstance(mb, int) or mb < 1024:
+        raise ConfigError(f"{where}: max_body_bytes must be an integer >= 1024")
+    mk = server.get("metrics_api_key")
+    if mk is not None and not isinstance(mk, str):
+        raise ConfigError(f"{where}: metrics_api_key must be a string")
+    grace = server.get("shutdown_grace_s", 10.0)
+    if not isinstance(grace, (int, float)) or grace < 0:
+        raise ConfigError(f"{where}: shutdown_grace_s must be >= 0")
+    return ServerConfig(tenants=tuple(tenants), max_body_bytes=mb, metrics_api_key=mk, shutdown_grace_s=float(grace))

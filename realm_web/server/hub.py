@@ -1,0 +1,173 @@
+"""The server's side of the engine: admits API requests (tenant limits, context), runs their
+choices as streams over the shared LLM, keeps metrics, and drains on shutdown. HTTP and
+WebSocket handlers both go through it, so every request shares one continuous-batching loop."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, AsyncIterator
+
+from ..scheduler import RequestOutput, SchedulerError
+from .config import ServerConfig, Tenant
+from .errors import ApiError, bad_request
+from .limits import Limiter, LimitExceeded, Ticket
+from .metrics import Metrics
+from .protocol import GenRequest, fit_context
+
+log = logging.getLogger("realm_web.server")
+
+
+class Job:
+    """One API request: its choices stream over the LLM into one queue of (choice, delta)."""
+
+    def __init__(self, hub: "Hub", tenant: Tenant, req: GenRequest, endpoint: str, ticket: Ticket) -> None:
+        self.hub, self.tenant, self.req, self.endpoint, self.ticket = hub, tenant, req, endpoint, ticket
+        self.queue: asyncio.Queue[tuple[int, RequestOutput | BaseException]] = asyncio.Queue()
+        self.tasks: list[asyncio.Task[None]] = []
+        self.t0 = time.perf_counter()
+        self.t_first: float | None = None
+        self.completion_tokens = 0
+        self.finish: dict[int, str | None] = {}
+        self.status = "ok"
+        self._closed = False
+
+    def start(self) -> None:
+        for index, ids, params in self.req.choices:
+            self.tasks.append(asyncio.get_running_loop().create_task(self._one(index, ids, params)))
+
+    async def _one(self, index: int, ids: list[int], params: Any) -> None:
+        try:
+            async for d in self.hub.llm.stream(ids, params, priority=self.tenant.priority, adapter=self.req.adapter):
+                self.queue.put_nowait((index, d))
+        except asyncio.CancelledError:
+            self.queue.put_nowait((index, RequestOutput(-1, [], "", True, "abort")))
+            raise
+        except Exception as e:  # noqa: BLE001 - handed to the consumer
+            self.queue.put_nowait((index, e))
+
+    async def events(self) -> AsyncIterator[tuple[int, RequestOutput]]:
+        """Deltas of every choice as they come; ends when all choices finished. Leaving early
+        (or being cancelled: the client went away) aborts the unfinished choices."""
+        left = len(self.tasks)
+        try:
+            while left:
+                index, d = await self.queue.get()
+                if isinstance(d, SchedulerError):
+                    raise bad_request(str(d))
+                if isinstance(d, BaseException):
+                    raise d
+                if d.token_ids:
+                    if self.t_first is None:
+                        self.t_first = time.perf_counter()
+                    self.completion_tokens += len(d.token_ids)
+                if d.finished:
+                    left -= 1
+                    self.finish[index] = d.finish_reason
+                yield index, d
+        except (asyncio.CancelledError, GeneratorExit):
+            self.status = "cancelled"
+            raise
+        except BaseException:
+            self.status = "error"
+            raise
+        finally:
+            self.close()
+
+    def cancel(self) -> None:
+        """Abort every unfinished choice; each ends with finish_reason "abort"."""
+        for t in self.tasks:
+            t.cancel()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.cancel()
+        self.hub._finished(self)
+
+
+class Hub:
+    def __init__(self, config: ServerConfig, metrics: Metrics) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.llm: Any = None
+        self.model_id = ""
+        self.limiter = Limiter()
+        self.jobs: set[Job] = set()
+        self.draining = False
+        self.load_error: str | None = None
+
+    def attach(self, llm: Any) -> None:
+        self.llm = llm
+        self.model_id = llm.manifest.name
+        self.metrics.watch(llm.scheduler)
+
+    @property
+    def ready(self) -> bool:
+        return self.llm is not None and not self.draining
+
+    def check_ready(self) -> None:
+        if self.draining:
+            raise ApiError(503, "the server is shutting down", code="shutting_down")
+        if self.llm is None:
+            msg = f"the model failed to load: {self.load_error}" if self.load_error else "the model is loading"
+            raise ApiError(503, msg, code="model_not_ready", headers={"Retry-After": "2"})
+
+    def check_model(self, tenant: Tenant, model: str) -> None:
+        if model != self.model_id or not tenant.allows_model(model):
+            raise ApiError(404, f"The model '{model}' does not exist or you do not have access to it.",
+                           code="model_not_found", param="model")
+
+    def submit(self, tenant: Tenant, req: GenRequest, endpoint: str) -> Job:
+        """Admit and start a request, or raise ApiError (400 context, 404 model, 429 limits, 503)."""
+        self.check_ready()
+        self.check_model(tenant, req.model)
+        fit_context(req, self.llm.engine.max_length, tenant.max_tokens)
+        cost = req.prompt_tokens() * req.n + len(req.prompts) * req.n * req.params.max_tokens
+        try:
+            ticket = self.limiter.admit(tenant, cost, time.monotonic())
+        except LimitExceeded as e:
+            self.metrics.requests.labels(endpoint, "429").inc()
+            raise ApiError(429, str(e), code="rate_limit_exceeded",
+                           headers={"Retry-After": str(int(e.retry_after_s + 0.999))}) from None
+        job = Job(self, tenant, req, endpoint, ticket)
+        self.jobs.add(job)
+        job.start()
+        return job
+
+    def _finished(self, job: Job) -> None:
+        self.jobs.discard(job)
+        used = job.req.prompt_tokens() * job.req.n + job.completion_tokens
+        self.limiter.finish(job.ticket, used)
+        t1 = time.perf_counter()
+        m = self.metrics
+        m.prompt_tokens.inc(job.req.prompt_tokens() * job.req.n)
+        m.generation_tokens.inc(job.completion_tokens)
+        m.e2e.observe(t1 - job.t0)
+        if job.t_first is not None:
+            m.ttft.observe(job.t_first - job.t0)
+            per_choice = job.completion_tokens / max(1, len(job.tasks))
+            if per_choice > 1:
+                m.per_token.observe((t1 - job.t_first) / (per_choice - 1))
+        m.requests.labels(job.endpoint, "200" if job.status == "ok" else job.status).inc()
+        log.info("request", extra={"fields": {
+            "endpoint": job.endpoint, "tenant": job.tenant.name, "status": job.status,
+            "prompt_tokens": job.req.prompt_tokens(), "completion_tokens": job.completion_tokens,
+            "choices": len(job.tasks), "finish_reasons": sorted({str(r) for r in job.finish.values()}),
+            "ttft_ms": round((job.t_first - job.t0) * 1e3, 1) if job.t_first else None,
+            "duration_ms": round((t1 - job.t0) * 1e3, 1)}})
+
+    async def drain(self, grace_s: float) -> None:
+        """Refuse new requests, let running ones finish for `grace_s`, then abort the rest (their
+        streams end cleanly with finish_reason "abort")."""
+        self.draining = True
+        deadline = time.monotonic() + grace_s
+        while self.jobs and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for job in list(self.jobs):
+            job.cancel()
+        for _ in range(100):  # the consumers write their last chunk
+            if not self.jobs:
+                break
+            await asyncio.sleep(0.02)

@@ -1,0 +1,41 @@
+"""Prometheus metrics of one server (its own registry, so several apps can live in one process)."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+
+disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series: scrapes stay small
+
+_LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+_PER_TOKEN = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.15, 0.3, 0.6, 1.2)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("realm_requests", "Requests by endpoint and HTTP status (or WebSocket outcome)",
+                                ["endpoint", "status"], registry=r)
+        self.prompt_tokens = Counter("realm_prompt_tokens", "Prompt tokens of finished requests", registry=r)
+        self.generation_tokens = Counter("realm_generation_tokens", "Generated tokens", registry=r)
+        self.ttft = Histogram("realm_time_to_first_token_seconds", "Time to first token", buckets=_LATENCY, registry=r)
+        self.per_token = Histogram("realm_time_per_output_token_seconds", "Decode time per output token after the first",
+                                   buckets=_PER_TOKEN, registry=r)
+        self.e2e = Histogram("realm_request_duration_seconds", "Request duration", buckets=_LATENCY, registry=r)
+        self.running = Gauge("realm_requests_running", "Requests holding a KV slot", registry=r)
+        self.waiting = Gauge("realm_requests_waiting", "Requests queued for a slot", registry=r)
+        self.kv_usage = Gauge("realm_kv_cache_usage_ratio", "KV tokens in use / KV capacity", registry=r)
+        self.kv_tokens = Gauge("realm_kv_cache_tokens", "KV tokens in use", registry=r)
+
+    def watch(self, scheduler: Any) -> None:
+        """Read the live gauges from the scheduler at each scrape."""
+        def f(fn: Callable[[], float]) -> Callable[[], float]:
+            return fn
+        self.running.set_function(f(lambda: len(scheduler.running)))
+        self.waiting.set_function(f(lambda: len(scheduler.waiting)))
+        self.kv_tokens.set_function(f(lambda: scheduler.kv_used()))
+        self.kv_usage.set_function(f(lambda: scheduler.kv_used() / max(1, scheduler.kv_capacity)))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,303 @@
+"""OpenAI-compatible request parsing and response shapes (pure functions, no I/O).
+
+A request body becomes a `GenRequest`: prompt token ids, one SamplingParams per choice, and
+how to answer (streamed or not, usage, logprobs). Every malformed or unsupported field is an
+ApiError 400 naming the field, as OpenAI does ("Unrecognized request argument supplied: x").
+"""
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field, replace
+from typing import Any, Mapping, Protocol, Sequence
+
+from ..sampling import SamplingError, SamplingParams, random_seed
+from .errors import ApiError, bad_request
+
+MAX_N = 8
+MAX_STOP = 4
+
+
+class Model(Protocol):
+    """What parsing needs from the served model (realm_web.LLM satisfies it)."""
+
+    def encode_prompt(self, prompt: Any, *, system: str | None = None, raw: bool = False) -> list[int]: ...
+
+
+@dataclass
+class GenRequest:
+    kind: str  # "chat" | "completion"
+    model: str
+    prompts: list[list[int]]  # one per prompt (completions may batch prompts)
+    params: SamplingParams
+    n: int = 1
+    stream: bool = False
+    include_usage: bool = False
+    logprobs: bool = False
+    echo: list[str] = field(default_factory=list)  # completions: prompt text to put before each choice
+    adapter: str | None = None
+
+    @property
+    def choices(self) -> list[tuple[int, list[int], SamplingParams]]:
+        """(choice index, prompt ids, params) for every choice; choice i of prompt j is j * n + i.
+        Seeded requests give choice i the seed + i, so choices differ yet replay exactly."""
+        out = []
+        for j, ids in enumerate(self.prompts):
+            for i in range(self.n):
+                p = self.params
+                if self.n > 1 or len(self.prompts) > 1:
+                    p = p.with_seed((p.seed + j * self.n + i) if p.seed is not None else random_seed())
+                out.append((j * self.n + i, ids, p))
+        return out
+
+    def prompt_tokens(self) -> int:
+        return sum(len(p) for p in self.prompts)
+
+
+_COMMON = {"model", "max_tokens", "temperature", "top_p", "n", "stream", "stream_options", "stop", "seed",
+           "presence_penalty", "frequency_penalty", "logit_bias", "user", "top_k", "min_p",
+           "repetition_penalty", "ignore_eos", "stop_token_ids", "adapter"}
+_CHAT = _COMMON | {"messages", "max_completion_tokens", "logprobs", "top_logprobs", "response_format",
+                   "tools", "tool_choice", "parallel_tool_calls", "store", "metadata", "service_tier"}
+_COMPLETION = _COMMON | {"prompt", "logprobs", "echo", "best_of", "suffix"}
+_ROLES = {"system", "developer", "user", "assistant"}
+
+
+def _get(body: Mapping[str, Any], key: str, types: tuple[type, ...], default: Any = None, *,
+         what: str = "") -> Any:
+    v = body.get(key, default)
+    if v is None:
+        return default
+    if isinstance(v, bool) and bool not in types:
+        raise bad_request(f"'{key}' must be {what or types[0].__name__}, got {v!r}", key, "invalid_type")
+    if not isinstance(v, types):
+        raise bad_request(f"'{key}' must be {what or types[0].__name__}, got {type(v).__name__}", key, "invalid_type")
+    return v
+
+
+def _check_fields(body: Mapping[str, Any], allowed: set[str]) -> None:
+    for k in body:
+        if k not in allowed:
+            raise bad_request(f"Unrecognized request argument supplied: {k}", k, "unknown_parameter")
+
+
+def _sampling(body: Mapping[str, Any], default_max: int | None) -> SamplingParams:
+    for k in ("presence_penalty", "frequency_penalty"):
+        v = _get(body, k, (int, float), 0.0, what="a number")
+        if not -2.0 <= v <= 2.0:
+            raise bad_request(f"'{k}' must be in [-2, 2], got {v}", k)
+        if v != 0:
+            raise bad_request(f"'{k}' is not supported; use 'repetition_penalty'", k, "unsupported_parameter")
+    if _get(body, "logit_bias", (dict,), {}, what="an object"):
+        raise bad_request("'logit_bias' is not supported", "logit_bias", "unsupported_parameter")
+    max_tokens = _get(body, "max_completion_tokens", (int,), None, what="an integer")
+    if max_tokens is None:
+        max_tokens = _get(body, "max_tokens", (int,), None, what="an integer")
+    if max_tokens is not None and max_tokens < 1:
+        raise bad_request(f"'max_tokens' must be at least 1, got {max_tokens}", "max_tokens")
+    temperature = _get(body, "temperature", (int, float), 1.0, what="a number")
+    if not 0 <= temperature <= 2:
+        raise bad_request(f"'temperature' must be in [0, 2], got {temperature}", "temperature")
+    top_p = _get(body, "top_p", (int, float), 1.0, what="a number")
+    if not 0 < top_p <= 1:
+        raise bad_request(f"'top_p' must be in (0, 1], got {top_p}", "top_p")
+    stop = body.get("stop")
+    if stop is None:
+        stops: list[str] = []
+    elif isinstance(stop, str):
+        stops = [stop]
+    elif isinstance(stop, list) and all(isinstance(s, str) for s in stop):
+        stops = list(stop)
+    else:
+        raise bad_request("'stop' must be a string or a list of strings", "stop", "invalid_type")
+    if len(stops) > MAX_STOP or any(not s for s in stops):
+        raise bad_request(f"'stop' takes up to {MAX_STOP} non-empty strings", "stop")
+    seed = _get(body, "seed", (int,), None, what="an integer")
+    try:
+        return SamplingParams(
+            max_tokens=max_tokens if max_tokens is not None else (default_max or 16),
+            temperature=float(temperature), top_p=float(top_p),
+            top_k=_get(body, "top_k", (int,), 0, what="an integer"),
+            min_p=float(_get(body, "min_p", (int, float), 0.0, what="a number")),
+            repetition_penalty=float(_get(body, "repetition_penalty", (int, float), 1.0, what="a number")),
+            seed=seed, stop=tuple(stops),
+            stop_token_ids=tuple(_get(body, "stop_token_ids", (list,), [], what="a list of integers")),
+            ignore_eos=_get(body, "ignore_eos", (bool,), False, what="a boolean"),
+        )
+    except SamplingError as e:
+        raise bad_request(str(e)) from None
+
+
+def _n(body: Mapping[str, Any]) -> int:
+    n = _get(body, "n", (int,), 1, what="an integer")
+    if not 1 <= n <= MAX_N:
+        raise bad_request(f"'n' must be between 1 and {MAX_N}, got {n}", "n")
+    return int(n)
+
+
+def _stream_opts(body: Mapping[str, Any]) -> tuple[bool, bool]:
+    stream = _get(body, "stream", (bool,), False, what="a boolean")
+    opts = _get(body, "stream_options", (dict,), {}, what="an object")
+    if opts and not stream:
+        raise bad_request("'stream_options' is only allowed when 'stream' is true", "stream_options")
+    unknown = set(opts) - {"include_usage", "continuous_usage_stats", "include_obfuscation"}
+    if unknown:
+        raise bad_request(f"unknown stream_options {sorted(unknown)}", "stream_options")
+    return stream, bool(opts.get("include_usage", False))
+
+
+def _model(body: Mapping[str, Any]) -> str:
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise bad_request("'model' is required: a model id from GET /v1/models", "model", "missing_required_parameter")
+    return model
+
+
+def _content(m: Mapping[str, Any], i: int) -> str:
+    c = m.get("content")
+    if c is None:
+        if m.get("role") == "assistant":
+            return ""
+        raise bad_request(f"messages[{i}].content is required", f"messages[{i}].content")
+    if isinstance(c, str):
+        return c
+    if isinstance(c, list):
+        parts = []
+        for j, part in enumerate(c):
+            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                raise bad_request(f"messages[{i}].content[{j}]: only text parts are supported",
+                                  f"messages[{i}].content", "unsupported_content")
+            parts.append(part["text"])
+        return "".join(parts)
+    raise bad_request(f"messages[{i}].content must be a string or a list of text parts", f"messages[{i}].content",
+                      "invalid_type")
+
+
+def parse_chat(body: Any, model: Model) -> GenRequest:
+    """POST /v1/chat/completions body -> GenRequest."""
+    if not isinstance(body, dict):
+        raise bad_request("the request body must be a JSON object", None, "invalid_json")
+    _check_fields(body, _CHAT)
+    name = _model(body)
+    msgs = body.get("messages")
+    if not isinstance(msgs, list) or not msgs:
+        raise bad_request("'messages' must be a non-empty list", "messages", "invalid_value")
+    clean = []
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict):
+            raise bad_request(f"messages[{i}] must be an object", f"messages[{i}]", "invalid_type")
+        role = m.get("role")
+        if role not in _ROLES:
+            raise bad_request(f"messages[{i}].role must be one of {sorted(_ROLES)}, got {role!r}", f"messages[{i}].role")
+        clean.append({"role": "system" if role == "developer" else role, "content": _content(m, i)})
+    if body.get("tools"):
+        raise bad_request("'tools' are not supported by this model", "tools", "unsupported_parameter")
+    rf = _get(body, "response_format", (dict,), {}, what="an object")
+    if rf and rf.get("type") != "text":
+        raise bad_request("only response_format {'type': 'text'} is supported", "response_format",
+                          "unsupported_parameter")
+    logprobs = _get(body, "logprobs", (bool,), False, what="a boolean")
+    if _get(body, "top_logprobs", (int,), 0, what="an integer"):
+        raise bad_request("'top_logprobs' is not supported (logprobs gives the sampled token's)", "top_logprobs",
+                          "unsupported_parameter")
+    params = _sampling(body, None)
+    stream, usage = _stream_opts(body)
+    try:
+        ids = model.encode_prompt(clean)
+    except ValueError as e:
+        raise bad_request(str(e), "messages") from None
+    return GenRequest("chat", name, [ids], replace(params, logprobs=logprobs), n=_n(body), stream=stream,
+                      include_usage=usage, logprobs=logprobs, adapter=_adapter(body))
+
+
+def parse_completion(body: Any, model: Model, vocab_size: int) -> GenRequest:
+    """POST /v1/completions body -> GenRequest (prompt: text, token ids, or a list of either)."""
+    if not isinstance(body, dict):
+        raise bad_request("the request body must be a JSON object", None, "invalid_json")
+    _check_fields(body, _COMPLETION)
+    name = _model(body)
+    p = body.get("prompt")
+    if isinstance(p, str) or (isinstance(p, list) and p and all(isinstance(t, int) and not isinstance(t, bool) for t in p)):
+        items: list[Any] = [p]
+    elif isinstance(p, list) and p and all(isinstance(x, (str, list)) for x in p):
+        items = list(p)
+    else:
+        raise bad_request("'prompt' must be a non-empty string, a list of token ids, or a list of either",
+                          "prompt", "invalid_type")
+    if len(items) > MAX_N:
+        raise bad_request(f"up to {MAX_N} prompts per request", "prompt")
+    prompts, echo = [], []
+    for x in items:
+        if isinstance(x, str):
+            if not x:
+                raise bad_request("'prompt' must not be empty", "prompt")
+            prompts.append(model.encode_prompt(x, raw=True))
+            echo.append(x)
+        else:
+            if not x or not all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < vocab_size for t in x):
+                raise bad_request(f"token id prompts must be non-empty lists of integers in [0, {vocab_size})", "prompt")
+            prompts.append([int(t) for t in x])
+            echo.append("")
+    if body.get("suffix"):
+        raise bad_request("'suffix' is not supported", "suffix", "unsupported_parameter")
+    if _get(body, "best_of", (int,), 1, what="an integer") != 1:
+        raise bad_request("'best_of' other than 1 is not supported; use 'n'", "best_of", "unsupported_parameter")
+    lp = _get(body, "logprobs", (int,), None, what="an integer")
+    if lp is not None and lp != 0:
+        raise bad_request("'logprobs' may only be 0 (the sampled token's logprob)", "logprobs", "unsupported_parameter")
+    params = _sampling(body, 16)
+    stream, usage = _stream_opts(body)
+    do_echo = _get(body, "echo", (bool,), False, what="a boolean")
+    return GenRequest("completion", name, prompts, replace(params, logprobs=lp is not None), n=_n(body),
+                      stream=stream, include_usage=usage, logprobs=lp is not None,
+                      echo=echo if do_echo else [], adapter=_adapter(body))
+
+
+def _adapter(body: Mapping[str, Any]) -> str | None:
+    a = _get(body, "adapter", (str,), None, what="a string")
+    if a is not None:
+        raise bad_request("LoRA adapters are not served yet", "adapter", "unsupported_parameter")
+    return None
+
+
+def fit_context(req: GenRequest, max_length: int, tenant_max: int = 0) -> None:
+    """Check prompts against the context and set max_tokens to what fits when the client gave none."""
+    longest = max(len(p) for p in req.prompts)
+    if longest >= max_length:
+        raise ApiError(400, f"This model's maximum context length is {max_length} tokens; the prompt has {longest} "
+                            "tokens. Shorten it.", code="context_length_exceeded", param="messages"
+                       if req.kind == "chat" else "prompt")
+    room = max_length - longest
+    p = req.params
+    if tenant_max and p.max_tokens > tenant_max:
+        raise bad_request(f"'max_tokens' is {p.max_tokens}; this API key allows up to {tenant_max} per request",
+                          "max_tokens", "max_tokens_exceeded")
+    if p.max_tokens > room:
+        raise ApiError(400, f"This model's maximum context length is {max_length} tokens; the prompt has {longest} "
+                            f"and max_tokens asks for {p.max_tokens} more. Lower max_tokens to {room} or less.",
+                       code="context_length_exceeded", param="max_tokens")
+
+
+# -- responses --------------------------------------------------------------------------------
+def new_id(kind: str) -> str:
+    return ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex[:24]
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def chat_logprobs(tokens: Sequence[str], lps: Sequence[float]) -> dict[str, Any]:
+    return {"content": [{"token": t, "logprob": lp, "bytes": list(t.encode()), "top_logprobs": []}
+                        for t, lp in zip(tokens, lps)]}
+
+
+def completion_logprobs(tokens: Sequence[str], lps: Sequence[float]) -> dict[str, Any]:
+    return {"tokens": list(tokens), "token_logprobs": list(lps), "top_logprobs": None, "text_offset": []}
+
+
+def envelope(kind: str, rid: str, model: str, created: int | None = None, chunk: bool = False) -> dict[str, Any]:
+    obj = ("chat.completion.chunk" if chunk else "chat.completion") if kind == "chat" else "text_completion"
+    return {"id": rid, "object": obj, "created": created or int(time.time()), "model": model,
+            "system_fingerprint": None}

@@ -1,0 +1,74 @@
+"""`realm-web serve`: uvicorn around create_app, with JSON logs and a graceful drain on SIGINT/SIGTERM."""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from .app import create_app
+from .config import ServerConfig, load_config
+
+log = logging.getLogger("realm_web.server")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message and the record's `fields`."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {"ts": round(record.created, 3), "level": record.levelname.lower(),
+                               "logger": record.name, "msg": record.getMessage()}
+        out.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+def setup_logging(level: str) -> None:
+    h = logging.StreamHandler(sys.stderr)
+    h.setFormatter(JsonFormatter())
+    root = logging.getLogger("realm_web")
+    root.handlers[:] = [h]
+    root.setLevel(level.upper())
+    root.propagate = False
+
+
+def serve(*, host: str = "127.0.0.1", port: int = 8000, model: str | None = None, config: str | None = None,
+          device: str = "cpu", dtype: str | None = None, threads: int | None = None, max_slots: int = 16,
+          max_length: int | None = 2048, log_level: str = "warning") -> int:
+    import uvicorn
+
+    setup_logging(log_level)
+    cfg = load_config(config) if config else ServerConfig()
+    if cfg.open and host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"realm-web: refusing to serve without API keys on {host}: give --config with tenants, "
+              "or serve on 127.0.0.1", file=sys.stderr)
+        return 2
+    model_dir = Path(model) if model else None
+
+    def load() -> Any:
+        from ..engine import LLM
+
+        return LLM(model_dir, device=device, dtype=dtype, threads=threads, max_slots=max_slots,
+                   max_length=max_length)
+
+    app = create_app(load, cfg)
+    hub = app.state.hub
+    ucfg = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
+                          ws_max_size=cfg.max_body_bytes, timeout_graceful_shutdown=int(cfg.shutdown_grace_s) + 5,
+                          lifespan="on")
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:  # first signal: drain, then stop
+            if not hub.draining:
+                loop = asyncio.get_event_loop()
+                loop.call_soon_threadsafe(lambda: loop.create_task(hub.drain(cfg.shutdown_grace_s)))
+            super().handle_exit(sig, frame)
+
+    mode = "open (no API keys; loopback only)" if cfg.open else f"{len(cfg.tenants)} tenants with API keys"
+    print(f"realm-web: serving on http://{host}:{port} ({mode}); the model loads in the background, "
+          f"GET /health says when it is ready", file=sys.stderr, flush=True)
+    Server(ucfg).run()
+    return 0
