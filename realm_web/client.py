@@ -223,7 +223,7 @@ class WebSocketSession:
     def __init__(self, url: str, headers: dict[str, str]) -> None:
         from websockets.sync.client import connect
 
-        self.conn = connect(url, additional_headers=headers)
+        self.conn = connect(url, additional_headers=headers).__enter__()  # closed by __exit__
         self._ids = itertools.count(1)
 
     def __enter__(self) -> "WebSocketSession":

@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -70,5 +71,8 @@ def serve(*, host: str = "127.0.0.1", port: int = 8000, model: str | None = None
     mode = "open (no API keys; loopback only)" if cfg.open else f"{len(cfg.tenants)} tenants with API keys"
     print(f"realm-web: serving on http://{host}:{port} ({mode}); the model loads in the background, "
           f"GET /health says when it is ready", file=sys.stderr, flush=True)
+    # uvicorn re-raises the signal that stopped it once it has shut down; after a clean drain,
+    # SIGTERM means a normal exit (status 0). SIGINT keeps its KeyboardInterrupt (status 130).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     Server(ucfg).run()
     return 0

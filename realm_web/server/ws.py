@@ -38,8 +38,13 @@ async def websocket_endpoint(ws: WebSocket) -> None:
     config = ws.app.state.config
     try:
         tenant = authenticate(config, api_key(ws.headers, ws.query_params))
-    except ApiError as e:
-        await ws.close(code=1008, reason=e.message[:120])
+    except ApiError as e:  # refuse the upgrade: HTTP 401 with the JSON error, where the server can
+        if "websocket.http.response" in ws.scope.get("extensions", {}):
+            from starlette.responses import JSONResponse
+
+            await ws.send_denial_response(JSONResponse(e.body(), status_code=e.status, headers=e.headers))
+        else:
+            await ws.close(code=1008, reason=e.message[:120])
         return
     await ws.accept()
     lock = asyncio.Lock()
