@@ -35,10 +35,10 @@ wasm/node_modules/.stamp: wasm/package.json wasm/package-lock.json
 	cd wasm && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
+# The main job: the server with the default model on 127.0.0.1:8000 (SERVE_ARGS for more, e.g.
+# SERVE_ARGS="--config tenants.toml --host 0.0.0.0 --log-level info").
 serve: model
-	@echo "realm-web: the default model is ready at $$(.venv/bin/realm-web pull)."
-	@echo "realm-web: the HTTP server lands with issue 5; meanwhile: .venv/bin/realm-web generate 'What is the capital of France?'"
-	.venv/bin/realm-web generate "What is the capital of France?" --stream
+	.venv/bin/realm-web serve $(SERVE_ARGS)
 
 typecheck: setup
 	$(PY) -m mypy --strict
