@@ -125,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-length", type=int, default=2048, help="context per request, in tokens")
     s.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"],
                    help="info logs one JSON line per request")
+    s.add_argument("--web", help="directory of the web page to serve at / (default: build/web of a checkout, made by `make web`)")
     s.set_defaults(func=_cmd_serve)
     return p
 
@@ -144,7 +145,8 @@ def _cmd_serve(a: argparse.Namespace) -> int:
         raise CliError(f"--port must be in 1..65535, got {a.port}")
     try:
         return serve(host=a.host, port=a.port, model=a.model, config=a.config, device=a.device, dtype=a.dtype,
-                     threads=a.threads, max_slots=a.max_slots, max_length=a.max_length, log_level=a.log_level)
+                     threads=a.threads, max_slots=a.max_slots, max_length=a.max_length, log_level=a.log_level,
+                     web=a.web)
     except ConfigError as e:
         raise CliError(str(e)) from None
 

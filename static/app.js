@@ -32,9 +32,10 @@ async function start() {
   try {
     const info = await realm.ready;
     $("bar").style.width = "100%";
-    status(`Ready: ${info.name} (${info.dtype}, ${mb(info.bytes)}${info.fromCache ? ", from the browser cache" : ""}) on ` +
-           `${info.backend === "webgpu" ? "WebGPU" : `WASM, ${info.threads} thread${info.threads > 1 ? "s" : ""}`}` +
-           ` in ${info.loadSeconds.toFixed(1)} s`);
+    if (info.backend === "server") status(`Ready: ${info.name} (${info.dtype}) on the realm-web server (${info.device})`);
+    else status(`Ready: ${info.name} (${info.dtype}, ${mb(info.bytes)}${info.fromCache ? ", from the browser cache" : ""}) on ` +
+                `${info.backend === "webgpu" ? "WebGPU" : `WASM, ${info.threads} thread${info.threads > 1 ? "s" : ""}`}` +
+                ` in ${info.loadSeconds.toFixed(1)} s`);
     $("model").textContent = `${info.name} · ${info.file}`;
     enable(true);
     input.focus();
@@ -45,8 +46,7 @@ async function start() {
 
 $("backend").onchange = async () => {
   const b = $("backend").value;
-  if (b === "server") { status("The server backend needs `realm-web serve` (not available on this page yet).", true); return; }
-  realm.ready = realm._start(b);
+  realm.ready = realm._switch(b);
   await start();
 };
 

@@ -21,7 +21,20 @@ class Realm {
     this.info = null;
     this._n = 0;
     this._pending = new Map();
-    this.ready = this._start(defaultBackend());
+    this.backend = null;
+    this.ready = this._switch(defaultBackend());
+  }
+
+  // Use `backend` from now on: "webgpu" | "wasm" (a worker in this tab) or "server".
+  _switch(backend) {
+    if (backend !== "server") return this._start(backend);
+    this._worker?.terminate();
+    this._worker = null;
+    this.backend = "server";
+    this.server ??= new ServerBackend();
+    const ready = this.server.info().then((info) => (this.info = info));
+    ready.catch(() => {});
+    return ready;
   }
 
   _start(backend) {
@@ -60,8 +73,7 @@ class Realm {
 
   async _backend(options) {
     const want = options?.backend;
-    if (want === "server") throw new Error("the server backend needs `realm-web serve` (not available on this page yet)");
-    if (want && want !== this.backend) this.ready = this._start(want);
+    if (want && want !== this.backend) this.ready = this._switch(want);
     await this.ready;
     const { backend, ...rest } = options || {};
     return rest;
@@ -69,16 +81,100 @@ class Realm {
 
   async generate(prompt, options = {}) {
     const opts = await this._backend(options);
+    if (this.backend === "server") return this.server.run(prompt, opts, null);
     return this._call("generate", { prompt, options: opts });
   }
 
   async stream(prompt, options = {}, onToken = () => {}) {
     const opts = await this._backend(options);
+    if (this.backend === "server") return this.server.run(prompt, opts, onToken);
     return this._call("stream", { prompt, options: opts }, onToken);
   }
 
-  stop() { return this._call("stop", {}); }
-  stats() { return this._call("stats", {}); }
+  stop() { return this.backend === "server" ? this.server.stop() : this._call("stop", {}); }
+  stats() { return this.backend === "server" ? Promise.resolve({}) : this._call("stats", {}); }
+}
+
+// The "server" backend: the same page API over `realm-web serve`'s WebSocket protocol
+// (docs/protocol.md) on this page's origin; ?api_key=... when the server has tenants.
+const OPTION_NAMES = { maxTokens: "max_tokens", topP: "top_p", topK: "top_k", minP: "min_p",
+                       repetitionPenalty: "repetition_penalty", stopTokenIds: "stop_token_ids", ignoreEos: "ignore_eos" };
+
+class ServerBackend {
+  constructor() {
+    this._n = 0;
+    this._pending = new Map();
+    this._socket = null;
+  }
+
+  _connect() {
+    if (this._socket) return this._socket;
+    const url = new URL("./ws", location.href);
+    url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
+    if (params.get("api_key")) url.searchParams.set("api_key", params.get("api_key"));
+    this._socket = new Promise((resolve, reject) => {
+      const ws = new WebSocket(url);
+      ws.onopen = () => resolve(ws);
+      ws.onerror = () => reject(new Error("cannot reach the realm-web server's WebSocket (is this page served by `realm-web serve`?)"));
+      ws.onclose = () => {
+        this._socket = null;
+        for (const p of this._pending.values()) p.reject(new Error("the server closed the connection"));
+        this._pending.clear();
+      };
+      ws.onmessage = (e) => this._frame(JSON.parse(e.data));
+    });
+    return this._socket;
+  }
+
+  _frame(f) {
+    const p = this._pending.get(f.id);
+    if (!p) return;
+    if (f.status === "streaming") { p.onFrame?.(f.data); return; }
+    this._pending.delete(f.id);
+    if (f.status === "error") p.reject(new Error(`${f.error.code}: ${f.error.message}`));
+    else p.resolve(f.data);
+  }
+
+  async _send(fn, params, onFrame) {
+    const ws = await this._connect();
+    const id = ++this._n;
+    return new Promise((resolve, reject) => {
+      this._pending.set(id, { resolve, reject, onFrame, fn });
+      ws.send(JSON.stringify({ id, function: fn, params }));
+    });
+  }
+
+  async info() {
+    const meta = await this._send("metadata", {});
+    return { backend: "server", name: meta.model.id, dtype: meta.model.dtype, device: meta.model.device,
+             maxLength: meta.model.max_length, file: `${meta.model.device} server` };
+  }
+
+  async run(prompt, options, onToken) {
+    const p = { temperature: 0 };
+    for (const [k, v] of Object.entries(options)) p[OPTION_NAMES[k] || k] = v;
+    if (typeof prompt === "string") p.messages = [{ role: "user", content: prompt }];
+    else p.messages = prompt;
+    const t0 = performance.now();
+    let first = null;
+    const d = await this._send("generate", p, (tok) => {
+      first ??= performance.now();
+      onToken?.({ text: tok.text, tokenIds: [tok.token_id], finishReason: null });
+    });
+    const t1 = performance.now();
+    const n = d.tokens_generated;
+    const finishReason = d.finish_reason === "abort" ? "abort" : d.finish_reason;
+    onToken?.({ text: "", tokenIds: [], finishReason });
+    return { text: d.text, tokenIds: d.token_ids, promptTokenIds: d.prompt_token_ids, finishReason,
+             usage: { prompt_tokens: d.prompt_tokens, completion_tokens: n, total_tokens: d.prompt_tokens + n },
+             timings: { ttft_s: ((first ?? t1) - t0) / 1e3, total_s: (t1 - t0) / 1e3,
+                        decode_tokens_per_s: n > 1 && first ? (n - 1) / ((t1 - first) / 1e3) : 0 } };
+  }
+
+  async stop() {
+    const ids = [...this._pending].filter(([, p]) => p.fn === "generate").map(([id]) => id);
+    await Promise.all(ids.map((id) => this._send("cancel", { id }).catch(() => {})));
+  }
 }
 
 window.realm = new Realm();

@@ -10,7 +10,10 @@ import logging
 import time
 from typing import Any, AsyncIterator, Callable
 
+from pathlib import Path
+
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -21,6 +24,7 @@ from .config import ServerConfig, Tenant
 from .errors import ApiError, bad_request
 from .hub import Hub, Job
 from .metrics import Metrics
+from .web import CrossOriginIsolation, web_routes
 from .ws import websocket_endpoint
 
 log = logging.getLogger("realm_web.server")
@@ -63,7 +67,11 @@ def sse(obj: Any) -> bytes:
     return b"data: " + json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode() + b"\n\n"
 
 
-def create_app(load: Callable[[], Any], config: ServerConfig | None = None) -> Starlette:
+def create_app(load: Callable[[], Any], config: ServerConfig | None = None, *, web_dir: Path | None = None,
+               model_dir: Path | None = None) -> Starlette:
+    """The app. `load` builds the LLM (in a thread, at startup). With `web_dir` (the page, see
+    `make web`) and `model_dir`, it also serves the page at / and the model files it downloads
+    at /models/default/, so the chat can run in the tab or on this server."""
     config = config or ServerConfig()
     metrics = Metrics()
     hub = Hub(config, metrics)
@@ -230,6 +238,9 @@ def create_app(load: Callable[[], Any], config: ServerConfig | None = None) -> S
                           "param": None, "code": "internal_error"}}
         return JSONResponse(body, status_code=500)
 
+    async def no_route(request: Request) -> Response:
+        raise ApiError(404, f"no route {request.method} {request.url.path}", code="not_found")
+
     routes = [
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
@@ -238,8 +249,10 @@ def create_app(load: Callable[[], Any], config: ServerConfig | None = None) -> S
         Route("/v1/chat/completions", chat, methods=["POST"]),
         Route("/v1/completions", completions, methods=["POST"]),
         WebSocketRoute("/ws", websocket_endpoint),
+        Route("/v1/{rest:path}", no_route, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
+        *web_routes(web_dir, model_dir),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan,
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(CrossOriginIsolation)],
                     exception_handlers={ApiError: api_error, HTTPException: http_error, Exception: server_error})
     app.state.hub = hub
     app.state.config = config

@@ -38,7 +38,7 @@ def setup_logging(level: str) -> None:
 
 def serve(*, host: str = "127.0.0.1", port: int = 8000, model: str | None = None, config: str | None = None,
           device: str = "cpu", dtype: str | None = None, threads: int | None = None, max_slots: int = 16,
-          max_length: int | None = 2048, log_level: str = "warning") -> int:
+          max_length: int | None = 2048, log_level: str = "warning", web: str | None = None) -> int:
     import uvicorn
 
     setup_logging(log_level)
@@ -55,7 +55,11 @@ def serve(*, host: str = "127.0.0.1", port: int = 8000, model: str | None = None
         return LLM(model_dir, device=device, dtype=dtype, threads=threads, max_slots=max_slots,
                    max_length=max_length)
 
-    app = create_app(load, cfg)
+    from ..paths import default_model_dir
+    from .web import default_web_dir
+
+    web_dir = Path(web) if web else default_web_dir()
+    app = create_app(load, cfg, web_dir=web_dir, model_dir=model_dir or default_model_dir())
     hub = app.state.hub
     ucfg = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
                           ws_max_size=cfg.max_body_bytes, timeout_graceful_shutdown=int(cfg.shutdown_grace_s) + 5,
@@ -70,7 +74,9 @@ def serve(*, host: str = "127.0.0.1", port: int = 8000, model: str | None = None
 
     mode = "open (no API keys; loopback only)" if cfg.open else f"{len(cfg.tenants)} tenants with API keys"
     print(f"realm-web: serving on http://{host}:{port} ({mode}); the model loads in the background, "
-          f"GET /health says when it is ready", file=sys.stderr, flush=True)
+          f"GET /health says when it is ready"
+          + (f"; the chat page is at http://{host}:{port}/" if web_dir else "; no web page (run `make web`)"),
+          file=sys.stderr, flush=True)
     # uvicorn re-raises the signal that stopped it once it has shut down; after a clean drain,
     # SIGTERM means a normal exit (status 0). SIGINT keeps its KeyboardInterrupt (status 130).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

@@ -57,10 +57,11 @@ async def websocket_endpoint(ws: WebSocket) -> None:
 
     async def run(id_: Any, job: Any) -> None:
         t0 = time.perf_counter()
-        text, n = "", 0
+        text, n, ids = "", 0, []
         try:
             async for _, d in job.events():
                 text += d.text
+                ids += d.token_ids
                 for k, tok in enumerate(d.token_ids):
                     last = k == len(d.token_ids) - 1
                     await send(_frame(id_, "streaming", {"text": d.text if last else "", "index": n, "token_id": tok,
@@ -68,7 +69,8 @@ async def websocket_endpoint(ws: WebSocket) -> None:
                     n += 1
             final = {"text": text, "tokens_generated": n, "prompt_tokens": job.req.prompt_tokens(),
                      "time_ms": round((time.perf_counter() - t0) * 1e3, 1),
-                     "finish_reason": job.finish.get(0)}
+                     "finish_reason": job.finish.get(0), "token_ids": ids,
+                     "prompt_token_ids": job.req.prompts[0]}
             await send(_frame(id_, "cancelled" if job.finish.get(0) == "abort" else "complete", final))
         except ApiError as e:
             await send(_frame(id_, "error", None, e))
