@@ -239,7 +239,10 @@ def create_app(load: Callable[[], Any], config: ServerConfig | None = None, *, w
         return JSONResponse(body, status_code=500)
 
     async def no_route(request: Request) -> Response:
-        raise ApiError(404, f"no route {request.method} {request.url.path}", code="not_found")
+        path = request.url.path
+        if path in ("/v1/chat/completions", "/v1/completions", "/v1/models"):
+            raise ApiError(405, f"{request.method} is not allowed on {path}", code="method_not_allowed")
+        raise ApiError(404, f"no route {request.method} {path}", code="not_found")
 
     routes = [
         Route("/health", health, methods=["GET"]),
