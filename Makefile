@@ -35,9 +35,9 @@ wasm/node_modules/.stamp: wasm/package.json wasm/package-lock.json
 	cd wasm && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-# The main job: the server with the default model on 127.0.0.1:8000 (SERVE_ARGS for more, e.g.
+# The main job: the server with the default model on 127.0.0.1:8000, and the chat page at / (SERVE_ARGS for more, e.g.
 # SERVE_ARGS="--config tenants.toml --host 0.0.0.0 --log-level info").
-serve: model
+serve: model web
 	.venv/bin/realm-web serve $(SERVE_ARGS)
 
 typecheck: setup
