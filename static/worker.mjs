@@ -96,6 +96,12 @@ const ops = {
   },
   async stop() { web?.cancel_all(); return true; },
   async stats() { return { ...bridge?.timings }; },
+  // Per-step timestamps for benchmarks (bench/browser.py): on -> start recording; off -> return them.
+  async trace({ on }) {
+    const t = bridge?.trace || null;
+    if (bridge) bridge.trace = on ? [] : null;
+    return { timeOrigin: performance.timeOrigin, steps: t };
+  },
 };
 
 onmessage = async (e) => {

@@ -29,6 +29,7 @@ export class Bridge {
     this.cfg = cfg;
     this.slots = new Map(); // slot -> {length, past: {name: Tensor}}
     this.timings = { runs: 0, runMs: 0, sampleMs: 0 };
+    this.trace = null; // an array to record [enter, runStart, runEnd, exit] (ms since timeOrigin) per step
   }
 
   pastFor(slot, start) {
@@ -59,6 +60,8 @@ export class Bridge {
    * JSON {tokens: {seq_id: [id]}, logprobs: {...}}. Sequences run one after another, each on
    * its own slot's cache (one awaited call from Python covers them all). */
   async step(planJson) {
+    const tEnter = performance.now();
+    let tRun0 = tEnter, tRun1 = tEnter;
     const plan = JSON.parse(planJson);
     for (const s of plan.freed_slots) this.release(s);
     const out = { tokens: {}, logprobs: {} };
@@ -73,6 +76,8 @@ export class Bridge {
       const t0 = performance.now();
       const res = await this.session.run(feeds);
       const t1 = performance.now();
+      if (tRun0 === tEnter) tRun0 = t0;
+      tRun1 = t1;
       const past = {};
       for (let i = 0; i < numLayers; i++)
         for (const kv of ["key", "value"]) past[`past_key_values.${i}.${kv}`] = res[`present.${i}.${kv}`];
@@ -91,7 +96,9 @@ export class Bridge {
       this.timings.runMs += t1 - t0;
       this.timings.sampleMs += performance.now() - t1;
     }
-    return JSON.stringify(out);
+    const json = JSON.stringify(out);
+    this.trace?.push([tEnter, tRun0, tRun1, performance.now()]);
+    return json;
   }
 
   async dispose() {
