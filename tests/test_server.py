@@ -76,6 +76,14 @@ def test_openai_sdk(server: ServerProcess) -> None:
     assert len(s1.choices) == 2
 
 
+def test_chat_without_max_tokens_runs_to_the_end(server: ServerProcess) -> None:
+    body = {"model": "smollm2-135m-instruct", "temperature": 0,
+            "messages": [{"role": "user", "content": "Write a short story about a cat."}]}
+    r = post(server, "/v1/chat/completions", body).json()
+    assert r["usage"]["completion_tokens"] > 16  # OpenAI's default: up to the context, not 16
+    assert r["choices"][0]["finish_reason"] in ("stop", "length")
+
+
 def test_stop_strings_and_logprobs(server: ServerProcess) -> None:
     r = post(server, "/v1/chat/completions", chat_body(stop=[" Paris"], logprobs=True)).json()
     ch = r["choices"][0]

@@ -36,6 +36,7 @@ class GenRequest:
     logprobs: bool = False
     echo: list[str] = field(default_factory=list)  # completions: prompt text to put before each choice
     adapter: str | None = None
+    max_tokens_given: bool = True  # else fit_context fills in what the context leaves
 
     @property
     def choices(self) -> list[tuple[int, list[int], SamplingParams]]:
@@ -115,7 +116,7 @@ def _sampling(body: Mapping[str, Any], default_max: int | None) -> SamplingParam
     seed = _get(body, "seed", (int,), None, what="an integer")
     try:
         return SamplingParams(
-            max_tokens=max_tokens if max_tokens is not None else (default_max or 16),
+            max_tokens=max_tokens if max_tokens is not None else (default_max or 0),
             temperature=float(temperature), top_p=float(top_p),
             top_k=_get(body, "top_k", (int,), 0, what="an integer"),
             min_p=float(_get(body, "min_p", (int, float), 0.0, what="a number")),
@@ -206,8 +207,9 @@ def parse_chat(body: Any, model: Model) -> GenRequest:
         ids = model.encode_prompt(clean)
     except ValueError as e:
         raise bad_request(str(e), "messages") from None
+    given = body.get("max_tokens") is not None or body.get("max_completion_tokens") is not None
     return GenRequest("chat", name, [ids], replace(params, logprobs=logprobs), n=_n(body), stream=stream,
-                      include_usage=usage, logprobs=logprobs, adapter=_adapter(body))
+                      include_usage=usage, logprobs=logprobs, adapter=_adapter(body), max_tokens_given=given)
 
 
 def parse_completion(body: Any, model: Model, vocab_size: int) -> GenRequest:
@@ -269,6 +271,9 @@ def fit_context(req: GenRequest, max_length: int, tenant_max: int = 0) -> None:
                        if req.kind == "chat" else "prompt")
     room = max_length - longest
     p = req.params
+    if not req.max_tokens_given:  # chat without max_tokens: as much as the context (and the key) allows
+        req.params = p = replace(p, max_tokens=min(room, tenant_max) if tenant_max else room)
+        return
     if tenant_max and p.max_tokens > tenant_max:
         raise bad_request(f"'max_tokens' is {p.max_tokens}; this API key allows up to {tenant_max} per request",
                           "max_tokens", "max_tokens_exceeded")
