@@ -4,7 +4,7 @@ PY      := .venv/bin/python
 STAMP   := .venv/.setup-stamp
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup model web serve test typecheck bench clean
+.PHONY: setup model web serve test test-node typecheck bench clean
 
 setup: $(STAMP)
 
@@ -32,7 +32,7 @@ wasm/dist/pywheels/.stamp: Makefile
 	touch $@
 
 wasm/node_modules/.stamp: wasm/package.json wasm/package-lock.json
-	cd wasm && npm ci --no-audit --no-fund --loglevel=error
+	cd wasm && ONNXRUNTIME_NODE_INSTALL=skip npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
 # The main job: the server with the default model on 127.0.0.1:8000, and the chat page at / (SERVE_ARGS for more, e.g.
@@ -40,10 +40,15 @@ wasm/node_modules/.stamp: wasm/package.json wasm/package-lock.json
 serve: model web
 	.venv/bin/realm-web serve $(SERVE_ARGS)
 
+# The npm package realm-web (wasm/) under node --test: real Pyodide, onnxruntime-web and
+# onnxruntime-node on the default model, against the native Python engine.
+test-node: model web
+	cd wasm && REALM_WEB_PYTHON=$(abspath $(PY)) node --test --test-concurrency=1 test/
+
 typecheck: setup
 	$(PY) -m mypy --strict
 
-test: model web
+test: model web test-node
 	$(PY) -m mypy --strict
 	$(PY) -m pytest -q -ra
 

@@ -22,6 +22,17 @@ def cancel_all() -> None:
     global _cancelled
     _cancelled = True
 
+
+def abort_all() -> int:
+    """Abort every request, running or queued: their streams end with finish_reason "abort" at the
+    next step (the host's close)."""
+    llm = _need()
+    live = [rid for rid, req in llm.scheduler.requests.items() if not req.finished]
+    for rid in live:
+        llm.scheduler.abort(rid)
+    return len(live)
+
+
 _OPTION_NAMES = {"maxTokens": "max_tokens", "topP": "top_p", "topK": "top_k", "minP": "min_p",
                  "repetitionPenalty": "repetition_penalty", "stopTokenIds": "stop_token_ids",
                  "ignoreEos": "ignore_eos"}
@@ -76,16 +87,20 @@ async def generate(prompt: str, options: str = "{}") -> str:
     return _result(c)
 
 
-async def stream(prompt: str, options: str, on_delta: Any) -> str:
+async def stream(prompt: str, options: str, on_delta: Any, cancelled: Any = None) -> str:
     """Like generate, calling on_delta(json) for every delta ({text, tokenIds, finishReason});
-    cancel_all() stops it at the next token."""
+    cancel_all(), or `cancelled()` (a host function) turning true, stops it at the next token."""
     global _cancelled
     llm = _need()
     opts = json.loads(options)
     ids = llm.encode_prompt(json.loads(prompt), raw=bool(opts.get("raw")), system=opts.get("system"))
+    params = _params(opts)
     _cancelled = False
 
     def send(d: RequestOutput) -> None:
         on_delta(json.dumps({"text": d.text, "tokenIds": d.token_ids, "finishReason": d.finish_reason}))
 
-    return _result(await llm.collect(ids, _params(opts), send, lambda: _cancelled))
+    def stop() -> bool:
+        return _cancelled or (cancelled is not None and bool(cancelled()))
+
+    return _result(await llm.collect(ids, params, send, stop))

@@ -1,5 +1,6 @@
-"""The same Python core in Pyodide, on onnxruntime-web (WASM), in Node: real Node, real Pyodide,
-real onnxruntime-web; greedy tokens equal the native engine's on the same export."""
+"""The same Python core in Pyodide, on onnxruntime-web (WASM), in Node through the npm package's
+Realm API: real Node, real Pyodide, real onnxruntime-web; greedy and seeded tokens equal the native
+engine's on the same export. (The package's own suite is wasm/test, run by `make test-node`.)"""
 from __future__ import annotations
 
 import json
@@ -22,16 +23,19 @@ NATIVE = {"maxTokens": "max_tokens", "topP": "top_p", "topK": "top_k", "minP": "
           "repetitionPenalty": "repetition_penalty"}
 
 SCRIPT = """
-import { createRealm } from "%s";
+import { Realm } from "%s";
 const [modelDir, wheel, prompts, seededJson] = process.argv.slice(2);
 const SEEDED = JSON.parse(seededJson);
-const realm = await createRealm({ modelDir, wheel, threads: 1 });
+const realm = await Realm.load({ model: modelDir, wheel, engine: "wasm", threads: 1 });
 const out = [];
 for (const p of JSON.parse(prompts)) out.push(await realm.generate(p, { maxTokens: 24 }));
 const seeded = [];
 for (const o of SEEDED) seeded.push(await realm.generate(JSON.parse(prompts)[1], o));
-let deltas = [];
-const streamed = await realm.stream(JSON.parse(prompts)[0], { maxTokens: 24 }, (d) => deltas.push(d));
+const deltas = [];
+const it = realm.stream(JSON.parse(prompts)[0], { maxTokens: 24 });
+let r;
+while (!(r = await it.next()).done) deltas.push(r.value);
+const streamed = r.value;
 console.log(JSON.stringify({ info: realm.info, out, streamed, deltas, seeded }));
 await realm.close();
 """
@@ -45,7 +49,7 @@ def node_run(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     wheel = subprocess.run([sys.executable, str(ROOT / "tools" / "build_core_wheel.py"), "--out", str(tmp)],
                            check=True, capture_output=True, text=True).stdout.strip()
     script = tmp / "run.mjs"
-    script.write_text(SCRIPT % (WASM / "src" / "node.mjs").as_posix())
+    script.write_text(SCRIPT % (WASM / "src" / "index.mjs").as_posix())
     r = subprocess.run(["node", str(script), str(model_dir), wheel, json.dumps(PROMPTS), json.dumps(SEEDED)],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -55,7 +59,7 @@ def node_run(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
 def test_node_wasm_answers_paris(node_run: dict) -> None:  # type: ignore[type-arg]
     assert "Paris" in node_run["out"][0]["text"]
     assert node_run["out"][0]["finishReason"] in ("stop", "length")
-    assert node_run["info"]["backend"] == "wasm"
+    assert node_run["info"]["engine"] == "wasm"
 
 
 def test_node_wasm_greedy_tokens_equal_native(node_run: dict, model_dir: Path) -> None:  # type: ignore[type-arg]

@@ -1,0 +1,324 @@
+// realm-web in Node.js: the Python core (tokenizer, chat template, scheduler, sampling rules, stop
+// strings) runs in Pyodide and drives the model through wasm/src/bridge.mjs on onnxruntime-web
+// (engine "wasm") or onnxruntime-node (engine "native": the same InferenceSession/Tensor API over
+// native onnxruntime on the CPU). One Realm is one model, one engine and one scheduler: concurrent
+// generate()/stream() calls are batched together by the core's continuous-batching scheduler, and
+// their decode steps run as one batched session.run.
+//
+//   import { Realm } from "realm-web";
+//   const llm = await Realm.load({ model: "/path/to/model", engine: "wasm" });
+//   const r = await llm.generate("What is the capital of France?", { maxTokens: 32 });
+//   for await (const d of llm.stream("Tell me a story", { temperature: 0.8, seed: 1 })) process.stdout.write(d.text);
+//   await llm.close();
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { Bridge } from "./bridge.mjs";
+import { RealmError } from "./client.mjs";
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const MODEL_FILES = ["realm.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"];
+export const DEFAULT_MODEL = "smollm2-135m-instruct";
+
+/** An error of the in-process engine (a RealmError with `status` null): `code` is one of
+ * "model_not_found", "bad_option", "bad_prompt", "engine_unavailable", "closed", "aborted",
+ * "runtime". */
+export class RealmEngineError extends RealmError {
+  constructor(code, message, options = {}) {
+    super(null, code, message);
+    this.message = message;
+    this.name = "RealmEngineError";
+    if (options.cause !== undefined) this.cause = options.cause;
+    if (Error.captureStackTrace) Error.captureStackTrace(this, RealmEngineError);
+  }
+}
+
+const fail = (code, message, cause) => new RealmEngineError(code, message, { cause });
+
+/** $REALM_WEB_HOME (default ~/.cache/realm-web), as the Python side (realm_web/paths.py). */
+export function realmHome() {
+  return process.env.REALM_WEB_HOME || path.join(os.homedir(), ".cache", "realm-web");
+}
+
+/** Where `realm-web pull` puts the default model. */
+export function defaultModelDir() {
+  return path.join(realmHome(), "models", DEFAULT_MODEL);
+}
+
+function defaultWheel() {
+  if (process.env.REALM_WEB_WHEEL) return process.env.REALM_WEB_WHEEL;
+  const dist = path.join(here, "..", "dist");
+  const whl = fs.existsSync(dist) && fs.readdirSync(dist).filter((f) => /^realm_web-.*\.whl$/.test(f)).sort().pop();
+  if (!whl) throw fail("engine_unavailable", `no realm_web core wheel in ${dist}: run \`make web\` (or \`python tools/build_core_wheel.py\`)`);
+  return path.join(dist, whl);
+}
+
+// -- options ---------------------------------------------------------------------------------
+
+const ENGINES = { wasm: "wasm", native: "cpu" }; // engine -> the manifest's name for it (preferred_by)
+const isInt = (v) => Number.isSafeInteger(v);
+const isNum = (v) => typeof v === "number" && Number.isFinite(v);
+
+const LOAD_OPTIONS = {
+  model: (v) => typeof v === "string" && v.length > 0 || "a model directory (string)",
+  engine: (v) => v in ENGINES || `"wasm" or "native"`,
+  dtype: (v) => v == null || typeof v === "string" || "an export's dtype (string), e.g. \"fp32\" or \"int4\"",
+  threads: (v) => isInt(v) && v >= 1 && v <= 256 || "an integer >= 1",
+  maxSlots: (v) => isInt(v) && v >= 1 && v <= 256 || "an integer in [1, 256]",
+  maxLength: (v) => v == null || isInt(v) && v >= 2 || "an integer >= 2",
+  maxTokensPerStep: (v) => isInt(v) && v >= 1 || "an integer >= 1",
+  batching: (v) => typeof v === "boolean" || "a boolean",
+  wheel: (v) => typeof v === "string" || "the path of a realm_web wheel",
+};
+
+// Mirrors window.realm (static/realm.js) and realm_web/web.py: camelCase names of SamplingParams.
+const GENERATE_OPTIONS = {
+  maxTokens: (v) => isInt(v) && v >= 0 || "an integer >= 0",
+  temperature: (v) => isNum(v) && v >= 0 || "a number >= 0 (0: greedy)",
+  topP: (v) => isNum(v) && v > 0 && v <= 1 || "a number in (0, 1]",
+  topK: (v) => isInt(v) && v >= 0 || "an integer >= 0 (0: no limit)",
+  minP: (v) => isNum(v) && v >= 0 && v <= 1 || "a number in [0, 1]",
+  repetitionPenalty: (v) => isNum(v) && v > 0 || "a number > 0",
+  seed: (v) => v == null || isInt(v) || "an integer",
+  stop: (v) => (typeof v === "string" && v !== "") || (Array.isArray(v) && v.every((s) => typeof s === "string" && s !== "")) ||
+    "a non-empty string or a list of them",
+  stopTokenIds: (v) => Array.isArray(v) && v.every((t) => isInt(t) && t >= 0) || "a list of token ids",
+  ignoreEos: (v) => typeof v === "boolean" || "a boolean",
+  logprobs: (v) => typeof v === "boolean" || "a boolean",
+  raw: (v) => typeof v === "boolean" || "a boolean (true: the prompt is plain text, no chat template)",
+  system: (v) => typeof v === "string" || "a string (the system message)",
+  signal: (v) => v == null || (typeof v === "object" && "aborted" in v && typeof v.addEventListener === "function") || "an AbortSignal",
+};
+
+function check(options, spec, what) {
+  if (options == null) return {};
+  if (typeof options !== "object" || Array.isArray(options)) throw fail("bad_option", `${what} options must be an object`);
+  const out = {};
+  for (const [k, v] of Object.entries(options)) {
+    if (v === undefined) continue;
+    const rule = spec[k];
+    if (!rule) throw fail("bad_option", `unknown ${what} option ${JSON.stringify(k)} (known: ${Object.keys(spec).join(", ")})`);
+    const ok = rule(v);
+    if (ok !== true) throw fail("bad_option", `${what} option ${k} must be ${ok}, got ${describe(v)}`);
+    out[k] = v;
+  }
+  return out;
+}
+
+function describe(v) {
+  try { return typeof v === "string" ? JSON.stringify(v) : typeof v === "object" && v !== null ? JSON.stringify(v) : String(v); }
+  catch { return String(v); }
+}
+
+function checkPrompt(prompt) {
+  if (typeof prompt === "string") {
+    if (!prompt) throw fail("bad_prompt", "the prompt is empty");
+    return;
+  }
+  if (Array.isArray(prompt) && prompt.length > 0) {
+    if (prompt.every((t) => isInt(t) && t >= 0)) return; // token ids
+    if (prompt.every((m) => m && typeof m === "object" && typeof m.role === "string" && typeof m.content === "string")) return;
+  }
+  throw fail("bad_prompt", "a prompt is a non-empty string, a list of chat messages ({role, content}) or a list of token ids");
+}
+
+/** A Python exception out of Pyodide -> RealmEngineError with its last line as the message. */
+function fromPython(e) {
+  if (e instanceof RealmError) return e;
+  const text = String(e?.message ?? e).trim();
+  if (e?.constructor?.name !== "PythonError" && !/Traceback \(most recent call last\)/.test(text))
+    return fail("runtime", text, e);
+  const last = text.split("\n").filter((l) => l.trim()).pop() || text;
+  const m = /^(\w+(?:\.\w+)*): ([\s\S]*)$/.exec(last);
+  const type = e.type || (m ? m[1].split(".").pop() : "");
+  const msg = m ? m[2] : last;
+  const code = type === "SamplingError" ? "bad_option"
+    : ["SchedulerError", "ValueError", "TypeError"].includes(type) ? "bad_prompt" : "runtime";
+  return fail(code, msg, e);
+}
+
+// One onnxruntime-web WASM runtime per process: its thread count is fixed when it starts.
+let wasmThreads = null;
+
+async function loadOrt(engine, threads) {
+  if (engine === "wasm") {
+    let ort;
+    try { ort = await import("onnxruntime-web"); }
+    catch (e) { throw fail("engine_unavailable", `cannot import onnxruntime-web: ${e.message}`, e); }
+    if (wasmThreads === null) {
+      ort.env.wasm.numThreads = threads;
+      wasmThreads = threads;
+    } else if (wasmThreads !== threads) {
+      throw fail("bad_option", `onnxruntime-web's WASM runtime already runs with ${wasmThreads} thread(s) in this process; ` +
+                 `it cannot change (load with threads: ${wasmThreads}, or use another process)`);
+    }
+    return ort;
+  }
+  try {
+    const m = await import("onnxruntime-node");
+    return m.InferenceSession ? m : m.default;
+  } catch (e) {
+    throw fail("engine_unavailable", "engine \"native\" needs onnxruntime-node " +
+               `(ONNXRUNTIME_NODE_INSTALL=skip npm install onnxruntime-node@1.30.0): ${e.message}`, e);
+  }
+}
+
+// -- the model -------------------------------------------------------------------------------
+
+export class Realm {
+  #py; #web; #bridge; #inflight = new Set(); #closed = false;
+
+  /** Load a model: `model` (default: the directory `realm-web pull` makes), `engine` "wasm"
+   * (onnxruntime-web, default) or "native" (onnxruntime-node), `dtype` (default: the export the
+   * manifest prefers for the engine: wasm fp16/fp32, native int4), `threads`, `maxSlots` (requests
+   * that run at once; more wait in the queue), `maxLength`, `maxTokensPerStep` (prefill chunk). */
+  static async load(options = {}) {
+    const o = check(options, LOAD_OPTIONS, "load");
+    const engine = o.engine ?? "wasm";
+    const modelDir = path.resolve(o.model ?? defaultModelDir());
+    const threads = o.threads ?? (engine === "wasm" ? 1 : Math.min(4, os.availableParallelism?.() ?? os.cpus().length));
+    if (!fs.existsSync(modelDir))
+      throw fail("model_not_found", `${modelDir}: no such model directory` +
+                 (o.model ? "" : " (the default model: run `realm-web pull`, or pass { model: DIR })"));
+    const manifestPath = path.join(modelDir, "realm.json");
+    if (!fs.existsSync(manifestPath))
+      throw fail("model_not_found", `${modelDir}: not a realm-web model directory (no realm.json; \`realm-web export\` makes one)`);
+    let manifest;
+    try { manifest = JSON.parse(fs.readFileSync(manifestPath, "utf8")); }
+    catch (e) { throw fail("model_not_found", `${manifestPath}: unreadable manifest (${e.message})`, e); }
+    const variants = manifest.variants || {};
+    if (o.dtype != null && !(o.dtype in variants))
+      throw fail("bad_option", `${modelDir} has no ${o.dtype} export (have: ${Object.keys(variants).sort().join(", ")})`);
+    const wheel = o.wheel ?? defaultWheel();
+    if (!fs.existsSync(wheel)) throw fail("engine_unavailable", `${wheel}: no such wheel`);
+
+    const t0 = performance.now();
+    const ort = await loadOrt(engine, threads);
+    const { loadPyodide } = await import("pyodide");
+    const py = await loadPyodide();
+    py.unpackArchive(new Uint8Array(fs.readFileSync(wheel)), "wheel");
+    py.FS.mkdirTree("/model");
+    for (const f of MODEL_FILES) {
+      const p = path.join(modelDir, f);
+      if (fs.existsSync(p)) py.FS.writeFile(`/model/${f}`, new Uint8Array(fs.readFileSync(p)));
+    }
+    const web = py.pyimport("realm_web.web");
+    let cfg;
+    try { cfg = JSON.parse(web.config("/model", ENGINES[engine], o.dtype ?? null)); }
+    catch (e) { throw fromPython(e); }
+    const file = path.join(modelDir, cfg.file);
+    if (!fs.existsSync(file)) throw fail("model_not_found", `${file}: missing (named by realm.json)`);
+    let bridge;
+    try {
+      bridge = await Bridge.create(ort, engine === "native" ? file : new Uint8Array(fs.readFileSync(file)),
+                                   { ...cfg, threads, batching: o.batching ?? true });
+    } catch (e) { throw fail("runtime", `cannot load ${file} on ${engine}: ${e.message}`, e); }
+    let facts;
+    try {
+      facts = JSON.parse(web.start("/model", bridge, JSON.stringify({ maxSlots: o.maxSlots ?? 8, maxLength: o.maxLength ?? null,
+                                                                     maxTokensPerStep: o.maxTokensPerStep ?? 256 })));
+    } catch (e) { await bridge.dispose(); throw fromPython(e); }
+    const info = { name: facts.name, engine, dtype: cfg.dtype, file, modelDir, threads, maxSlots: o.maxSlots ?? 8,
+                   maxLength: facts.max_length, vocabSize: cfg.vocabSize, eosTokenIds: facts.eos_token_ids,
+                   runtime: engine === "wasm" ? `onnxruntime-web ${ort.env.versions?.web ?? ""}`.trim()
+                                              : `onnxruntime-node ${ort.env.versions?.node ?? ""}`.trim(),
+                   loadMs: Math.round(performance.now() - t0) };
+    return new Realm(py, web, bridge, info);
+  }
+
+  constructor(py, web, bridge, info) {
+    if (!web) throw fail("bad_option", "use `await Realm.load(options)`");
+    this.#py = py;
+    this.#web = web;
+    this.#bridge = bridge;
+    /** What was loaded: name, engine, dtype, file, threads, maxSlots, maxLength, ... */
+    this.info = Object.freeze(info);
+  }
+
+  /** Generate a completion: `{text, tokenIds, promptTokenIds, finishReason, usage, timings}`.
+   * `prompt`: a user message (through the chat template; `raw: true` for plain text), chat
+   * messages `[{role, content}]`, or token ids. Options: maxTokens, temperature, topP, topK, minP,
+   * repetitionPenalty, seed, stop, stopTokenIds, ignoreEos, logprobs, raw, system, signal. */
+  async generate(prompt, options = {}) {
+    const it = this.stream(prompt, options);
+    for (;;) {
+      const r = await it.next();
+      if (r.done) return r.value;
+    }
+  }
+
+  /** Stream a completion: yields deltas `{text, tokenIds, finishReason}` (the last one has a
+   * finishReason); the generator's return value is the completion. Leaving the loop early (break,
+   * throw) cancels the request and frees its slot. */
+  async *stream(prompt, options = {}) {
+    if (this.#closed) throw fail("closed", "this Realm is closed");
+    const { signal, ...opts } = check(options, GENERATE_OPTIONS, "generate");
+    checkPrompt(prompt);
+    if (opts.maxTokens !== undefined && opts.maxTokens > this.info.maxLength)
+      throw fail("bad_option", `generate option maxTokens must be at most the context length ${this.info.maxLength}, got ${opts.maxTokens}`);
+    if (signal?.aborted) throw fail("aborted", "the request was aborted", signal.reason);
+
+    const queue = [];
+    let wake = null, settled = false, result, error;
+    const req = { cancel: false };
+    const notify = () => { const w = wake; wake = null; w?.(); };
+    const onAbort = () => { req.cancel = true; notify(); };
+    signal?.addEventListener("abort", onAbort, { once: true });
+    const onDelta = (json) => { queue.push(JSON.parse(json)); notify(); };
+    const cancelled = () => req.cancel;
+    let co;
+    const done = (async () => {
+      try {
+        co = this.#web.stream(JSON.stringify(prompt), JSON.stringify(opts), onDelta, cancelled);
+        result = JSON.parse(await co);
+      } catch (e) {
+        error = fromPython(e);
+      } finally {
+        try { co?.destroy?.(); } catch { /* already gone */ }
+        settled = true;
+        notify();
+      }
+    })();
+    this.#inflight.add(req);
+    req.done = done;
+    try {
+      for (;;) {
+        if (queue.length) { yield queue.shift(); continue; }
+        if (settled) break;
+        if (req.cancel && signal?.aborted) break;
+        await new Promise((r) => { wake = r; });
+      }
+      await done;
+      if (signal?.aborted) throw fail("aborted", "the request was aborted", signal.reason);
+      if (error) throw error;
+      if (req.closed) throw fail("closed", "the Realm was closed while this request ran");
+      return result;
+    } finally {
+      req.cancel = true; // early exit: the core aborts the request at its next token
+      signal?.removeEventListener("abort", onAbort);
+      await done;
+      this.#inflight.delete(req);
+    }
+  }
+
+  /** Counters of the engine: steps (awaited calls from Python), runs (session.run calls),
+   * batchedRuns, maxRows (most sequences in one run), rowsRun, runMs, sampleMs, gatherMs. */
+  stats() {
+    return { ...this.#bridge.timings, inflight: this.#inflight.size };
+  }
+
+  /** Stop every request in flight (they end with an "aborted"/"closed" error) and free the model. */
+  async close() {
+    if (this.#closed) return;
+    this.#closed = true;
+    for (const r of this.#inflight) { r.cancel = true; r.closed = true; }
+    try { this.#web.abort_all(); } catch { /* nothing was started */ }
+    await Promise.allSettled([...this.#inflight].map((r) => r.done));
+    await this.#bridge.dispose();
+    this.#web = null;
+    this.#py = null;
+  }
+
+  async [Symbol.asyncDispose ?? Symbol.for("Symbol.asyncDispose")]() { await this.close(); }
+}

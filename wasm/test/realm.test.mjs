@@ -1,0 +1,276 @@
+// The npm package realm-web under `node --test` (make test-node): real Pyodide with the core's
+// wheel, real onnxruntime-web (WASM) and onnxruntime-node, the real default model; token ids
+// compared with the native Python engine (realm_web on onnxruntime CPU) run in this test.
+//   REALM_WEB_TEST_MODEL   model directory (default: what `realm-web pull` prints)
+//   REALM_WEB_PYTHON       the Python with realm_web installed (default: ../.venv/bin/python)
+import test, { before, after, describe } from "node:test";
+import assert from "node:assert/strict";
+import { execFileSync, spawnSync } from "node:child_process";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import * as pkg from "realm-web"; // the package's own exports map
+import { Realm, RealmError, RealmEngineError } from "realm-web";
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const ROOT = path.resolve(here, "..", "..");
+const PYTHON = process.env.REALM_WEB_PYTHON || path.join(ROOT, ".venv", "bin", "python");
+const PROMPTS = ["What is the capital of France?", "Name three colors.", "What is 2 + 2?", "Write a haiku about the sea."];
+const MAX = 24;
+const SEEDED = { maxTokens: 16, temperature: 0.9, topP: 0.95, topK: 40, seed: 11 };
+
+function modelDir() {
+  if (process.env.REALM_WEB_TEST_MODEL) return process.env.REALM_WEB_TEST_MODEL;
+  const out = execFileSync(PYTHON, ["-m", "realm_web.cli", "pull"], { cwd: ROOT, encoding: "utf8" });
+  return out.trim().split("\n").pop();
+}
+
+// The native Python engine's answers: greedy ids of each prompt alone, and one seeded sample.
+const REFERENCE_PY = `
+import json, sys
+from realm_web import LLM
+model, dtypes, prompts, max_tokens, seeded = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3]), int(sys.argv[4]), json.loads(sys.argv[5])
+out = {}
+for dtype in dtypes:
+    llm = LLM(model, dtype=dtype, max_slots=2, max_length=512)
+    greedy = []
+    for p in prompts:
+        c = llm.generate(p, max_tokens=max_tokens)[0]
+        greedy.append({"tokenIds": c.token_ids, "promptTokenIds": c.prompt_token_ids, "text": c.text})
+    s = llm.generate(prompts[3], max_tokens=seeded["maxTokens"], temperature=seeded["temperature"], top_p=seeded["topP"],
+                     top_k=seeded["topK"], seed=seeded["seed"])[0]
+    out[dtype] = {"greedy": greedy, "seeded": s.token_ids}
+    llm.close()
+print(json.dumps(out))
+`;
+
+function preferred(dir, engineName) {
+  const m = JSON.parse(fs.readFileSync(path.join(dir, "realm.json"), "utf8"));
+  const v = Object.values(m.variants);
+  return (v.find((x) => (x.preferred_by || []).includes(engineName)) || v[0]).dtype;
+}
+
+let MODEL, WHEEL, REF;
+const engines = {};
+
+before(async () => {
+  MODEL = modelDir();
+  assert.ok(fs.existsSync(path.join(MODEL, "realm.json")), `${MODEL}: no model (run make model)`);
+  // A fresh wheel of the core in the working tree (what make web puts in wasm/dist)
+  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "realm-web-test-"));
+  WHEEL = execFileSync(PYTHON, [path.join(ROOT, "tools", "build_core_wheel.py"), "--out", tmp], { encoding: "utf8" }).trim();
+  const dtypes = [...new Set([preferred(MODEL, "wasm"), preferred(MODEL, "cpu")])];
+  const r = spawnSync(PYTHON, ["-c", REFERENCE_PY, MODEL, JSON.stringify(dtypes), JSON.stringify(PROMPTS), String(MAX), JSON.stringify(SEEDED)],
+                      { cwd: ROOT, encoding: "utf8", maxBuffer: 1 << 26 });
+  assert.equal(r.status, 0, r.stderr);
+  REF = JSON.parse(r.stdout.trim().split("\n").pop());
+});
+
+after(async () => {
+  for (const e of Object.values(engines)) await e.llm?.close();
+});
+
+const same = (a, b) => JSON.stringify(a) === JSON.stringify(b);
+
+for (const engine of ["native", "wasm"]) {
+  describe(`engine ${engine}`, () => {
+    let llm, alone;
+    before(async () => {
+      llm = await Realm.load({ model: MODEL, engine, wheel: WHEEL });
+      engines[engine] = { llm };
+      alone = [];
+      for (const p of PROMPTS) alone.push(await llm.generate(p, { maxTokens: MAX }));
+    });
+
+    test("loads the export the manifest prefers for it", () => {
+      assert.equal(llm.info.engine, engine);
+      assert.equal(llm.info.dtype, preferred(MODEL, engine === "wasm" ? "wasm" : "cpu"));
+      assert.match(llm.info.runtime, engine === "wasm" ? /^onnxruntime-web 1\.30\.0/ : /^onnxruntime-node 1\.30\.0/);
+    });
+
+    test("answers Paris", () => {
+      const r = alone[0];
+      assert.match(r.text, /Paris/);
+      assert.equal(r.finishReason, "stop");
+      assert.equal(r.usage.prompt_tokens, r.promptTokenIds.length);
+      assert.equal(r.usage.completion_tokens, r.tokenIds.length);
+      assert.ok(r.timings.ttft_s > 0 && r.timings.total_s >= r.timings.ttft_s);
+    });
+
+    test("greedy token ids equal the native Python engine's", () => {
+      const ref = REF[llm.info.dtype].greedy;
+      PROMPTS.forEach((p, i) => {
+        assert.deepEqual(alone[i].promptTokenIds, ref[i].promptTokenIds, p);
+        assert.deepEqual(alone[i].tokenIds, ref[i].tokenIds, p);
+        assert.equal(alone[i].text, ref[i].text, p);
+      });
+    });
+
+    test("seeded sampling equals the native Python engine's", async () => {
+      const r = await llm.generate(PROMPTS[3], SEEDED);
+      assert.deepEqual(r.tokenIds, REF[llm.info.dtype].seeded);
+    });
+
+    test("4 concurrent prompts: each equals its result alone, decoded in batched runs", async () => {
+      const s0 = llm.stats();
+      const together = await Promise.all(PROMPTS.map((p) => llm.generate(p, { maxTokens: MAX })));
+      const s1 = llm.stats();
+      together.forEach((r, i) => assert.deepEqual(r.tokenIds, alone[i].tokenIds, PROMPTS[i]));
+      assert.equal(s1.maxRows, 4, "the four requests decoded in one session.run");
+      const rows = s1.rowsRun - s0.rowsRun, runs = s1.runs - s0.runs;
+      // every decode step while two or more requests still run is one batched run
+      const second = alone.map((r) => r.tokenIds.length).sort((a, b) => b - a)[1];
+      assert.ok(s1.batchedRuns - s0.batchedRuns >= second - 2, `${s1.batchedRuns - s0.batchedRuns} batched runs, 2nd longest ${second}`);
+      assert.ok(runs < rows / 2, `${runs} runs for ${rows} rows`);
+    });
+  });
+}
+
+describe("engine native: streaming, joins, cancellation, options", () => {
+  let llm;
+  before(() => { llm = engines.native.llm; });
+
+  test("stream yields deltas that add up to the completion", async () => {
+    const deltas = [];
+    const it = llm.stream(PROMPTS[0], { maxTokens: MAX });
+    let r;
+    for (;;) {
+      r = await it.next();
+      if (r.done) break;
+      deltas.push(r.value);
+    }
+    const c = r.value, g = await llm.generate(PROMPTS[0], { maxTokens: MAX });
+    assert.equal(deltas.map((d) => d.text).join(""), c.text);
+    assert.deepEqual(deltas.flatMap((d) => d.tokenIds), c.tokenIds);
+    assert.deepEqual(c.tokenIds, g.tokenIds);
+    assert.equal(deltas.at(-1).finishReason, c.finishReason);
+    assert.ok(deltas.slice(0, -1).every((d) => d.finishReason === null));
+  });
+
+  test("requests that join a running one (staggered) still equal their results alone", async () => {
+    const ref = REF[llm.info.dtype].greedy;
+    const first = [];
+    let late;
+    const joined = new Promise((r) => { late = { resolve: r }; });
+    const long = (async () => {
+      for await (const d of llm.stream(PROMPTS[0], { maxTokens: MAX })) {
+        first.push(...d.tokenIds);
+        if (first.length === 3) late.resolve();
+      }
+    })();
+    await joined;
+    const rest = await Promise.all(PROMPTS.slice(1).map((p) => llm.generate(p, { maxTokens: MAX })));
+    await long;
+    assert.deepEqual(first, ref[0].tokenIds);
+    rest.forEach((r, i) => assert.deepEqual(r.tokenIds, ref[i + 1].tokenIds, PROMPTS[i + 1]));
+  });
+
+  test("leaving a stream early cancels it; an AbortSignal rejects with code aborted", async () => {
+    let n = 0;
+    for await (const d of llm.stream("Tell me a long story about a dragon.", { maxTokens: 200 })) if (++n === 3) break;
+    assert.equal(n, 3);
+    const ac = new AbortController();
+    let seen = 0;
+    const stream = llm.stream("Tell me a long story about a dragon.", { maxTokens: 200, signal: ac.signal });
+    await assert.rejects((async () => { for await (const d of stream) if (++seen === 2) ac.abort(); })(),
+                         (e) => e instanceof RealmEngineError && e.code === "aborted");
+    await assert.rejects(llm.generate("Hi", { signal: AbortSignal.abort() }), { code: "aborted" });
+    assert.equal(llm.stats().inflight, 0);
+    assert.match((await llm.generate(PROMPTS[0], { maxTokens: MAX })).text, /Paris/); // still serves
+  });
+
+  test("options: stop strings, chat messages, system, raw text and token ids", async () => {
+    const r = await llm.generate(PROMPTS[0], { maxTokens: MAX, stop: [" Paris"] });
+    assert.equal(r.finishReason, "stop");
+    assert.ok(!r.text.includes("Paris") && r.text.length > 0, r.text);
+    const chat = await llm.generate([{ role: "user", content: PROMPTS[0] }], { maxTokens: MAX });
+    assert.deepEqual(chat.tokenIds, REF[llm.info.dtype].greedy[0].tokenIds);
+    const ids = await llm.generate(chat.promptTokenIds, { maxTokens: MAX });
+    assert.deepEqual(ids.tokenIds, chat.tokenIds);
+    const sys = await llm.generate(PROMPTS[0], { maxTokens: 4, system: "You are a pirate." });
+    assert.notDeepEqual(sys.promptTokenIds, chat.promptTokenIds);
+    const raw = await llm.generate("1, 2, 3, 4,", { raw: true, maxTokens: 4, ignoreEos: true });
+    assert.equal(raw.promptTokenIds.length < 12, true);
+    assert.equal(raw.tokenIds.length, 4);
+    assert.equal(raw.finishReason, "length");
+  });
+
+  test("bad options and prompts: RealmEngineError with a helpful message", async () => {
+    const bad = async (p, o, code, re) => {
+      await assert.rejects(llm.generate(p, o), (e) => {
+        assert.ok(e instanceof RealmEngineError && e instanceof RealmError && e instanceof Error, String(e));
+        assert.equal(e.code, code, e.message);
+        assert.equal(e.status, null);
+        assert.match(e.message, re);
+        return true;
+      });
+    };
+    for (const v of [-1, 1.5, "10", NaN, 10 ** 9])
+      await bad("Hi", { maxTokens: v }, "bad_option", /maxTokens must be/);
+    await bad("Hi", { max_tokens: 5 }, "bad_option", /unknown generate option "max_tokens" \(known: maxTokens, /);
+    await bad("Hi", { temperature: -1 }, "bad_option", /temperature must be a number >= 0/);
+    await bad("Hi", { topP: 0 }, "bad_option", /topP must be a number in \(0, 1\]/);
+    await bad("Hi", { stop: [""] }, "bad_option", /stop must be/);
+    await bad("Hi", "fast", "bad_option", /options must be an object/);
+    await bad("", {}, "bad_prompt", /the prompt is empty/);
+    await bad([], {}, "bad_prompt", /non-empty string, a list of chat messages/);
+    await bad([10 ** 6], {}, "bad_prompt", /token ids must be in \[0, 49152\)/); // raised by the Python core
+    assert.match((await llm.generate("Hi", { maxTokens: 2 })).text, /./);
+  });
+});
+
+describe("loading errors", () => {
+  const load = async (o, code, re) => {
+    await assert.rejects(Realm.load({ wheel: WHEEL, ...o }), (e) => {
+      assert.ok(e instanceof RealmEngineError && e instanceof RealmError, String(e));
+      assert.equal(e.code, code, e.message);
+      assert.match(e.message, re);
+      return true;
+    });
+  };
+
+  test("a missing model directory, or one without realm.json", async () => {
+    await load({ model: "/nonexistent/realm-model" }, "model_not_found", /\/nonexistent\/realm-model: no such model directory/);
+    const empty = fs.mkdtempSync(path.join(os.tmpdir(), "realm-web-empty-"));
+    await load({ model: empty }, "model_not_found", /not a realm-web model directory \(no realm\.json/);
+    const old = process.env.REALM_WEB_HOME;
+    process.env.REALM_WEB_HOME = empty;
+    try { await load({}, "model_not_found", /models\/smollm2-135m-instruct: no such model directory \(the default model: run `realm-web pull`/); }
+    finally { if (old === undefined) delete process.env.REALM_WEB_HOME; else process.env.REALM_WEB_HOME = old; }
+  });
+
+  test("bad load options", async () => {
+    await load({ model: MODEL, engine: "cuda" }, "bad_option", /load option engine must be "wasm" or "native", got "cuda"/);
+    await load({ modelDir: MODEL }, "bad_option", /unknown load option "modelDir" \(known: model, engine, /);
+    await load({ model: MODEL, dtype: "fp64" }, "bad_option", /no fp64 export \(have: .*fp32/);
+    await load({ model: MODEL, threads: 0 }, "bad_option", /threads must be an integer >= 1/);
+    await load({ model: MODEL, engine: "wasm", threads: 3 }, "bad_option", /already runs with 1 thread/);
+  });
+
+  test("a closed Realm refuses work", async () => {
+    const llm = await Realm.load({ model: MODEL, engine: "native", wheel: WHEEL, threads: 1 });
+    const running = llm.generate("Tell me a long story about a dragon.", { maxTokens: 200 });
+    await new Promise((r) => setTimeout(r, 300));
+    await llm.close();
+    await assert.rejects(running, { code: "closed" });
+    await assert.rejects(llm.generate("Hi"), (e) => e.code === "closed" && /closed/.test(e.message));
+  });
+});
+
+test("the package's exports match its type declarations", () => {
+  const dts = fs.readFileSync(path.join(here, "..", "types", "index.d.ts"), "utf8");
+  const declared = [...dts.matchAll(/^export (?:class|function|const) (\w+)/gm)].map((m) => m[1]).sort();
+  const exported = Object.keys(pkg).sort();
+  for (const name of exported) assert.ok(declared.includes(name), `${name} is exported but not declared`);
+  const pj = JSON.parse(fs.readFileSync(path.join(here, "..", "package.json"), "utf8"));
+  assert.equal(pj.types, "./types/index.d.ts");
+  assert.equal(pj.dependencies["onnxruntime-node"], pj.dependencies["onnxruntime-web"]);
+});
+
+test("examples/paris/nodejs-wasm prints Paris", () => {
+  const r = spawnSync(process.execPath, [path.join(ROOT, "examples", "paris", "nodejs-wasm", "index.mjs"), MODEL],
+                      { encoding: "utf8", env: { ...process.env, REALM_WEB_WHEEL: WHEEL }, timeout: 120_000 });
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stdout, /Paris/);
+});

@@ -1,0 +1,199 @@
+// Types of the npm package realm-web (Node.js 20+, ES modules).
+
+/** Every error of the package. `status`: the HTTP status for a server's answer (0 on a
+ * WebSocket), null for the in-process engine. */
+export class RealmError extends Error {
+  constructor(status: number | null, code: string, message: string, retryAfterS?: number | null);
+  readonly status: number | null;
+  readonly code: string;
+  readonly retryAfterS: number | null;
+}
+
+export type RealmEngineErrorCode =
+  | "model_not_found"    // no such directory, no realm.json, or a file it names is missing
+  | "bad_option"         // unknown option name or a bad value (engine, dtype, maxTokens, ...)
+  | "bad_prompt"         // empty prompt, token ids out of range, prompt longer than the context
+  | "engine_unavailable" // onnxruntime-node / onnxruntime-web / the core wheel cannot be loaded
+  | "closed"             // the Realm was closed
+  | "aborted"            // the request's AbortSignal fired
+  | "runtime";           // anything else (the Python traceback is in `cause`)
+
+/** An error of the in-process engine (Realm). */
+export class RealmEngineError extends RealmError {
+  constructor(code: RealmEngineErrorCode, message: string, options?: { cause?: unknown });
+  readonly status: null;
+  readonly code: RealmEngineErrorCode;
+}
+
+export type Engine = "wasm" | "native";
+
+export interface LoadOptions {
+  /** Model directory (realm.json + the ONNX exports); default: the one `realm-web pull` makes,
+   * $REALM_WEB_HOME/models/smollm2-135m-instruct (REALM_WEB_HOME defaults to ~/.cache/realm-web). */
+  model?: string;
+  /** "wasm": onnxruntime-web's WebAssembly build (default); "native": onnxruntime-node (CPU). */
+  engine?: Engine;
+  /** Which export to run ("fp32", "fp16", "int8", "int4"); default: the one realm.json prefers for
+   * the engine (wasm: fp16, else fp32; native: int4). */
+  dtype?: string | null;
+  /** Compute threads (wasm default 1; native default min(4, cores)). onnxruntime-web's WASM runtime
+   * takes its thread count once per process. */
+  threads?: number;
+  /** Requests that run at once (default 8); more wait in the queue. */
+  maxSlots?: number;
+  /** Context length (default: the model's). */
+  maxLength?: number | null;
+  /** Prompt tokens per step (the prefill chunk, default 256). */
+  maxTokensPerStep?: number;
+  /** Run the decode steps of concurrent requests as one batched session.run (default true). */
+  batching?: boolean;
+  /** The realm_web core wheel that Pyodide installs (default: the one in the package's dist/). */
+  wheel?: string;
+}
+
+/** The same names as the browser's window.realm API and the Python SamplingParams. */
+export interface GenerateOptions {
+  /** Most new tokens (default 256). */
+  maxTokens?: number;
+  /** 0 (default): greedy. */
+  temperature?: number;
+  topP?: number;
+  topK?: number;
+  minP?: number;
+  repetitionPenalty?: number;
+  /** Seeded sampling gives the same tokens on every engine whose logits agree. */
+  seed?: number | null;
+  /** Stop strings (not included in the text). */
+  stop?: string | string[];
+  stopTokenIds?: number[];
+  ignoreEos?: boolean;
+  /** Ask for the sampled tokens' log-probabilities (engine side; not yet in the result). */
+  logprobs?: boolean;
+  /** The prompt string is plain text: no chat template. */
+  raw?: boolean;
+  /** A system message put before the chat prompt. */
+  system?: string;
+  /** Cancels the request (it rejects with code "aborted"). */
+  signal?: AbortSignal;
+}
+
+export interface ChatMessage {
+  role: "system" | "user" | "assistant" | string;
+  content: string;
+}
+
+/** A user message (through the chat template), chat messages, or token ids. */
+export type Prompt = string | ChatMessage[] | number[];
+
+export type FinishReason = "stop" | "length" | "abort" | null;
+
+export interface Completion {
+  text: string;
+  tokenIds: number[];
+  promptTokenIds: number[];
+  finishReason: FinishReason;
+  usage: { prompt_tokens: number; completion_tokens: number; total_tokens: number };
+  timings: { ttft_s: number; decode_s: number; total_s: number; decode_tokens_per_s: number };
+}
+
+export interface Delta {
+  text: string;
+  tokenIds: number[];
+  /** Set on the last delta. */
+  finishReason: FinishReason;
+}
+
+export interface RealmInfo {
+  name: string;
+  engine: Engine;
+  dtype: string;
+  file: string;
+  modelDir: string;
+  threads: number;
+  maxSlots: number;
+  maxLength: number;
+  vocabSize: number;
+  eosTokenIds: number[];
+  runtime: string;
+  loadMs: number;
+}
+
+export interface RealmStats {
+  /** Awaited calls from the Python core (one per scheduler step). */
+  steps: number;
+  /** session.run calls; batchedRuns of them decoded several requests at once. */
+  runs: number;
+  batchedRuns: number;
+  /** The most requests one run carried. */
+  maxRows: number;
+  rowsRun: number;
+  runMs: number;
+  sampleMs: number;
+  gatherMs: number;
+  inflight: number;
+}
+
+/** A model loaded in this process: the Python core in Pyodide over onnxruntime-web or -node. */
+export class Realm {
+  static load(options?: LoadOptions): Promise<Realm>;
+  private constructor();
+  readonly info: Readonly<RealmInfo>;
+  /** Concurrent calls share the engine: the core batches them (continuous batching). */
+  generate(prompt: Prompt, options?: GenerateOptions): Promise<Completion>;
+  /** Yields deltas; returns the Completion. Leaving the loop early cancels the request. */
+  stream(prompt: Prompt, options?: GenerateOptions): AsyncGenerator<Delta, Completion, undefined>;
+  stats(): RealmStats;
+  /** Cancels what runs and frees the model. */
+  close(): Promise<void>;
+}
+
+export const DEFAULT_MODEL: string;
+/** $REALM_WEB_HOME, default ~/.cache/realm-web. */
+export function realmHome(): string;
+/** Where `realm-web pull` puts the default model. */
+export function defaultModelDir(): string;
+
+// -- a client for a realm-web server (src/client.mjs) ------------------------------------------
+
+export interface ClientOptions {
+  baseUrl?: string;
+  apiKey?: string | null;
+  model?: string | null;
+  WebSocket?: unknown;
+}
+
+export interface ClientCompletion {
+  text: string;
+  finishReason: string | null;
+  usage: { prompt_tokens: number; completion_tokens: number; total_tokens: number };
+  raw: unknown;
+}
+
+export type ClientOptionsGenerate = Omit<GenerateOptions, "raw" | "system"> & Record<string, unknown>;
+
+export class RealmClient {
+  constructor(options?: ClientOptions);
+  readonly baseUrl: string;
+  apiKey: string | null;
+  health(): Promise<unknown>;
+  models(): Promise<string[]>;
+  model(): Promise<string>;
+  chat(prompt: string | ChatMessage[], options?: ClientOptionsGenerate): Promise<ClientCompletion>;
+  complete(prompt: string, options?: ClientOptionsGenerate): Promise<ClientCompletion>;
+  streamChat(prompt: string | ChatMessage[], options?: ClientOptionsGenerate & { signal?: AbortSignal }):
+    AsyncGenerator<{ text: string; index: number; finishReason: string | null }, void, undefined>;
+  websocket(): Promise<RealmSocket>;
+}
+
+export class RealmSocket {
+  readonly opened: Promise<void>;
+  call(fn: string, params?: Record<string, unknown>): Promise<unknown>;
+  stream(prompt: string | ChatMessage[], options?: ClientOptionsGenerate):
+    AsyncGenerator<{ text: string; index: number; tokenId: number; isFinal: boolean },
+                   { text: string; finishReason: string | null; tokenIds: number[]; promptTokenIds: number[];
+                     tokensGenerated: number; promptTokens: number; timeMs: number; cancelled: boolean }, undefined>;
+  generate(prompt: string | ChatMessage[], options?: ClientOptionsGenerate): Promise<{ text: string; finishReason: string | null; tokenIds: number[] }>;
+  health(): Promise<unknown>;
+  metadata(): Promise<unknown>;
+  close(): void;
+}
