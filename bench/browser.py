@@ -34,6 +34,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import socket
 import statistics
@@ -41,13 +42,15 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 HERE = ROOT / "bench" / "browser"
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
+sys.path.insert(0, str(ROOT / "bench"))
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -83,11 +86,11 @@ def setup() -> tuple[Path, Path]:
     return model_dir, gguf
 
 
-def tjs_model_folder(model_dir: Path) -> Path:
+def tjs_model_folder(model_dir: Path, name: str = "smollm2", link_ours: bool = True) -> Path:
     """transformers.js's view of our export: its config files and onnx/ names, linking our files."""
     m = json.loads((model_dir / "realm.json").read_text())
     a = m["architecture"]
-    out = HERE / "models" / "smollm2"
+    out = HERE / "models" / name
     (out / "onnx").mkdir(parents=True, exist_ok=True)
     eos = m["eos_token_ids"][0]
     config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": a["hidden_size"],
@@ -104,27 +107,91 @@ def tjs_model_folder(model_dir: Path) -> Path:
     tc = json.loads((model_dir / "tokenizer_config.json").read_text())
     tc["chat_template"] = (model_dir / "chat_template.jinja").read_text()  # it does not read the .jinja file
     (out / "tokenizer_config.json").write_text(json.dumps(tc, indent=1))
-    for name, variant in (("model.onnx", "fp32"), ("model_quantized.onnx", "int8")):
-        link = out / "onnx" / name
+    for fname, variant in (("model.onnx", "fp32"), ("model_quantized.onnx", "int8")) if link_ours else ():
+        link = out / "onnx" / fname
         if link.is_symlink() or link.exists():
             link.unlink()
         link.symlink_to(model_dir / m["variants"][variant]["file"])
     return out
 
 
-def serve(model_dir: Path, gguf: Path, tjs_dir: Path) -> tuple[Any, str]:
+def plain_export(gguf: Path, folder: Path) -> Path:
+    """A plain torch.onnx.export (legacy, opset 17) of the same weights under the standard decoder
+    names transformers.js expects (input_ids, attention_mask, position_ids, past_key_values.N.* ->
+    logits for every position, present.N.*): how one usually makes a model for transformers.js.
+    Not a realm-web graph: only for the --engines tjs-plain row. Cached beside the model."""
+    from realm_web.paths import home
+
+    out = home() / "bench" / "browser-plain"
+    path = out / "model.onnx"
+    if not path.exists():
+        say(f"plain torch.onnx.export of the GGUF's weights -> {path} (once)")
+        import torch
+        from anchors import hf_dir_from_gguf, load_hf
+        from transformers import DynamicCache
+
+        out.mkdir(parents=True, exist_ok=True)
+        model = load_hf(hf_dir_from_gguf(gguf, out / "hf"), "cpu", "fp32")
+        cfg = model.config
+        n_layers, kvh = cfg.num_hidden_layers, cfg.num_key_value_heads
+        hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+
+        class Wrap(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.m = model
+
+            def forward(self, input_ids, attention_mask, position_ids, *past):  # type: ignore[no-untyped-def]
+                cache = DynamicCache()
+                for i in range(n_layers):
+                    cache.update(past[2 * i], past[2 * i + 1], i)
+                o = self.m(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                           past_key_values=cache, use_cache=True)
+                pres = []
+                for layer in o.past_key_values.layers:
+                    pres += [layer.keys, layer.values]
+                return (o.logits, *pres)
+
+        b, sl, pl = 2, 3, 4
+        args = (torch.ones(b, sl, dtype=torch.long), torch.ones(b, pl + sl, dtype=torch.long),
+                torch.arange(pl, pl + sl).repeat(b, 1), *[torch.zeros(b, kvh, pl, hd) for _ in range(2 * n_layers)])
+        kv = [f"{i}.{k}" for i in range(n_layers) for k in ("key", "value")]
+        names_in = ["input_ids", "attention_mask", "position_ids"] + [f"past_key_values.{x}" for x in kv]
+        names_out = ["logits"] + [f"present.{x}" for x in kv]
+        axes: dict[str, dict[int, str]] = {"input_ids": {0: "batch_size", 1: "sequence_length"},
+                                           "attention_mask": {0: "batch_size", 1: "total_sequence_length"},
+                                           "position_ids": {0: "batch_size", 1: "sequence_length"},
+                                           "logits": {0: "batch_size", 1: "sequence_length"}}
+        for n in names_in[3:]:
+            axes[n] = {0: "batch_size", 2: "past_sequence_length"}
+        for n in names_out[1:]:
+            axes[n] = {0: "batch_size", 2: "total_sequence_length"}
+        part = out / "model.part.onnx"
+        with torch.no_grad():
+            torch.onnx.export(Wrap(), args, str(part), input_names=names_in, output_names=names_out,
+                              dynamic_axes=axes, opset_version=17, dynamo=False)
+        part.replace(path)
+    link = folder / "onnx" / "model.onnx"
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(path)
+    return path
+
+
+def serve(model_dir: Path, gguf: Path) -> tuple[Any, str]:
     import functools
     import http.server
 
-    from serve_web import Handler  # COOP/COEP on every response, MIME types, /models/default/
+    # COOP/COEP on every response, MIME types, /models/default/
+    from serve_web import Handler
 
     class BenchHandler(Handler):
         def translate_path(self, path: str) -> str:
             p = path.split("?", 1)[0].split("#", 1)[0]
             if p.startswith("/bench/"):
                 return str(HERE / p[len("/bench/"):])
-            if p.startswith("/tjs-models/smollm2/"):
-                return str(tjs_dir / p[len("/tjs-models/smollm2/"):])
+            if p.startswith("/tjs-models/"):
+                return str(HERE / "models" / p[len("/tjs-models/"):])
             if p == "/gguf/model.gguf":
                 return str(gguf)
             return super().translate_path(path)
@@ -190,8 +257,8 @@ def realm_summary(raw: dict[str, Any]) -> dict[str, Any]:
         ort = [st[i][2] - st[i][1] for i in dec]             # session.run()
         js = [(st[i][3] - st[i][0]) - (st[i][2] - st[i][1]) for i in dec]  # bridge: feeds, argmax, JSON
         period = [st[i][3] - st[i - 1][3] for i in dec]
-        med = lambda xs: round(statistics.median(xs), 3) if xs else None  # noqa: E731
-        mean = lambda xs: round(statistics.fmean(xs), 3) if xs else None  # noqa: E731
+        med = lambda xs: round(statistics.median(xs), 3) if xs else None
+        mean = lambda xs: round(statistics.fmean(xs), 3) if xs else None
         tot = sum(py) + sum(ort) + sum(js)
         out["step_profile"] = {
             "decode_steps": len(dec),
@@ -257,7 +324,8 @@ def median_row(samples: list[dict[str, Any]]) -> dict[str, Any]:
 # -- main -------------------------------------------------------------------------------------------
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--engines", default="realm,tjs,wllama,webgpu")
+    ap.add_argument("--engines", default="realm,tjs,wllama,webgpu",
+                    help="realm, tjs, wllama, webgpu; tjs-plain adds transformers.js on a plain torch.onnx export")
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--pages", type=int, default=3)
@@ -272,12 +340,14 @@ def main() -> int:
     threads = [int(t) for t in a.threads.split(",") if t.strip()]
 
     model_dir, gguf = setup()
-    tjs_dir = tjs_model_folder(model_dir)
-    srv, site = serve(model_dir, gguf, tjs_dir)
+    tjs_model_folder(model_dir)
+    if "tjs-plain" in engines:
+        plain_export(gguf, tjs_model_folder(model_dir, "smollm2-plain", link_ours=False))
+    srv, site = serve(model_dir, gguf)
     say(f"serving {site} (model {model_dir}, gguf {gguf.name})")
-    from playwright.sync_api import sync_playwright
-
     import tempfile
+
+    from playwright.sync_api import sync_playwright
 
     rows: dict[str, dict[str, Any]] = {}
     load0 = os.getloadavg()
@@ -289,44 +359,63 @@ def main() -> int:
         outside: list[str] = []
         ctx.on("request", lambda r: outside.append(r.url) if not r.url.startswith((site, "data:", "blob:")) else None)
 
-        def sample(name: str, fn: Callable[[], dict[str, Any]], pages: int) -> None:
-            samples = []
-            for i in range(pages):
-                t = time.time()
-                try:
-                    s = fn()
-                except Exception as e:  # an engine that fails is reported, not fatal
-                    say(f"{name}: page {i + 1} failed: {str(e).splitlines()[0][:300]}")
-                    rows[name] = {"error": str(e)[:2000]}
-                    return
-                samples.append(s)
-                say(f"{name}: page {i + 1}/{pages}: TTFT {s['ttft_s']:.3f} s, decode "
-                    f"{(s.get('decode_tok_s') or 0):.2f} tok/s, {s.get('n_tokens')} tokens ({time.time() - t:.0f} s)")
-            rows[name] = median_row(samples)
-            rows[name]["load_avg_after"] = os.getloadavg()
-
+        # Every configuration gets one page per round, round after round (not three pages in a row): a
+        # burst of load on this shared machine then hits every engine alike instead of one row.
+        configs: list[tuple[str, Callable[[], dict[str, Any]], int]] = []
         dtype = a.realm_dtype or None
         for th in threads:
             if "realm" in engines:
-                sample(f"realm-web wasm {th}t", lambda: realm_page(ctx, site, "wasm", th, dtype, a.tokens, a.warmup),
-                       a.pages)
+                configs.append((f"realm-web wasm {th}t", lambda th=th: realm_page(
+                    ctx, site, "wasm", th, dtype, a.tokens, a.warmup), a.pages))
             if "tjs" in engines:
                 for ort in a.tjs_ort.split(","):
                     for dt in a.tjs_dtypes.split(","):
                         name = f"transformers.js {dt} {th}t" + ("" if ort == "own" else f" (ORT {ort})")
-                        sample(name, lambda: anchor_page(ctx, site, "tjsLoad", {"dtype": dt, "threads": th},
-                                                         "tjsRun", a.tokens, a.warmup, ort), a.pages)
+                        configs.append((name, lambda dt=dt, th=th, ort=ort: anchor_page(
+                            ctx, site, "tjsLoad", {"dtype": dt, "threads": th}, "tjsRun", a.tokens, a.warmup, ort),
+                            a.pages))
+            if "tjs-plain" in engines:
+                configs.append((f"transformers.js fp32 {th}t, plain torch.onnx export", lambda th=th: anchor_page(
+                    ctx, site, "tjsLoad", {"dtype": "fp32", "threads": th, "model": "smollm2-plain"}, "tjsRun",
+                    a.tokens, a.warmup), a.pages))
             if "wllama" in engines:
-                sample(f"wllama Q4_1 {th}t", lambda: anchor_page(ctx, site, "wllamaLoad", {"threads": th},
-                                                                "wllamaRun", a.tokens, a.warmup), a.pages)
-        if "webgpu" in engines:
-            sample("realm-web webgpu (SwiftShader)",
-                   lambda: realm_page(ctx, site, "webgpu", 1, None, a.webgpu_tokens, 1), 1)
+                configs.append((f"wllama Q4_1 {th}t", lambda th=th: anchor_page(
+                    ctx, site, "wllamaLoad", {"threads": th}, "wllamaRun", a.tokens, a.warmup), a.pages))
+        if "webgpu" in engines:  # software WebGPU: one page, a few tokens
+            configs.append(("realm-web webgpu (SwiftShader)", lambda: realm_page(
+                ctx, site, "webgpu", 1, None, a.webgpu_tokens, 1), 1))
+
+        samples: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in configs}
+        for rnd in range(max(p for _, _, p in configs)):
+            for name, fn, pages in configs:
+                if rnd >= pages or name in rows:  # done, or failed
+                    continue
+                t = time.time()
+                try:
+                    smp = fn()
+                except Exception as e:  # noqa: BLE001  # an engine that fails is reported, not fatal
+                    say(f"{name}: page {rnd + 1} failed: {str(e).splitlines()[0][:300]}")
+                    rows[name] = {"error": str(e)[:2000]}
+                    continue
+                smp["load_avg"] = os.getloadavg()
+                samples[name].append(smp)
+                say(f"{name}: page {rnd + 1}/{pages}: TTFT {smp['ttft_s']:.3f} s, decode "
+                    f"{(smp.get('decode_tok_s') or 0):.2f} tok/s, {smp.get('n_tokens')} tokens "
+                    f"({time.time() - t:.0f} s, load {smp['load_avg'][0]:.2f})")
+        for name, _, _ in configs:
+            if name not in rows and samples[name]:
+                rows[name] = median_row(samples[name])
+                rows[name]["load_avg_per_page"] = [round(x["load_avg"][0], 2) for x in samples[name]]
         ctx.close()
     srv.shutdown()
 
     report(rows, a, site, versions, outside, load0, t_start)
     return 0
+
+
+def threads_of(name: str) -> int | None:
+    m = re.search(r" (\d+)t\b", name)
+    return int(m.group(1)) if m else None
 
 
 def ratio(x: float | None, y: float | None) -> float | None:
@@ -343,22 +432,22 @@ def report(rows: dict[str, dict[str, Any]], a: argparse.Namespace, site: str, ve
     realm_ort = ROOT / "wasm" / "node_modules" / "onnxruntime-web" / "package.json"
     versions.update({"anchors": pkgs, "realm_onnxruntime_web": json.loads(realm_ort.read_text())["version"]
                      if realm_ort.exists() else None})
-    # ratios within the run: realm-web at N threads against each anchor row at N threads (and the best anchor)
+    # ratios within the run: realm-web at N threads against each other row at N threads
     ratios: dict[str, dict[str, Any]] = {}
     for th in [int(t) for t in a.threads.split(",")]:
         mine = rows.get(f"realm-web wasm {th}t", {})
         if not mine.get("decode_tok_s"):
             continue
-        r: dict[str, Any] = {}
-        anchors = {k: v for k, v in rows.items() if not k.startswith("realm-web") and k.endswith(f"{th}t")
-                   or (not k.startswith("realm-web") and f" {th}t " in k)}
-        for k, v in anchors.items():
-            if v.get("decode_tok_s"):
-                r[k] = {"decode_x": ratio(mine["decode_tok_s"], v["decode_tok_s"]),
-                        "ttft_x": ratio(v.get("ttft_s"), mine.get("ttft_s"))}  # > 1: realm-web is faster
-        ratios[f"realm-web wasm {th}t"] = r
-    best_anchor = max((v["decode_tok_s"] for k, v in rows.items() if not k.startswith("realm-web")
-                       and v.get("decode_tok_s")), default=None)
+        ratios[f"realm-web wasm {th}t"] = {
+            k: {"decode_x": ratio(mine["decode_tok_s"], v["decode_tok_s"]),
+                "ttft_x": ratio(v.get("ttft_s"), mine.get("ttft_s"))}  # > 1: realm-web is faster
+            for k, v in rows.items()
+            if not k.startswith("realm-web") and threads_of(k) == th and v.get("decode_tok_s")}
+    # the anchors as users get them (transformers.js on its own onnxruntime-web pin, wllama); rows on
+    # realm-web's onnxruntime-web build are a diagnostic: same runtime, so they isolate the orchestration
+    anchors = {k: v for k, v in rows.items() if not k.startswith("realm-web") and "(ORT" not in k}
+    best_anchor = max((v["decode_tok_s"] for v in anchors.values() if v.get("decode_tok_s")), default=None)
+    best_anchor_name = next((k for k, v in anchors.items() if v.get("decode_tok_s") == best_anchor), None)
     best_realm = max((v["decode_tok_s"] for k, v in rows.items() if k.startswith("realm-web wasm")
                       and v.get("decode_tok_s")), default=None)
     realm_ttft = min((v["ttft_s"] for k, v in rows.items() if k.startswith("realm-web wasm") and v.get("ttft_s")),
@@ -367,8 +456,7 @@ def report(rows: dict[str, dict[str, Any]], a: argparse.Namespace, site: str, ve
     equal: dict[str, Any] = {}
     for k, v in rows.items():
         if k.startswith("transformers.js") and v.get("tokens"):
-            th = k.split(" ")[2]
-            mine = rows.get(f"realm-web wasm {th}", {})
+            mine = rows.get(f"realm-web wasm {threads_of(k)}t", {})
             if mine.get("tokens"):
                 n = min(len(v["tokens"]), len(mine["tokens"]))
                 same = next((i for i in range(n) if v["tokens"][i] != mine["tokens"][i]), n)
@@ -381,7 +469,8 @@ def report(rows: dict[str, dict[str, Any]], a: argparse.Namespace, site: str, ve
         "loadavg_start": load0, "loadavg_end": os.getloadavg(), "seconds": round(time.time() - t_start, 1),
         "requests_off_origin": outside[:20],
         "rows": rows, "ratios": ratios, "greedy_tokens_vs_realm": equal,
-        "targets": {"decode_vs_best_anchor": ratio(best_realm, best_anchor), "decode_target_x": 1.2,
+        "targets": {"decode_vs_best_anchor": ratio(best_realm, best_anchor), "best_anchor": best_anchor_name,
+                    "decode_target_x": 1.2,
                     "best_realm_ttft_s": realm_ttft, "ttft_target_s": 0.4},
         "notes": {
             "adapter": ("transformers.js runs our unchanged ONNX file: an import map sends its "
@@ -413,17 +502,17 @@ def print_table(res: dict[str, Any]) -> None:
     rows = res["rows"]
     print(f"\nbrowser, {res['new_tokens']} new tokens, greedy, median of {res['pages']} pages, "
           f"load {res['loadavg_start'][0]:.2f} -> {res['loadavg_end'][0]:.2f}")
-    print(f"{'engine':44s} {'TTFT s':>8s} {'decode tok/s':>13s} {'realm/this':>11s}")
+    print(f"{'engine':50s} {'TTFT s':>8s} {'decode tok/s':>13s} {'realm/this':>11s}")
     for k, v in rows.items():
         if "error" in v:
-            print(f"{k:44s} error: {v['error'].splitlines()[0][:60]}")
+            print(f"{k:50s} error: {v['error'].splitlines()[0][:60]}")
             continue
-        th = next((t for t in ("1t", "2t") if f" {t}" in k), None)
-        mine = rows.get(f"realm-web wasm {th}", {}) if th else {}
+        th = threads_of(k)
+        mine = rows.get(f"realm-web wasm {th}t", {}) if th else {}
         x = ratio(mine.get("decode_tok_s"), v.get("decode_tok_s")) if not k.startswith("realm-web") else None
         ttft = f"{v['ttft_s']:.3f}" if v.get("ttft_s") is not None else "-"
         dec = f"{v['decode_tok_s']:.2f}" if v.get("decode_tok_s") is not None else "-"
-        print(f"{k:44s} {ttft:>8s} {dec:>13s} {(f'{x:.2f}x' if x else ''):>11s}")
+        print(f"{k:50s} {ttft:>8s} {dec:>13s} {(f'{x:.2f}x' if x else ''):>11s}")
     for k, v in rows.items():
         sp = v.get("step_profile")
         if sp and k.startswith("realm-web wasm"):
@@ -432,7 +521,8 @@ def print_table(res: dict[str, Any]) -> None:
                   f"js {m['js_bridge']:.2f} ({s['js_bridge']:.1%}) + ort {m['ort_run']:.2f} ({s['ort_run']:.1%}); "
                   f"TTFT path ms {sp['ttft_ms']}")
     t = res["targets"]
-    print(f"targets: decode realm/best anchor {t['decode_vs_best_anchor']} (want >= {t['decode_target_x']}), "
+    print(f"targets: decode realm/best anchor ({t['best_anchor']}) {t['decode_vs_best_anchor']} "
+          f"(want >= {t['decode_target_x']}), "
           f"TTFT {t['best_realm_ttft_s']} s (want < {t['ttft_target_s']})")
     for k, v in res["greedy_tokens_vs_realm"].items():
         print(f"{k}: greedy tokens equal realm-web's for {v['equal_prefix']}/{v['of']}, "

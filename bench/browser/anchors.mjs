@@ -25,7 +25,7 @@ function summary(t0, rec, extra = {}) {
 window.bench = {
   crossOriginIsolated: self.crossOriginIsolated,
 
-  async tjsLoad({ dtype = "fp32", threads = 1, device = "wasm" }) {
+  async tjsLoad({ dtype = "fp32", threads = 1, device = "wasm", model: name = "smollm2" }) {
     const T = await import(here("./node_modules/@huggingface/transformers/dist/transformers.web.js"));
     const { ORT_DIST } = await import("onnxruntime-web/webgpu");
     T.env.allowRemoteModels = false;
@@ -36,8 +36,8 @@ window.bench = {
                                           wasm: `${ORT_DIST}ort-wasm-simd-threaded.asyncify.wasm` };
     T.env.backends.onnx.wasm.numThreads = threads;
     const t0 = performance.now();
-    const tokenizer = await T.AutoTokenizer.from_pretrained("smollm2");
-    const model = await T.AutoModelForCausalLM.from_pretrained("smollm2", { dtype, device });
+    const tokenizer = await T.AutoTokenizer.from_pretrained(name);
+    const model = await T.AutoModelForCausalLM.from_pretrained(name, { dtype, device });
     tjs = { T, tokenizer, model };
     return { load_s: (performance.now() - t0) / 1000, version: T.env.version, ort: T.env.backends.onnx.versions,
              threads: T.env.backends.onnx.wasm.numThreads, adapter: { ...adapterStats } };
@@ -93,7 +93,9 @@ window.bench = {
       },
     });
     const t1 = performance.now();
+    // one streamed chunk per token (checked against llama.cpp's own count, predicted_n); no ids in the chunks
     return summary(t0, rec, { total_s: (t1 - t0) / 1000, text, engine_timings: timings, usage,
+                              tokens: rec.ids.every((x) => x < 0) ? null : rec.ids,
                               prompt_tokens: usage?.prompt_tokens ?? timings?.prompt_n ?? null });
   },
 };
