@@ -1,14 +1,16 @@
 """Browser benchmark: realm-web in headless Chromium against transformers.js and wllama, same run.
 
-    .venv/bin/python bench/browser.py [--engines realm,tjs,wllama,webgpu] [--threads 1,2] [--tokens 128]
-                                      [--pages 3] [--tjs-dtypes fp32,q8] [--tjs-ort own] [--out FILE]
+    .venv/bin/python bench/browser.py [--engines realm,tjs,tjs-plain,wllama,webgpu] [--threads 1,2]
+                                      [--tokens 128] [--pages 3] [--tjs-dtypes fp32,q8] [--tjs-ort own,realm]
+                                      [--webgpu-tokens 4] [--out bench/results/browser.json]
 
 The page is served locally and cross-origin isolated (COOP/COEP, so WASM threads work); every
 engine runs in the same Chromium (Debian's, driven by Playwright) in the same run, on the same
 37-token chat prompt ("What is the capital of France?" through the chat template with the
 default system prompt), greedy, --tokens new tokens with EOS ignored. Each row is the median of
---pages fresh pages; on each page the engine loads, makes one short warm-up generation, then one
-timed generation. TTFT: from the call in the page (text in, the engine's own chat template and
+--pages fresh pages (taken in rounds across the engines, so that load from other work on the
+machine hits every row alike); on each page the engine loads, makes one short warm-up generation,
+then one timed generation. TTFT: from the call in the page (text in, the engine's own chat template and
 tokenizer inside the timing) to the first token back in the page; decode tok/s: the tokens after
 the first over their time.
 
@@ -20,7 +22,12 @@ the first over their time.
   transformers.js  npm @huggingface/transformers on the very same ONNX file (fp32 model.onnx, and
                    our int8 file as its q8 model_quantized.onnx), through a thin adapter that adds
                    our graph's extra input `logits_index` (bench/browser/ort-adapter.mjs).
-                   --tjs-ort own: its own onnxruntime-web pin; realm: the one realm-web uses.
+                   --tjs-ort own: its own onnxruntime-web pin (the anchor); realm: the build realm-web
+                   uses (a diagnostic row: same graph, same runtime, only the orchestration differs).
+                   Our int8 file does not load there: onnxruntime-web's WASM EP has no
+                   GatherBlockQuantized (its 8-bit embedding); the row records the error.
+  tjs-plain        transformers.js fp32 on a plain torch.onnx export of the same weights (standard
+                   inputs, made once with torch): how transformers.js is usually fed.
   wllama           npm @wllama/wllama (llama.cpp) on the Q4_1 GGUF the export came from.
 
 Sets itself up: `npm ci` in bench/browser/ (the anchors' pinned packages), `make web` if
@@ -308,6 +315,10 @@ def median_row(samples: list[dict[str, Any]]) -> dict[str, Any]:
     for k in ("info", "text", "engine_timings", "crossOriginIsolated", "prompt_ids"):
         if k in last:
             row[k] = last[k]
+    runs = [s["ort_run_ms"] for s in samples if s.get("ort_run_ms")]
+    if runs:  # transformers.js on our graph: its session.run per decode step, as realm-web's ort_run
+        row["ort_run_ms"] = {"decode_median": round(statistics.median(statistics.median(r[1:]) for r in runs), 3),
+                             "prefill": round(statistics.median(r[0] for r in runs), 3)}
     profs = [s["step_profile"] for s in samples if "step_profile" in s]
     if profs:
         def med_of(path: Callable[[dict[str, Any]], float]) -> float:
@@ -324,15 +335,16 @@ def median_row(samples: list[dict[str, Any]]) -> dict[str, Any]:
 # -- main -------------------------------------------------------------------------------------------
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--engines", default="realm,tjs,wllama,webgpu",
-                    help="realm, tjs, wllama, webgpu; tjs-plain adds transformers.js on a plain torch.onnx export")
+    ap.add_argument("--engines", default="realm,tjs,tjs-plain,wllama,webgpu",
+                    help="realm, tjs (our file), tjs-plain (a plain torch.onnx export), wllama, webgpu")
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--pages", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=WARMUP_TOKENS, help="tokens of the warm-up generation per page")
     ap.add_argument("--realm-dtype", default="", help="realm-web's WASM export (default: the manifest's choice)")
     ap.add_argument("--tjs-dtypes", default="fp32,q8")
-    ap.add_argument("--tjs-ort", default="own", help="own (transformers.js's pin), realm, or both: own,realm")
+    ap.add_argument("--tjs-ort", default="own,realm",
+                    help="transformers.js on its own onnxruntime-web pin (own) and/or on realm-web's (realm)")
     ap.add_argument("--webgpu-tokens", type=int, default=4)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "browser.json"))
     a = ap.parse_args()
@@ -342,7 +354,11 @@ def main() -> int:
     model_dir, gguf = setup()
     tjs_model_folder(model_dir)
     if "tjs-plain" in engines:
-        plain_export(gguf, tjs_model_folder(model_dir, "smollm2-plain", link_ours=False))
+        try:
+            plain_export(gguf, tjs_model_folder(model_dir, "smollm2-plain", link_ours=False))
+        except Exception as e:  # noqa: BLE001  # needs torch + transformers (`pip install -e '.[bench]'`)
+            say(f"no plain export, skipping the tjs-plain rows: {e}")
+            engines.remove("tjs-plain")
     srv, site = serve(model_dir, gguf)
     say(f"serving {site} (model {model_dir}, gguf {gguf.name})")
     import tempfile
@@ -520,6 +536,10 @@ def print_table(res: dict[str, Any]) -> None:
             print(f"{k}: decode step {m['step']:.2f} ms = python {m['python']:.2f} ({s['python']:.1%}) + "
                   f"js {m['js_bridge']:.2f} ({s['js_bridge']:.1%}) + ort {m['ort_run']:.2f} ({s['ort_run']:.1%}); "
                   f"TTFT path ms {sp['ttft_ms']}")
+    for k, v in rows.items():
+        if v.get("ort_run_ms"):
+            print(f"{k}: session.run per decode step {v['ort_run_ms']['decode_median']:.2f} ms, "
+                  f"prefill {v['ort_run_ms']['prefill']:.1f} ms")
     t = res["targets"]
     print(f"targets: decode realm/best anchor ({t['best_anchor']}) {t['decode_vs_best_anchor']} "
           f"(want >= {t['decode_target_x']}), "

@@ -48,7 +48,7 @@ window.bench = {
     const rec = tokenTimes();
     let prompt = true;
     const streamer = { put(v) { if (prompt) { prompt = false; return; } rec.add(v.map((r) => r[0])); }, end() {} };
-    const runs0 = adapterStats.runs, ms0 = adapterStats.runMs;
+    adapterStats.trace = [];
     const t0 = performance.now();
     // The prompt goes through transformers.js's own chat template and tokenizer, inside the timing.
     const inputs = tokenizer.apply_chat_template([{ role: "user", content: question }],
@@ -58,7 +58,7 @@ window.bench = {
     const t1 = performance.now();
     return summary(t0, rec, { total_s: (t1 - t0) / 1000, prompt_tokens: inputs.input_ids.dims.at(-1),
                               prompt_ids: Array.from(inputs.input_ids.data, Number),
-                              ort_runs: adapterStats.runs - runs0, ort_ms: adapterStats.runMs - ms0 });
+                              ort_run_ms: adapterStats.trace.splice(0) });  // session.run per step (first: prefill)
   },
 
   async wllamaLoad({ threads = 1, nCtx = 512 }) {

@@ -8,7 +8,7 @@
 // left padding the last position is the last column for every row). The graph has no
 // position_ids input (GroupQueryAttention derives positions from attention_mask), so
 // transformers.js sends none. Graphs without `logits_index` pass through untouched.
-export const adapterStats = { sessions: 0, adapted: 0, runs: 0, runMs: 0 };
+export const adapterStats = { sessions: 0, adapted: 0, runs: 0, runMs: 0, trace: null }; // trace: [] -> run ms
 
 export function adaptedSessions(ort) {
   const create = async (...args) => {
@@ -29,8 +29,10 @@ function adapt(ort, session) {
     const index = new ort.Tensor("int64", new BigInt64Array(batch).fill(BigInt(seq - 1)), [batch, 1]);
     const t0 = performance.now();
     const out = await session.run({ ...feeds, logits_index: index }, ...rest);
+    const ms = performance.now() - t0;
     adapterStats.runs++;
-    adapterStats.runMs += performance.now() - t0;
+    adapterStats.runMs += ms;
+    adapterStats.trace?.push(ms);
     return out;
   };
   return new Proxy(session, {
