@@ -5,6 +5,7 @@ import asyncio
 import json
 import logging
 import signal
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -80,5 +81,23 @@ def serve(*, host: str = "127.0.0.1", port: int = 8000, model: str | None = None
     # uvicorn re-raises the signal that stopped it once it has shut down; after a clean drain,
     # SIGTERM means a normal exit (status 0). SIGINT keeps its KeyboardInterrupt (status 130).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    Server(ucfg).run()
+    Server(ucfg).run(sockets=[listen_socket(host, port)])
     return 0
+
+
+def listen_socket(host: str, port: int) -> socket.socket:
+    """The listening socket, with TCP_NODELAY (accepted connections inherit it): a stream writes
+    many small chunks, and Nagle's algorithm would hold one back until the client's delayed ACK,
+    some 40 ms (not every event loop sets it on its own)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise RuntimeError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
