@@ -183,7 +183,7 @@ def create_app(load: Callable[[], Any], config: ServerConfig | None = None, *, w
                      "logprobs": P.completion_logprobs(token_strings(ids[i]), lps[i]) if req.logprobs else None}
             choices.append(c)
         out["choices"] = choices
-        out["usage"] = P.usage(req.prompt_tokens() * req.n, job.completion_tokens)
+        out["usage"] = P.usage(req.prompt_tokens(), job.completion_tokens)
         return JSONResponse(out)
 
     async def stream_body(job: Job) -> AsyncIterator[bytes]:
@@ -215,7 +215,7 @@ def create_app(load: Callable[[], Any], config: ServerConfig | None = None, *, w
                         yield sse({**base, "choices": [{"index": i, "text": text, "logprobs": lp,
                                                          "finish_reason": d.finish_reason}], **extra})
             if req.include_usage:
-                yield sse({**base, "choices": [], "usage": P.usage(req.prompt_tokens() * req.n, job.completion_tokens)})
+                yield sse({**base, "choices": [], "usage": P.usage(req.prompt_tokens(), job.completion_tokens)})
         except ApiError as e:
             yield sse(e.body())
         yield b"data: [DONE]\n\n"
