@@ -82,7 +82,7 @@ class LLM:
             warm = getattr(engine, "warmup", None)
             if callable(warm):
                 warm(self.scheduler.budget)
-        self._queues: dict[int, asyncio.Queue[RequestOutput]] = {}
+        self._sinks: dict[int, Callable[[RequestOutput], None]] = {}
         self._loop_task: asyncio.Task[None] | None = None
 
     # -- prompts -------------------------------------------------------------------------------
@@ -194,18 +194,35 @@ class LLM:
         return _make_completion(text, out_ids, prompt_ids, reason, t0, first or t1, t1)
 
     # -- asynchronous streaming ------------------------------------------------------------------
+    def submit(self, prompt_ids: Sequence[int], params: SamplingParams, sink: Callable[[RequestOutput], None], *,
+               priority: int = 0, adapter: str | None = None) -> int:
+        """Queue a request on the shared engine loop (which must run on this thread's event loop);
+        `sink` gets each delta, the last one with `finished` set. Returns the request id for
+        `abort`. Raises SchedulerError at once for a request that can never run."""
+        rid = self.scheduler.add(prompt_ids, params, priority=priority, adapter=adapter)
+        self._sinks[rid] = sink
+        self._kick()
+        return rid
+
+    def abort(self, request_id: int) -> None:
+        """Stop a submitted request: its sink gets a final delta with finish_reason "abort" (unless
+        it had finished) and its slot is free from the next step on."""
+        self.scheduler.abort(request_id)
+        self._kick()
+
+    def _kick(self) -> None:
+        if self._loop_task is None or self._loop_task.done():
+            self._loop_task = asyncio.get_running_loop().create_task(self._run_loop())
+
     async def stream(self, prompt: Prompt, params: SamplingParams | None = None, *, raw: bool = False,
                      system: str | None = None, priority: int = 0, adapter: str | None = None,
                      **kw: Any) -> AsyncIterator[RequestOutput]:
         """Yield deltas as tokens are made. Many coroutines may stream at once over one engine loop;
         leaving the iteration early (or cancelling) aborts the request and frees its slot."""
         p = self._params(params, kw)
-        rid = self.scheduler.add(self.encode_prompt(prompt, raw=raw, system=system), p,
-                                 priority=priority, adapter=adapter)
         q: asyncio.Queue[RequestOutput] = asyncio.Queue()
-        self._queues[rid] = q
-        if self._loop_task is None or self._loop_task.done():
-            self._loop_task = asyncio.get_running_loop().create_task(self._run_loop())
+        rid = self.submit(self.encode_prompt(prompt, raw=raw, system=system), p, q.put_nowait,
+                          priority=priority, adapter=adapter)
         try:
             while True:
                 out = await q.get()
@@ -213,8 +230,8 @@ class LLM:
                 if out.finished:
                     break
         finally:
-            self._queues.pop(rid, None)
-            self.scheduler.abort(rid)
+            self._sinks.pop(rid, None)
+            self.scheduler.abort(rid)  # no-op once finished
             self.scheduler.requests.pop(rid, None)
 
     async def _run_loop(self) -> None:
@@ -222,9 +239,12 @@ class LLM:
             plan = self.scheduler.schedule()
             result = await self.engine.run(plan) if plan.seqs else StepResult(tokens={})
             for out in self.scheduler.update(plan, result):
-                q = self._queues.get(out.request_id)
-                if q is not None:
-                    q.put_nowait(out)
+                sink = self._sinks.get(out.request_id)
+                if out.finished:
+                    self._sinks.pop(out.request_id, None)
+                    self.scheduler.requests.pop(out.request_id, None)
+                if sink is not None:
+                    sink(out)
             await asyncio.sleep(0)
 
     def close(self) -> None:

@@ -192,6 +192,11 @@ def create_app(load: Callable[[], Any], config: ServerConfig | None = None, *, w
         base = P.envelope(req.kind, rid, req.model, created, chunk=True)
         extra = {"usage": None} if req.include_usage else {}
         started: set[int] = set()
+        # the common chunk (some text, not the last, no logprobs) from a template: the hot path
+        head = sse({**base, "choices": [{"index": 0}]})[: -len(b'0}]}\n\n')].decode()
+        tail = ',"usage":null}' if req.include_usage else "}"
+        key = '"delta":{"content":' if req.kind == "chat" else '"text":'
+        close = "}" if req.kind == "chat" else ""
         try:
             async for i, d in job.events():
                 if req.kind == "chat":
@@ -199,6 +204,10 @@ def create_app(load: Callable[[], Any], config: ServerConfig | None = None, *, w
                         started.add(i)
                         yield sse({**base, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
                                                          "logprobs": None, "finish_reason": None}], **extra})
+                    if d.text and not d.finished and not (req.logprobs and d.logprobs):
+                        yield (f'{head}{i},{key}{json.dumps(d.text, ensure_ascii=False)}{close},"logprobs":null,'
+                               f'"finish_reason":null}}]{tail}\n\n').encode()
+                        continue
                     delta = {"content": d.text} if d.text else {}
                     lp = P.chat_logprobs(token_strings(d.token_ids), d.logprobs) if req.logprobs and d.logprobs else None
                     if delta or d.finished or lp:
@@ -209,6 +218,10 @@ def create_app(load: Callable[[], Any], config: ServerConfig | None = None, *, w
                     if i not in started:
                         started.add(i)
                         text = (req.echo[i // req.n] if req.echo else "") + text
+                    if text and not d.finished and not (req.logprobs and d.logprobs):
+                        yield (f'{head}{i},{key}{json.dumps(text, ensure_ascii=False)}{close},"logprobs":null,'
+                               f'"finish_reason":null}}]{tail}\n\n').encode()
+                        continue
                     lp = P.completion_logprobs(token_strings(d.token_ids), d.logprobs) \
                         if req.logprobs and d.logprobs else None
                     if text or d.finished or lp:

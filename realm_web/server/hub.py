@@ -4,6 +4,7 @@ WebSocket handlers both go through it, so every request shares one continuous-ba
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from typing import Any, AsyncIterator
@@ -19,12 +20,12 @@ log = logging.getLogger("realm_web.server")
 
 
 class Job:
-    """One API request: its choices stream over the LLM into one queue of (choice, delta)."""
+    """One API request: its choices run on the LLM and feed one queue of (choice, delta)."""
 
     def __init__(self, hub: "Hub", tenant: Tenant, req: GenRequest, endpoint: str, ticket: Ticket) -> None:
         self.hub, self.tenant, self.req, self.endpoint, self.ticket = hub, tenant, req, endpoint, ticket
-        self.queue: asyncio.Queue[tuple[int, RequestOutput | BaseException]] = asyncio.Queue()
-        self.tasks: list[asyncio.Task[None]] = []
+        self.queue: asyncio.Queue[tuple[int, RequestOutput]] = asyncio.Queue()
+        self.rids: list[int] = []
         self.t0 = time.perf_counter()
         self.t_first: float | None = None
         self.completion_tokens = 0
@@ -33,30 +34,27 @@ class Job:
         self._closed = False
 
     def start(self) -> None:
-        for index, ids, params in self.req.choices:
-            self.tasks.append(asyncio.get_running_loop().create_task(self._one(index, ids, params)))
-
-    async def _one(self, index: int, ids: list[int], params: Any) -> None:
+        """Submit every choice (a SchedulerError here means the request can never run)."""
+        llm = self.hub.llm
         try:
-            async for d in self.hub.llm.stream(ids, params, priority=self.tenant.priority, adapter=self.req.adapter):
-                self.queue.put_nowait((index, d))
-        except asyncio.CancelledError:
-            self.queue.put_nowait((index, RequestOutput(-1, [], "", True, "abort")))
-            raise
-        except Exception as e:  # noqa: BLE001 - handed to the consumer
-            self.queue.put_nowait((index, e))
+            for index, ids, params in self.req.choices:
+                self.rids.append(llm.submit(ids, params, functools.partial(self._sink, index),
+                                            priority=self.tenant.priority, adapter=self.req.adapter))
+        except SchedulerError as e:
+            self.status = "error"
+            self.close()
+            raise bad_request(str(e)) from None
+
+    def _sink(self, index: int, out: RequestOutput) -> None:
+        self.queue.put_nowait((index, out))
 
     async def events(self) -> AsyncIterator[tuple[int, RequestOutput]]:
         """Deltas of every choice as they come; ends when all choices finished. Leaving early
         (or being cancelled: the client went away) aborts the unfinished choices."""
-        left = len(self.tasks)
+        left = len(self.rids)
         try:
             while left:
                 index, d = await self.queue.get()
-                if isinstance(d, SchedulerError):
-                    raise bad_request(str(d))
-                if isinstance(d, BaseException):
-                    raise d
                 if d.token_ids:
                     if self.t_first is None:
                         self.t_first = time.perf_counter()
@@ -76,8 +74,8 @@ class Job:
 
     def cancel(self) -> None:
         """Abort every unfinished choice; each ends with finish_reason "abort"."""
-        for t in self.tasks:
-            t.cancel()
+        for rid in self.rids:
+            self.hub.llm.abort(rid)
 
     def close(self) -> None:
         if self._closed:
@@ -133,7 +131,7 @@ class Hub:
                            headers={"Retry-After": str(int(e.retry_after_s + 0.999))}) from None
         job = Job(self, tenant, req, endpoint, ticket)
         self.jobs.add(job)
-        job.start()
+        job.start()  # on a SchedulerError it closes itself (refunding the ticket) and raises a 400
         return job
 
     def _finished(self, job: Job) -> None:
@@ -147,14 +145,14 @@ class Hub:
         m.e2e.observe(t1 - job.t0)
         if job.t_first is not None:
             m.ttft.observe(job.t_first - job.t0)
-            per_choice = job.completion_tokens / max(1, len(job.tasks))
+            per_choice = job.completion_tokens / max(1, len(job.rids))
             if per_choice > 1:
                 m.per_token.observe((t1 - job.t_first) / (per_choice - 1))
         m.requests.labels(job.endpoint, "200" if job.status == "ok" else job.status).inc()
         log.info("request", extra={"fields": {
             "endpoint": job.endpoint, "tenant": job.tenant.name, "status": job.status,
             "prompt_tokens": job.req.prompt_tokens(), "completion_tokens": job.completion_tokens,
-            "choices": len(job.tasks), "finish_reasons": sorted({str(r) for r in job.finish.values()}),
+            "choices": len(job.rids), "finish_reasons": sorted({str(r) for r in job.finish.values()}),
             "ttft_ms": round((job.t_first - job.t0) * 1e3, 1) if job.t_first else None,
             "duration_ms": round((t1 - job.t0) * 1e3, 1)}})
 

@@ -52,20 +52,25 @@ async def websocket_endpoint(ws: WebSocket) -> None:
     tasks: set[asyncio.Task[None]] = set()
 
     async def send(frame: dict[str, Any]) -> None:
+        await send_raw(json.dumps(frame, ensure_ascii=False))
+
+    async def send_raw(text: str) -> None:
         async with lock:
-            await ws.send_text(json.dumps(frame, ensure_ascii=False))
+            await ws.send_text(text)
 
     async def run(id_: Any, job: Any) -> None:
         t0 = time.perf_counter()
         text, n, ids = "", 0, []
+        head = '{"id":' + json.dumps(id_, ensure_ascii=False) + ',"status":"streaming","data":{"text":'
         try:
             async for _, d in job.events():
                 text += d.text
                 ids += d.token_ids
-                for k, tok in enumerate(d.token_ids):
+                for k, tok in enumerate(d.token_ids):  # one frame per token, from a template (the hot path)
                     last = k == len(d.token_ids) - 1
-                    await send(_frame(id_, "streaming", {"text": d.text if last else "", "index": n, "token_id": tok,
-                                                         "is_final": bool(d.finished and last)}))
+                    piece = json.dumps(d.text if last else "", ensure_ascii=False)
+                    is_final = "true" if d.finished and last else "false"
+                    await send_raw(f'{head}{piece},"index":{n},"token_id":{tok},"is_final":{is_final}}}}}')
                     n += 1
             final = {"text": text, "tokens_generated": n, "prompt_tokens": job.req.prompt_tokens(),
                      "time_ms": round((time.perf_counter() - t0) * 1e3, 1),
