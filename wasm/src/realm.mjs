@@ -167,7 +167,7 @@ async function loadOrt(engine, threads) {
 // -- the model -------------------------------------------------------------------------------
 
 export class Realm {
-  #py; #web; #bridge; #inflight = new Set(); #closed = false;
+  #py; #web; #bridge; #inflight = new Set(); #closed = false; #fatal = null;
 
   /** Load a model: `model` (default: the directory `realm-web pull` makes), `engine` "wasm"
    * (onnxruntime-web, default) or "native" (onnxruntime-node), `dtype` (default: the export the
@@ -214,9 +214,12 @@ export class Realm {
       bridge = await Bridge.create(ort, engine === "native" ? file : new Uint8Array(fs.readFileSync(file)),
                                    { ...cfg, threads, batching: o.batching ?? true });
     } catch (e) { throw fail("runtime", `cannot load ${file} on ${engine}: ${e.message}`, e); }
+    // What the core awaits once per step: the bridge, watched so that a runtime failure (which ends
+    // the core's step loop) fails the requests in flight instead of leaving them waiting forever.
+    const host = { onError: null, step: (json) => bridge.step(json).catch((e) => { host.onError?.(e); throw e; }) };
     let facts;
     try {
-      facts = JSON.parse(web.start("/model", bridge, JSON.stringify({ maxSlots: o.maxSlots ?? 8, maxLength: o.maxLength ?? null,
+      facts = JSON.parse(web.start("/model", host, JSON.stringify({ maxSlots: o.maxSlots ?? 8, maxLength: o.maxLength ?? null,
                                                                      maxTokensPerStep: o.maxTokensPerStep ?? 256 })));
     } catch (e) { await bridge.dispose(); throw fromPython(e); }
     const info = { name: facts.name, engine, dtype: cfg.dtype, file, modelDir, threads, maxSlots: o.maxSlots ?? 8,
@@ -224,7 +227,9 @@ export class Realm {
                    runtime: engine === "wasm" ? `onnxruntime-web ${ort.env.versions?.web ?? ""}`.trim()
                                               : `onnxruntime-node ${ort.env.versions?.node ?? ""}`.trim(),
                    loadMs: Math.round(performance.now() - t0) };
-    return new Realm(py, web, bridge, info);
+    const realm = new Realm(py, web, bridge, info);
+    host.onError = (e) => realm.#broken(e);
+    return realm;
   }
 
   constructor(py, web, bridge, info) {
@@ -253,6 +258,7 @@ export class Realm {
    * throw) cancels the request and frees its slot. */
   async *stream(prompt, options = {}) {
     if (this.#closed) throw fail("closed", "this Realm is closed");
+    if (this.#fatal) throw this.#fatal;
     const { signal, ...opts } = check(options, GENERATE_OPTIONS, "generate");
     checkPrompt(prompt);
     if (opts.maxTokens !== undefined && opts.maxTokens > this.info.maxLength)
@@ -280,8 +286,11 @@ export class Realm {
         notify();
       }
     })();
+    const fatal = new Promise((resolve) => {
+      req.fail = (err) => { error = err; settled = true; notify(); resolve(); };
+    });
+    req.end = Promise.race([done, fatal]); // the core's answer, or the engine's failure
     this.#inflight.add(req);
-    req.done = done;
     try {
       for (;;) {
         if (queue.length) { yield queue.shift(); continue; }
@@ -289,7 +298,7 @@ export class Realm {
         if (req.cancel && signal?.aborted) break;
         await new Promise((r) => { wake = r; });
       }
-      await done;
+      await req.end;
       if (signal?.aborted) throw fail("aborted", "the request was aborted", signal.reason);
       if (error) throw error;
       if (req.closed) throw fail("closed", "the Realm was closed while this request ran");
@@ -297,9 +306,17 @@ export class Realm {
     } finally {
       req.cancel = true; // early exit: the core aborts the request at its next token
       signal?.removeEventListener("abort", onAbort);
-      await done;
+      await req.end;
       this.#inflight.delete(req);
     }
+  }
+
+  /** The runtime failed under a step: the core's step loop has ended, so every request in flight
+   * fails now, and so does every later call (load the model again). */
+  #broken(e) {
+    if (this.#fatal) return;
+    this.#fatal = fail("runtime", `the engine failed (this Realm can no longer run; load it again): ${e?.message ?? e}`, e);
+    for (const r of this.#inflight) r.fail(this.#fatal);
   }
 
   /** Counters of the engine: steps (awaited calls from Python), runs (session.run calls),
@@ -314,7 +331,7 @@ export class Realm {
     this.#closed = true;
     for (const r of this.#inflight) { r.cancel = true; r.closed = true; }
     try { this.#web.abort_all(); } catch { /* nothing was started */ }
-    await Promise.allSettled([...this.#inflight].map((r) => r.done));
+    await Promise.allSettled([...this.#inflight].map((r) => r.end));
     await this.#bridge.dispose();
     this.#web = null;
     this.#py = null;

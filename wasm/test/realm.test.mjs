@@ -258,6 +258,30 @@ describe("loading errors", () => {
   });
 });
 
+test("a runtime failure under a step fails the requests in flight (code runtime), not a hang", async () => {
+  // Fault injection: the real bridge's step throws once, as onnxruntime would on a broken session.
+  const { Bridge } = await import("../src/bridge.mjs");
+  const llm = await Realm.load({ model: MODEL, engine: "native", wheel: WHEEL, threads: 1 });
+  const real = Bridge.prototype._step;
+  let n = 0;
+  Bridge.prototype._step = async function (json) {
+    if (++n === 5) throw new Error("injected: the session failed");
+    return real.call(this, json);
+  };
+  try {
+    const rs = await Promise.allSettled(PROMPTS.slice(0, 2).map((p) => llm.generate(p, { maxTokens: MAX })));
+    for (const r of rs) {
+      assert.equal(r.status, "rejected");
+      assert.ok(r.reason instanceof RealmEngineError && r.reason.code === "runtime", String(r.reason));
+      assert.match(r.reason.message, /the engine failed .*injected: the session failed/);
+    }
+    await assert.rejects(llm.generate("Hi"), { code: "runtime" });
+  } finally {
+    Bridge.prototype._step = real;
+    await llm.close();
+  }
+});
+
 test("the package's exports match its type declarations", () => {
   const dts = fs.readFileSync(path.join(here, "..", "types", "index.d.ts"), "utf8");
   const declared = [...dts.matchAll(/^export (?:class|function|const) (\w+)/gm)].map((m) => m[1]).sort();
