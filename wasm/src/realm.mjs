@@ -195,15 +195,20 @@ export class Realm {
 
     const t0 = performance.now();
     const ort = await loadOrt(engine, threads);
-    const { loadPyodide } = await import("pyodide");
-    const py = await loadPyodide();
-    py.unpackArchive(new Uint8Array(fs.readFileSync(wheel)), "wheel");
+    let py;
+    try {
+      const { loadPyodide } = await import("pyodide");
+      py = await loadPyodide();
+      py.unpackArchive(new Uint8Array(fs.readFileSync(wheel)), "wheel");
+    } catch (e) { throw fail("engine_unavailable", `cannot start Pyodide with ${wheel}: ${String(e.message).trim().split("\n").pop()}`, e); }
     py.FS.mkdirTree("/model");
     for (const f of MODEL_FILES) {
       const p = path.join(modelDir, f);
       if (fs.existsSync(p)) py.FS.writeFile(`/model/${f}`, new Uint8Array(fs.readFileSync(p)));
     }
-    const web = py.pyimport("realm_web.web");
+    let web;
+    try { web = py.pyimport("realm_web.web"); }
+    catch (e) { throw fail("engine_unavailable", `${wheel} holds no usable realm_web core: ${e.message.trim().split("\n").pop()}`, e); }
     let cfg;
     try { cfg = JSON.parse(web.config("/model", ENGINES[engine], o.dtype ?? null)); }
     catch (e) { throw fromPython(e); }

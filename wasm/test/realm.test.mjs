@@ -246,6 +246,7 @@ describe("loading errors", () => {
     await load({ model: MODEL, dtype: "fp64" }, "bad_option", /no fp64 export \(have: .*fp32/);
     await load({ model: MODEL, threads: 0 }, "bad_option", /threads must be an integer >= 1/);
     await load({ model: MODEL, engine: "wasm", threads: 3 }, "bad_option", /already runs with 1 thread/);
+    await load({ model: MODEL, wheel: path.join(MODEL, "realm.json") }, "engine_unavailable", /cannot start Pyodide with .*not a zip file/);
   });
 
   test("a closed Realm refuses work", async () => {
