@@ -198,7 +198,7 @@ def create_app(load: Callable[[], Any], config: ServerConfig | None = None, *, w
         key = '"delta":{"content":' if req.kind == "chat" else '"text":'
         close = "}" if req.kind == "chat" else ""
         try:
-            async for i, d in job.events():
+            async for i, d in job.events(coalesce=True):
                 if req.kind == "chat":
                     if i not in started:
                         started.add(i)

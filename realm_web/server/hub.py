@@ -48,13 +48,22 @@ class Job:
     def _sink(self, index: int, out: RequestOutput) -> None:
         self.queue.put_nowait((index, out))
 
-    async def events(self) -> AsyncIterator[tuple[int, RequestOutput]]:
+    async def events(self, coalesce: bool = False) -> AsyncIterator[tuple[int, RequestOutput]]:
         """Deltas of every choice as they come; ends when all choices finished. Leaving early
-        (or being cancelled: the client went away) aborts the unfinished choices."""
+        (or being cancelled: the client went away) aborts the unfinished choices. With
+        `coalesce`, deltas of one choice that queued up while the consumer was busy come as one."""
         left = len(self.rids)
         try:
             while left:
                 index, d = await self.queue.get()
+                while coalesce and not d.finished and not self.queue.empty():
+                    j, e = self.queue._queue[0]  # type: ignore[attr-defined]  # peek
+                    if j != index:
+                        break
+                    self.queue.get_nowait()
+                    d = RequestOutput(d.request_id, d.token_ids + e.token_ids, d.text + e.text, e.finished,
+                                      e.finish_reason, (d.logprobs or []) + (e.logprobs or []) if d.logprobs
+                                      is not None or e.logprobs is not None else None)
                 if d.token_ids:
                     if self.t_first is None:
                         self.t_first = time.perf_counter()
