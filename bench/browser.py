@@ -451,8 +451,12 @@ def main() -> int:
                 say(f"{name}: page {len(samples[name])}/{pages}: TTFT {smp['ttft_s']:.3f} s, decode "
                     f"{(smp.get('decode_tok_s') or 0):.2f} tok/s, {smp.get('n_tokens')} tokens "
                     f"({time.time() - t:.0f} s, CPU busy before {busy:.0%}, load {smp['load_avg'][0]:.2f})")
+        failed = dict(rows)
+        rows.clear()  # in the order of the configurations
         for name, _, _ in configs + last:
-            if name not in rows and samples[name]:
+            if name in failed:
+                rows[name] = failed[name]
+            elif samples[name]:
                 rows[name] = median_row(samples[name])
                 rows[name]["load_avg_per_page"] = [round(x["load_avg"][0], 2) for x in samples[name]]
                 rows[name]["cpu_busy_before_page"] = [round(x["busy_before"], 3) for x in samples[name]]
