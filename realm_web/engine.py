@@ -6,6 +6,7 @@ rest of the core are plain state machines.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -18,6 +19,8 @@ from .sampling import SamplingParams
 from .scheduler import RequestOutput, Scheduler
 from .step import StepPlan, StepResult
 from .tokenizer import Tokenizer, load_tokenizer
+
+log = logging.getLogger("realm_web")
 
 Prompt = Union[str, Sequence[Mapping[str, Any]], Sequence[int]]  # raw text, chat messages, or token ids
 
@@ -237,7 +240,13 @@ class LLM:
     async def _run_loop(self) -> None:
         while self.scheduler.has_work():
             plan = self.scheduler.schedule()
-            result = await self.engine.run(plan) if plan.seqs else StepResult(tokens={})
+            try:
+                result = await self.engine.run(plan) if plan.seqs else StepResult(tokens={})
+            except Exception:  # noqa: BLE001 - the requests of this step fail, the loop serves on
+                log.exception("engine step failed", extra={"fields": {"requests": [q.seq_id for q in plan.seqs]}})
+                for q in plan.seqs:
+                    self.scheduler.abort(q.seq_id, reason="error")
+                result = StepResult(tokens={})
             for out in self.scheduler.update(plan, result):
                 sink = self._sinks.get(out.request_id)
                 if out.finished:

@@ -72,7 +72,7 @@ class RequestOutput:
     token_ids: list[int]
     text: str
     finished: bool = False
-    finish_reason: str | None = None  # "stop" | "length" | "abort"
+    finish_reason: str | None = None  # "stop" | "length" | "abort" | "error" (the engine failed)
     logprobs: list[float] | None = None
 
 
@@ -187,16 +187,17 @@ class Scheduler:
         self._enqueue(req)
         return rid
 
-    def abort(self, request_id: int) -> None:
-        """Finish a request now; its slot is reused from the next step on. Unknown ids are ignored."""
+    def abort(self, request_id: int, reason: str = "abort") -> None:
+        """Finish a request now (finish_reason `reason`: "abort", or "error" when the engine
+        failed under it); its slot is reused from the next step on. Unknown ids are ignored."""
         req = self.requests.get(request_id)
         if req is None or req.finished:
             return
-        req.finish_reason = "abort"
+        req.finish_reason = reason
         if req in self.waiting:
             self.waiting.remove(req)
         self._release(req)
-        self._aborted.append(RequestOutput(request_id, [], "", True, "abort"))
+        self._aborted.append(RequestOutput(request_id, [], "", True, reason))
 
     def has_work(self) -> bool:
         return bool(self.waiting or self.running or self._aborted)

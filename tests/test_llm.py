@@ -104,3 +104,29 @@ def _catch(fn) -> list[BaseException]:  # type: ignore[no-untyped-def]
     except BaseException as e:  # noqa: BLE001
         return [e]
     return []
+
+
+def test_a_failing_step_fails_its_requests_and_the_loop_serves_on(model_dir: Path) -> None:
+    """An engine error (here raised once on purpose around the real engine) ends the requests of
+    that step with finish_reason "error"; the loop keeps serving the next ones."""
+    llm = LLM(model_dir, dtype="int4", max_slots=2, max_length=256)
+    real_run = llm.engine.run
+    failures = [1]
+
+    async def flaky(plan):  # type: ignore[no-untyped-def]
+        if failures:
+            failures.pop()
+            raise RuntimeError("device lost")
+        return await real_run(plan)
+
+    llm.engine.run = flaky  # type: ignore[method-assign]
+
+    async def main() -> tuple[list[str | None], str]:
+        first = [d.finish_reason async for d in llm.stream("What is the capital of France?", max_tokens=8)]
+        second = "".join([d.text async for d in llm.stream("What is the capital of France?", max_tokens=24)])
+        return first, second
+
+    first, second = asyncio.run(main())
+    assert first[-1] == "error"
+    assert "Paris" in second
+    assert not llm.scheduler.running and sorted(llm.scheduler.free_slots) == [0, 1]

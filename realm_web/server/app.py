@@ -168,6 +168,9 @@ def create_app(load: Callable[[], Any], config: ServerConfig | None = None, *, w
                 lps[i] += d.logprobs or []
         finally:
             watcher.cancel()
+        if "error" in job.finish.values():
+            raise ApiError(500, "the engine failed while generating this request; other requests are unaffected",
+                           code="engine_error")
         rid = P.new_id(req.kind)
         out = P.envelope(req.kind, rid, req.model)
         choices = []
@@ -199,6 +202,10 @@ def create_app(load: Callable[[], Any], config: ServerConfig | None = None, *, w
         close = "}" if req.kind == "chat" else ""
         try:
             async for i, d in job.events(coalesce=True):
+                if d.finish_reason == "error":
+                    yield sse(ApiError(500, "the engine failed while generating this request",
+                                       code="engine_error").body())
+                    continue
                 if req.kind == "chat":
                     if i not in started:
                         started.add(i)

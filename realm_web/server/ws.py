@@ -76,7 +76,11 @@ async def websocket_endpoint(ws: WebSocket) -> None:
                      "time_ms": round((time.perf_counter() - t0) * 1e3, 1),
                      "finish_reason": job.finish.get(0), "token_ids": ids,
                      "prompt_token_ids": job.req.prompts[0]}
-            await send(_frame(id_, "cancelled" if job.finish.get(0) == "abort" else "complete", final))
+            if job.finish.get(0) == "error":
+                await send(_frame(id_, "error", final, ApiError(500, "the engine failed while generating this "
+                                                                     "request", code="engine_error")))
+            else:
+                await send(_frame(id_, "cancelled" if job.finish.get(0) == "abort" else "complete", final))
         except ApiError as e:
             await send(_frame(id_, "error", None, e))
         except (WebSocketDisconnect, RuntimeError):
