@@ -375,8 +375,13 @@ def main() -> int:
     ap.add_argument("--quiet", type=float, default=0.25,
                     help="before each page, wait until other work keeps the CPUs under this busy fraction")
     ap.add_argument("--max-wait", type=float, default=300, help="seconds to wait for that, then go on (recorded)")
+    ap.add_argument("--combine", nargs="+", metavar="RESULT_JSON",
+                    help="no benchmark: merge earlier runs' result files (medians over all their pages) into --out")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "browser.json"))
     a = ap.parse_args()
+    if a.combine:
+        combine(a.combine, a)
+        return 0
     engines = [e.strip() for e in a.engines.split(",") if e.strip()]
     threads = [int(t) for t in a.threads.split(",") if t.strip()]
 
@@ -476,8 +481,45 @@ def ratio(x: float | None, y: float | None) -> float | None:
     return round(x / y, 3) if x and y else None
 
 
+def combine(paths: list[str], a: argparse.Namespace) -> None:
+    """Several runs' result files -> one: every row's TTFT and decode rate become the median over
+    all pages of all runs (the step profile: the median of the runs' medians); ratios are recomputed."""
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    rows: dict[str, dict[str, Any]] = {}
+    for name in runs[-1]["rows"]:
+        got = [r["rows"][name] for r in runs if name in r["rows"]]
+        ok = [g for g in got if "error" not in g]
+        if not ok:
+            rows[name] = got[-1]
+            continue
+        row = dict(ok[-1])
+        ttfts = [x for g in ok for x in g["ttft_s_all"]]
+        rates = [x for g in ok for x in g["decode_tok_s_all"]]
+        row.update({"ttft_s": round(statistics.median(ttfts), 4), "decode_tok_s": round(statistics.median(rates), 2),
+                    "ttft_s_all": ttfts, "decode_tok_s_all": rates,
+                    "per_run": [{"ttft_s": g["ttft_s"], "decode_tok_s": g["decode_tok_s"]} for g in ok],
+                    "same_tokens_every_page": all(g.get("tokens") == ok[-1].get("tokens")
+                                                  and g.get("same_tokens_every_page") for g in ok)})
+        profs = [g["step_profile"] for g in ok if "step_profile" in g]
+        if profs:
+            row["step_profile"] = {"decode_steps": profs[-1]["decode_steps"], **{
+                part: {k: round(statistics.median(p[part][k] for p in profs), 4) for k in profs[-1][part]}
+                for part in ("median_ms", "share", "ttft_ms")}}
+        rows[name] = row
+    last = runs[-1]
+    ns = argparse.Namespace(**{**vars(a), "tokens": last["new_tokens"], "pages": sum(r["pages"] for r in runs),
+                               "warmup": last["warmup_tokens"], "quiet": last.get("quiet_cpu_busy"),
+                               "max_wait": last.get("max_wait_s"),
+                               "threads": ",".join(sorted({str(threads_of(k)) for k in rows if threads_of(k)}))})
+    a.combined_runs = [{"file": p, "loadavg_start": r["loadavg_start"], "loadavg_end": r["loadavg_end"],
+                        "seconds": r["seconds"], "command": r["command"]} for p, r in zip(paths, runs)]
+    report(rows, ns, last["site"], dict(last["versions"]), [u for r in runs for u in r["requests_off_origin"]],
+           tuple(runs[0]["loadavg_start"]), time.time(), runs=a.combined_runs)
+
+
 def report(rows: dict[str, dict[str, Any]], a: argparse.Namespace, site: str, versions: dict[str, Any],
-           outside: list[str], load0: tuple[float, float, float], t_start: float) -> None:
+           outside: list[str], load0: tuple[float, float, float], t_start: float,
+           runs: list[dict[str, Any]] | None = None) -> None:
     pkgs = {}
     for name in ("@huggingface/transformers", "@wllama/wllama", "onnxruntime-web"):
         pj = HERE / "node_modules" / name / "package.json"
@@ -522,6 +564,7 @@ def report(rows: dict[str, dict[str, Any]], a: argparse.Namespace, site: str, ve
         "greedy": True, "ignore_eos": True, "site": site, "versions": versions,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "loadavg_start": load0, "loadavg_end": os.getloadavg(), "seconds": round(time.time() - t_start, 1),
+        **({"combined_runs": runs} if runs else {}),
         "requests_off_origin": outside[:20],
         "rows": rows, "ratios": ratios, "greedy_tokens_vs_realm": equal,
         "targets": {"decode_vs_best_anchor": ratio(best_realm, best_anchor), "best_anchor": best_anchor_name,
