@@ -514,12 +514,12 @@ def combine(paths: list[str], a: argparse.Namespace) -> None:
     a.combined_runs = [{"file": p, "loadavg_start": r["loadavg_start"], "loadavg_end": r["loadavg_end"],
                         "seconds": r["seconds"], "command": r["command"]} for p, r in zip(paths, runs)]
     report(rows, ns, last["site"], dict(last["versions"]), [u for r in runs for u in r["requests_off_origin"]],
-           tuple(runs[0]["loadavg_start"]), time.time(), runs=a.combined_runs)
+           tuple(runs[0]["loadavg_start"]), time.time(), runs=a.combined_runs, load1=tuple(last["loadavg_end"]))
 
 
 def report(rows: dict[str, dict[str, Any]], a: argparse.Namespace, site: str, versions: dict[str, Any],
            outside: list[str], load0: tuple[float, float, float], t_start: float,
-           runs: list[dict[str, Any]] | None = None) -> None:
+           runs: list[dict[str, Any]] | None = None, load1: tuple[float, float, float] | None = None) -> None:
     pkgs = {}
     for name in ("@huggingface/transformers", "@wllama/wllama", "onnxruntime-web"):
         pj = HERE / "node_modules" / name / "package.json"
@@ -563,7 +563,8 @@ def report(rows: dict[str, dict[str, Any]], a: argparse.Namespace, site: str, ve
         "quiet_cpu_busy": a.quiet, "max_wait_s": a.max_wait,
         "greedy": True, "ignore_eos": True, "site": site, "versions": versions,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
-        "loadavg_start": load0, "loadavg_end": os.getloadavg(), "seconds": round(time.time() - t_start, 1),
+        "loadavg_start": load0, "loadavg_end": load1 or os.getloadavg(),
+        "seconds": round(time.time() - t_start, 1),
         **({"combined_runs": runs} if runs else {}),
         "requests_off_origin": outside[:20],
         "rows": rows, "ratios": ratios, "greedy_tokens_vs_realm": equal,
