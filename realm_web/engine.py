@@ -175,24 +175,42 @@ class LLM:
 
     async def collect(self, prompt_ids: list[int], params: SamplingParams,
                       on_delta: Callable[[RequestOutput], None] | None = None,
-                      cancelled: Callable[[], bool] | None = None) -> Completion:
-        """Stream one prompt into a Completion, calling `on_delta` for each delta; when
-        `cancelled()` turns true the request is aborted (finish_reason "abort")."""
+                      cancelled: Callable[[], bool] | None = None, poll_s: float = 0.05) -> Completion:
+        """Stream one prompt into a Completion, calling `on_delta` for each delta. When
+        `cancelled()` turns true (checked after each delta, and every `poll_s` while the request
+        waits for a slot or a step) the request is aborted: its last delta has finish_reason "abort"."""
         t0 = time.perf_counter()
         first, out_ids, text, reason = None, [], "", None
-        async for d in self.stream(prompt_ids, params):
-            if d.token_ids and first is None:
-                first = time.perf_counter()
-            out_ids += d.token_ids
-            text += d.text
-            reason = d.finish_reason
-            if on_delta is not None:
-                on_delta(d)
-            if reason is None and cancelled is not None and cancelled():
-                reason = "abort"
+        q: asyncio.Queue[RequestOutput] = asyncio.Queue()
+        rid = self.submit(prompt_ids, params, q.put_nowait)
+
+        async def watch() -> None:
+            assert cancelled is not None
+            while not cancelled():
+                await asyncio.sleep(poll_s)
+            self.abort(rid)
+
+        watcher = asyncio.get_running_loop().create_task(watch()) if cancelled is not None else None
+        try:
+            while True:
+                d = await q.get()
+                if d.token_ids and first is None:
+                    first = time.perf_counter()
+                out_ids += d.token_ids
+                text += d.text
+                reason = d.finish_reason
                 if on_delta is not None:
-                    on_delta(RequestOutput(d.request_id, [], "", True, reason))
-                break  # leaving the stream aborts the request and frees its slot
+                    on_delta(d)
+                if d.finished:
+                    break
+                if cancelled is not None and cancelled():
+                    self.abort(rid)  # its final "abort" delta follows
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+            self._sinks.pop(rid, None)
+            self.scheduler.abort(rid)  # no-op once finished
+            self.scheduler.requests.pop(rid, None)
         t1 = time.perf_counter()
         return _make_completion(text, out_ids, prompt_ids, reason, t0, first or t1, t1)
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -130,3 +131,24 @@ def test_a_failing_step_fails_its_requests_and_the_loop_serves_on(model_dir: Pat
     assert first[-1] == "error"
     assert "Paris" in second
     assert not llm.scheduler.running and sorted(llm.scheduler.free_slots) == [0, 1]
+
+
+def test_collect_cancels_a_request_still_waiting_for_a_slot(model_dir: Path) -> None:
+    llm = LLM(model_dir, dtype="int4", max_slots=1, max_length=256)
+    flag = {"stop": False}
+
+    async def main() -> tuple[Any, Any, bool]:
+        long = asyncio.ensure_future(llm.collect(llm.encode_prompt("Count to one hundred."),
+                                                 SamplingParams(max_tokens=120, ignore_eos=True)))
+        await asyncio.sleep(0)
+        queued = asyncio.ensure_future(llm.collect(llm.encode_prompt("Hi"), SamplingParams(max_tokens=8),
+                                                   cancelled=lambda: flag["stop"]))
+        await asyncio.sleep(0.2)
+        flag["stop"] = True
+        q = await queued
+        return q, await long, long.done()
+
+    q, long, _ = asyncio.run(main())
+    assert q.finish_reason == "abort" and q.token_ids == []
+    assert long.finish_reason == "length" and len(long.token_ids) == 120
+    assert q.timings["total_s"] < long.timings["total_s"]  # it did not wait for the slot
