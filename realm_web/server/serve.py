@@ -73,7 +73,7 @@ def serve(*, host: str = "127.0.0.1", port: int = 8000, model: str | None = None
                 loop.call_soon_threadsafe(lambda: loop.create_task(hub.drain(cfg.shutdown_grace_s)))
             super().handle_exit(sig, frame)
 
-    mode = "open (no API keys; loopback only)" if cfg.open else f"{len(cfg.tenants)} tenants with API keys"
+    mode = "open: no API keys, loopback only" if cfg.open else f"{len(cfg.tenants)} tenants with API keys"
     print(f"realm-web: serving on http://{host}:{port} ({mode}); the model loads in the background, "
           f"GET /health says when it is ready"
           + (f"; the chat page is at http://{host}:{port}/" if web_dir else "; no web page (run `make web`)"),
