@@ -82,7 +82,9 @@ def hf_batched(model: Any, ids_list: list[list[int]], new: int) -> dict[str, Any
 
 # -- plain torch.onnx.export ----------------------------------------------------------------------
 def export_plain(hf: Path, out: Path, device: str, dtype: str) -> Path:
-    """Legacy torch.onnx.export of the model with concatenated KV in and out."""
+    """Legacy torch.onnx.export (opset 17) of the model with concatenated KV in and out, under the
+    standard decoder names (input_ids, attention_mask, position_ids, past_key_values.N.key/value ->
+    logits for every position, present.N.key/value). Written once to `out/model.onnx`."""
     import torch
     from transformers import DynamicCache
 
@@ -116,17 +118,23 @@ def export_plain(hf: Path, out: Path, device: str, dtype: str) -> Path:
     args = (torch.ones(b, s, dtype=torch.long, device=device), torch.ones(b, p + s, dtype=torch.long, device=device),
             torch.arange(p, p + s, device=device).repeat(b, 1),
             *[torch.zeros(b, kvh, p, hd, dtype=td, device=device) for _ in range(2 * L)])
-    names_in = ["input_ids", "attention_mask", "position_ids"] + [f"past.{i}.{k}" for i in range(L) for k in "kv"]
-    names_out = ["logits"] + [f"present.{i}.{k}" for i in range(L) for k in "kv"]
-    axes: dict[str, dict[int, str]] = {"input_ids": {0: "b", 1: "s"}, "attention_mask": {0: "b", 1: "t"},
-                                       "position_ids": {0: "b", 1: "s"}, "logits": {0: "b", 1: "s"}}
+    # the standard decoder names (as transformers.js and optimum use them)
+    kv = [f"{i}.{k}" for i in range(L) for k in ("key", "value")]
+    names_in = ["input_ids", "attention_mask", "position_ids"] + [f"past_key_values.{x}" for x in kv]
+    names_out = ["logits"] + [f"present.{x}" for x in kv]
+    axes: dict[str, dict[int, str]] = {"input_ids": {0: "batch_size", 1: "sequence_length"},
+                                       "attention_mask": {0: "batch_size", 1: "total_sequence_length"},
+                                       "position_ids": {0: "batch_size", 1: "sequence_length"},
+                                       "logits": {0: "batch_size", 1: "sequence_length"}}
     for n in names_in[3:]:
-        axes[n] = {0: "b", 2: "p"}
+        axes[n] = {0: "batch_size", 2: "past_sequence_length"}
     for n in names_out[1:]:
-        axes[n] = {0: "b", 2: "t"}
+        axes[n] = {0: "batch_size", 2: "total_sequence_length"}
+    part = out / "model.part.onnx"
     with torch.no_grad():
-        torch.onnx.export(Wrap(), args, str(path), input_names=names_in, output_names=names_out,
+        torch.onnx.export(Wrap(), args, str(part), input_names=names_in, output_names=names_out,
                           dynamic_axes=axes, opset_version=17, dynamo=False)
+    part.replace(path)
     return path
 
 
@@ -142,7 +150,7 @@ def plain_batched(path: Path, ids_list: list[list[int]], new: int, device: str, 
         so.intra_op_num_threads = threads
     prov = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
     sess = ort.InferenceSession(str(path), so, providers=prov)
-    kv_in = [i for i in sess.get_inputs() if i.name.startswith("past.")]
+    kv_in = [i for i in sess.get_inputs() if i.name.startswith("past_key_values.")]
     ft = np.float16 if "float16" in kv_in[0].type else np.float32
     _, kvh, _, hd = kv_in[0].shape
     g = helper.make_graph([helper.make_node("ArgMax", ["x"], ["y"], axis=-1, keepdims=0)], "a",

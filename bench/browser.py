@@ -133,51 +133,10 @@ def plain_export(gguf: Path, folder: Path) -> Path:
     path = out / "model.onnx"
     if not path.exists():
         say(f"plain torch.onnx.export of the GGUF's weights -> {path} (once)")
-        import torch
-        from anchors import hf_dir_from_gguf, load_hf
-        from transformers import DynamicCache
+        from anchors import export_plain, hf_dir_from_gguf
 
         out.mkdir(parents=True, exist_ok=True)
-        model = load_hf(hf_dir_from_gguf(gguf, out / "hf"), "cpu", "fp32")
-        cfg = model.config
-        n_layers, kvh = cfg.num_hidden_layers, cfg.num_key_value_heads
-        hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-
-        class Wrap(torch.nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.m = model
-
-            def forward(self, input_ids, attention_mask, position_ids, *past):  # type: ignore[no-untyped-def]
-                cache = DynamicCache()
-                for i in range(n_layers):
-                    cache.update(past[2 * i], past[2 * i + 1], i)
-                o = self.m(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                           past_key_values=cache, use_cache=True)
-                pres = []
-                for layer in o.past_key_values.layers:
-                    pres += [layer.keys, layer.values]
-                return (o.logits, *pres)
-
-        b, sl, pl = 2, 3, 4
-        args = (torch.ones(b, sl, dtype=torch.long), torch.ones(b, pl + sl, dtype=torch.long),
-                torch.arange(pl, pl + sl).repeat(b, 1), *[torch.zeros(b, kvh, pl, hd) for _ in range(2 * n_layers)])
-        kv = [f"{i}.{k}" for i in range(n_layers) for k in ("key", "value")]
-        names_in = ["input_ids", "attention_mask", "position_ids"] + [f"past_key_values.{x}" for x in kv]
-        names_out = ["logits"] + [f"present.{x}" for x in kv]
-        axes: dict[str, dict[int, str]] = {"input_ids": {0: "batch_size", 1: "sequence_length"},
-                                           "attention_mask": {0: "batch_size", 1: "total_sequence_length"},
-                                           "position_ids": {0: "batch_size", 1: "sequence_length"},
-                                           "logits": {0: "batch_size", 1: "sequence_length"}}
-        for n in names_in[3:]:
-            axes[n] = {0: "batch_size", 2: "past_sequence_length"}
-        for n in names_out[1:]:
-            axes[n] = {0: "batch_size", 2: "total_sequence_length"}
-        part = out / "model.part.onnx"
-        with torch.no_grad():
-            torch.onnx.export(Wrap(), args, str(part), input_names=names_in, output_names=names_out,
-                              dynamic_axes=axes, opset_version=17, dynamo=False)
-        part.replace(path)
+        export_plain(hf_dir_from_gguf(gguf, out / "hf"), out, "cpu", "fp32")
     link = folder / "onnx" / "model.onnx"
     if link.is_symlink() or link.exists():
         link.unlink()
