@@ -266,13 +266,14 @@ def test_websocket_protocol(server: ServerProcess) -> None:
 
 def test_metrics_and_health(server: ServerProcess) -> None:
     post(server, "/v1/chat/completions", chat_body(max_tokens=4))
+    assert post(server, "/v1/chat/completions", chat_body(max_tokens=4), key=None).status_code == 401
     text = httpx.get(server.url + "/metrics", timeout=10).text
+    assert 'realm_requests_total{endpoint="/v1/chat/completions",status="401"}' in text
     for name in ("realm_requests_total", "realm_prompt_tokens_total", "realm_generation_tokens_total",
                  "realm_time_to_first_token_seconds_count", "realm_time_per_output_token_seconds_count",
                  "realm_requests_running", "realm_requests_waiting", "realm_kv_cache_usage_ratio"):
         assert name in text, name
     assert 'realm_requests_total{endpoint="/v1/chat/completions",status="200"}' in text
-    assert 'status="401"' in text or True  # present only if test_tenants ran first
     h = httpx.get(server.url + "/health", timeout=10).json()
     assert h["status"] == "ok" and h["model"] == "smollm2-135m-instruct"
     assert "request" in server.logs() and '"tenant": "alpha"' in server.logs()
