@@ -38,7 +38,7 @@ def main() -> int:
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     from realm_web.engines.ort_native import OrtNativeEngine
-    from realm_web.step import SeqStep, StepPlan
+    from realm_web.step import NewSeq, SamplingSpec, SeqStep, StepPlan
 
     eng = OrtNativeEngine(a.model, device=a.device, dtype=a.dtype, max_slots=64, max_length=384,
                          cuda_graph=False if a.no_graph else None)
@@ -47,16 +47,22 @@ def main() -> int:
     res: dict[str, float] = {}
 
     def fwd(rows: int, width: int, start: int) -> None:
-        eng.lengths[:rows] = start
         ids = np.full((rows, width), 100, np.int64)
         tot = np.full(rows, start + width, np.int64)
         eng._forward(0, ids, tot, np.full((rows, 1), width - 1, np.int64))
 
-    def step(rows: int, width: int, start: int) -> None:
-        seqs = [SeqStep(seq_id=i, slot=i, tokens=[100] * width, start=start, sample=True) for i in range(rows)]
+    eng.run_sync(StepPlan(seqs=[], new_seqs=[NewSeq(i, SamplingSpec()) for i in range(64)]))
+
+    def prime(rows: int, start: int) -> None:  # slots 0..rows-1 hold `start` tokens
+        if start:
+            eng.run_sync(StepPlan(seqs=[SeqStep(seq_id=i, slot=i, start=0, tokens=[100] * start) for i in range(rows)]))
+
+    def step(rows: int, width: int, start: int) -> None:  # each run rolls the rows back to `start`
+        seqs = [SeqStep(seq_id=i, slot=i, start=start, tokens=[100] * width, num_samples=1) for i in range(rows)]
         eng.run_sync(StepPlan(seqs=seqs))
 
     for rows, width, start in ((1, 40, 0), (16, 40, 0), (1, 1, 40), (16, 1, 40), (64, 1, 40), (1, 1, 300)):
+        prime(rows, start)
         res[f"forward rows={rows} width={width} past={start} ms"] = round(timeit(lambda: fwd(rows, width, start)), 3)
         res[f"run_sync rows={rows} width={width} past={start} ms"] = round(timeit(lambda: step(rows, width, start)), 3)
     for k, v in res.items():

@@ -6,6 +6,7 @@ rest of the core are plain state machines.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -14,10 +15,11 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Mapping, Protocol, Sequence, Union
 
 from .chat import ChatTemplate, load_chat_template
-from .manifest import Manifest, load_manifest
+from .manifest import Manifest, Variant, load_manifest
 from .sampling import SamplingParams
 from .scheduler import RequestOutput, Scheduler
-from .step import StepPlan, StepResult
+from .service import ModelInfo, ServiceStats, Sink
+from .step import EngineCaps, StepPlan, StepResult
 from .tokenizer import Tokenizer, load_tokenizer
 
 log = logging.getLogger("realm_web")
@@ -25,13 +27,21 @@ log = logging.getLogger("realm_web")
 Prompt = Union[str, Sequence[Mapping[str, Any]], Sequence[int]]  # raw text, chat messages, or token ids
 
 
+class UnsupportedError(ValueError):
+    """A request for something this engine does not serve (e.g. a LoRA adapter)."""
+
+
 class Engine(Protocol):
     """Runs one step. The only thing in realm-web that touches a runtime."""
 
     manifest: Manifest
+    variant: Variant  # the export it runs
+    device: str
     max_slots: int
     max_length: int
     kv_capacity: int
+    caps: EngineCaps
+    step_thread: bool  # run() awaits a worker thread (else it computes inline)
 
     async def run(self, plan: StepPlan) -> StepResult: ...
 
@@ -50,15 +60,60 @@ class Completion:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+class _Collector:
+    """A sink that gathers one request's deltas into a Completion."""
+
+    def __init__(self, prompt_ids: list[int], on_delta: Callable[[RequestOutput], None] | None = None,
+                 t0: float | None = None) -> None:
+        self.prompt_ids = prompt_ids
+        self.on_delta = on_delta
+        self.t0 = time.perf_counter() if t0 is None else t0
+        self.t_first: float | None = None
+        self.t_end: float | None = None
+        self.ids: list[int] = []
+        self.text = ""
+        self.reason: str | None = None
+
+    def __call__(self, d: RequestOutput) -> None:
+        if d.token_ids and self.t_first is None:
+            self.t_first = time.perf_counter()
+        self.ids += d.token_ids
+        self.text += d.text
+        if d.finished:
+            self.reason = d.finish_reason
+            self.t_end = time.perf_counter()
+        if self.on_delta is not None:
+            self.on_delta(d)
+
+    def completion(self) -> Completion:
+        t1 = self.t_end or time.perf_counter()
+        t_first = self.t_first or t1
+        n = len(self.ids)
+        decode_s = t1 - t_first
+        return Completion(
+            text=self.text, token_ids=self.ids, prompt_token_ids=self.prompt_ids, finish_reason=self.reason,
+            usage={"prompt_tokens": len(self.prompt_ids), "completion_tokens": n,
+                   "total_tokens": len(self.prompt_ids) + n},
+            timings={"ttft_s": round(t_first - self.t0, 4), "decode_s": round(decode_s, 4),
+                     "total_s": round(t1 - self.t0, 4),
+                     "decode_tokens_per_s": round((n - 1) / decode_s, 2) if n > 1 and decode_s > 0 else 0.0},
+        )
+
+
+_NOTHING = StepResult(tokens={})
+
+
 class LLM:
     """A model plus an engine plus the scheduler that batches every request over it.
 
     `LLM()` loads the default model (made by `realm-web pull`); `LLM(model_dir)` any export.
     `max_slots` requests run at once (each owns a KV row of `max_length` tokens; more wait in
-    the queue); `max_tokens_per_step` bounds one step's padded batch (rows x width), which
-    is also the prefill chunk size. `warmup` (default: on for CUDA) runs every step shape
-    once at load, so that no request pays a runtime's first-shape cost. `cuda_graph` (default:
-    on for CUDA) replays decode steps as CUDA graphs.
+    the queue); `max_tokens_per_step` bounds one step's batch (rows x width on the native
+    engine), which is also the prefill chunk size. `warmup` (default: on for CUDA) runs every
+    step shape once at load, so that no request pays a runtime's first-shape cost. `cuda_graph`
+    (default: on for CUDA) replays decode steps as CUDA graphs.
+
+    It implements `realm_web.service.ModelService`, the interface the server is built on.
     """
 
     def __init__(self, model: str | os.PathLike[str] | None = None, *, engine: Engine | None = None,
@@ -79,13 +134,13 @@ class LLM:
         self.chat_template: ChatTemplate | None = load_chat_template(d) if self.manifest.chat_template else None
         self.scheduler = Scheduler(self.tokenizer, eos_token_ids=self.manifest.eos_token_ids,
                                    max_slots=engine.max_slots, max_length=engine.max_length,
-                                   max_tokens_per_step=max_tokens_per_step or (4096 if device == "cuda" else 512),
-                                   kv_capacity=kv_capacity or engine.kv_capacity)
-        if warmup if warmup is not None else device == "cuda":  # see OrtNativeEngine.warmup
+                                   max_tokens_per_step=max_tokens_per_step or (4096 if engine.device == "cuda" else 512),
+                                   kv_capacity=kv_capacity or engine.kv_capacity, caps=engine.caps)
+        if warmup if warmup is not None else engine.device == "cuda":  # see OrtNativeEngine.warmup
             warm = getattr(engine, "warmup", None)
             if callable(warm):
                 warm(self.scheduler.budget)
-        self._sinks: dict[int, Callable[[RequestOutput], None]] = {}
+        self._sinks: dict[int, Sink] = {}
         self._loop_task: asyncio.Task[None] | None = None
 
     # -- prompts -------------------------------------------------------------------------------
@@ -115,20 +170,71 @@ class LLM:
         text = self.chat_template.render(messages, add_generation_prompt=True)
         return self.tokenizer.encode(text)
 
+    def token_texts(self, ids: Sequence[int]) -> list[str]:
+        """Each token's text on its own (bytes that are not valid UTF-8 alone are replaced)."""
+        tok = self.tokenizer
+        return [tok.token_bytes(t).decode("utf-8", errors="replace") for t in ids]
+
     def _params(self, params: SamplingParams | None, kw: dict[str, Any]) -> SamplingParams:
         if params is not None and kw:
             raise TypeError("pass either params= or keyword sampling arguments, not both")
         return params or SamplingParams(**kw)
 
+    # -- the step: one function for both drivers -------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        """Run one step on this thread (schedule -> engine -> update) and deliver its deltas to
+        the sinks of their requests. If the engine fails, the step's requests end with
+        finish_reason "error" and the engine's exception is raised. The loop behind
+        `stream`/`submit` runs the same step, awaiting the engine instead (and serving on)."""
+        plan = self.scheduler.schedule()
+        try:
+            result = self.engine.run_sync(plan) if not plan.empty else _NOTHING
+        except Exception:
+            self._deliver(plan, self._fail(plan))
+            raise
+        return self._deliver(plan, result)
+
+    async def _run_loop(self) -> None:
+        while self.scheduler.has_work():
+            plan = self.scheduler.schedule()
+            try:
+                result = await self.engine.run(plan) if not plan.empty else _NOTHING
+            except Exception:  # noqa: BLE001 - the requests of this step fail, the loop serves on
+                log.exception("engine step failed", extra={"fields": {"requests": [q.seq_id for q in plan.seqs]}})
+                result = self._fail(plan)
+            self._deliver(plan, result)
+            # With steps on a worker thread, awaiting the next step already lets the consumers of
+            # these deltas run, while the model computes; yielding here first would make every
+            # step wait for all of them (measured on H100: the server's event loop, not the GPU,
+            # set the pace). An engine that runs steps inline needs the yield.
+            if not plan.seqs or not self.engine.step_thread:
+                await asyncio.sleep(0)
+
+    def _fail(self, plan: StepPlan) -> StepResult:
+        """The engine failed under `plan`: its requests end with finish_reason "error"."""
+        for q in plan.seqs:
+            self.scheduler.abort(q.seq_id, reason="error")
+        return _NOTHING
+
+    def _deliver(self, plan: StepPlan, result: StepResult) -> list[RequestOutput]:
+        """Apply a step's result and hand each delta to its request's sink."""
+        outs = self.scheduler.update(plan, result)
+        for out in outs:
+            sink = self._sinks.pop(out.request_id, None) if out.finished else self._sinks.get(out.request_id)
+            if sink is not None:
+                sink(out)
+        return outs
+
     # -- synchronous batch API -------------------------------------------------------------------
     def generate(self, prompts: Prompt | Sequence[Prompt],
                  params: SamplingParams | Sequence[SamplingParams] | None = None, *,
-                 raw: bool = False, system: str | None = None, **kw: Any) -> list[Completion]:
+                 raw: bool = False, system: str | None = None, adapter: str | None = None,
+                 **kw: Any) -> list[Completion]:
         """Run prompts together through the scheduler (continuous batching); results come back in
         order. `params` may be one SamplingParams for all prompts or one per prompt; keyword
-        arguments (temperature=, max_tokens=, seed=, stop=, ...) build one for all."""
-        many = not isinstance(prompts, str) and bool(prompts) and not isinstance(next(iter(prompts)), (Mapping, int))
-        items: list[Prompt] = list(prompts) if many else [prompts]  # type: ignore[arg-type, list-item]
+        arguments (temperature=, max_tokens=, seed=, stop=, ...) build one for all. If the
+        engine fails, its exception is raised and none of these requests is left behind."""
+        items = _prompt_list(prompts)
         if isinstance(params, Sequence):
             if kw or len(params) != len(items):
                 raise TypeError("pass one SamplingParams per prompt, and no keyword sampling arguments with them")
@@ -137,91 +243,82 @@ class LLM:
             plist = [self._params(params, kw)] * len(items)
         if self._loop_task is not None and not self._loop_task.done():
             raise RuntimeError("generate() cannot run while streams are being served: await llm.stream() instead")
+        self._check_adapter(adapter)
         t0 = time.perf_counter()
-        ids = [self.encode_prompt(x, raw=raw, system=system) for x in items]
+        cols = [_Collector(self.encode_prompt(x, raw=raw, system=system), t0=t0) for x in items]
         rids: list[int] = []
         try:
-            for x, p in zip(ids, plist):
-                rids.append(self.scheduler.add(x, p))
-        except Exception:
-            for r in rids:  # leave nothing half-queued behind
+            for c, p in zip(cols, plist):
+                rids.append(self._add(c.prompt_ids, p, c, adapter=adapter))
+            while self.scheduler.has_work():
+                self.step()
+        except BaseException:
+            for r in rids:  # leave nothing half-done behind
+                self._sinks.pop(r, None)
                 self.scheduler.abort(r)
-                self.scheduler.requests.pop(r, None)
             raise
-        first: dict[int, float] = {}
-        while self.scheduler.has_work():
-            plan = self.scheduler.schedule()
-            result = self.engine.run_sync(plan) if plan.seqs else StepResult(tokens={})
-            for out in self.scheduler.update(plan, result):
-                if out.token_ids:
-                    first.setdefault(out.request_id, time.perf_counter())
-        t1 = time.perf_counter()
-        return [self._completion(r, x, t0, first.get(r, t1), t1) for r, x in zip(rids, ids)]
-
-    def _completion(self, rid: int, prompt_ids: list[int], t0: float, t_first: float, t1: float) -> Completion:
-        req = self.scheduler.requests.pop(rid)
-        return _make_completion(req.text, req.output_ids, prompt_ids, req.finish_reason, t0, t_first, t1)
+        return [c.completion() for c in cols]
 
     async def agenerate(self, prompts: Prompt | Sequence[Prompt], params: SamplingParams | None = None, *,
-                        raw: bool = False, system: str | None = None, **kw: Any) -> list[Completion]:
+                        raw: bool = False, system: str | None = None, adapter: str | None = None,
+                        **kw: Any) -> list[Completion]:
         """`generate` for event loops (and the only form on asynchronous engines such as the web
         one): the prompts stream concurrently over the shared loop; results come back in order."""
-        many = not isinstance(prompts, str) and bool(prompts) and not isinstance(next(iter(prompts)), (Mapping, int))
-        items: list[Prompt] = list(prompts) if many else [prompts]  # type: ignore[arg-type, list-item]
         p = self._params(params, kw)
-        ids = [self.encode_prompt(x, raw=raw, system=system) for x in items]
-
-        return list(await asyncio.gather(*(self.collect(x, p) for x in ids)))
+        ids = [self.encode_prompt(x, raw=raw, system=system) for x in _prompt_list(prompts)]
+        return list(await asyncio.gather(*(self.collect(x, p, adapter=adapter) for x in ids)))
 
     async def collect(self, prompt_ids: list[int], params: SamplingParams,
                       on_delta: Callable[[RequestOutput], None] | None = None,
-                      cancelled: Callable[[], bool] | None = None, poll_s: float = 0.05) -> Completion:
+                      cancelled: Callable[[], bool] | None = None, poll_s: float = 0.05, *,
+                      priority: int = 0, adapter: str | None = None) -> Completion:
         """Stream one prompt into a Completion, calling `on_delta` for each delta. When
         `cancelled()` turns true (checked after each delta, and every `poll_s` while the request
         waits for a slot or a step) the request is aborted: its last delta has finish_reason "abort"."""
-        t0 = time.perf_counter()
-        first, out_ids, text, reason = None, [], "", None
-        q: asyncio.Queue[RequestOutput] = asyncio.Queue()
-        rid = self.submit(prompt_ids, params, q.put_nowait)
+        col = _Collector(prompt_ids, on_delta)
+        done = asyncio.Event()
 
-        async def watch() -> None:
-            assert cancelled is not None
-            while not cancelled():
-                await asyncio.sleep(poll_s)
-            self.abort(rid)
+        def sink(d: RequestOutput) -> None:
+            col(d)
+            if d.finished:
+                done.set()
+            elif cancelled is not None and cancelled():
+                self.abort(rid)  # its final "abort" delta follows
 
-        watcher = asyncio.get_running_loop().create_task(watch()) if cancelled is not None else None
+        rid = self.submit(prompt_ids, params, sink, priority=priority, adapter=adapter)
         try:
-            while True:
-                d = await q.get()
-                if d.token_ids and first is None:
-                    first = time.perf_counter()
-                out_ids += d.token_ids
-                text += d.text
-                reason = d.finish_reason
-                if on_delta is not None:
-                    on_delta(d)
-                if d.finished:
-                    break
-                if cancelled is not None and cancelled():
-                    self.abort(rid)  # its final "abort" delta follows
+            while not done.is_set():
+                if cancelled is None:
+                    await done.wait()
+                else:
+                    if cancelled():
+                        self.abort(rid)
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(done.wait(), poll_s)
         finally:
-            if watcher is not None:
-                watcher.cancel()
             self._sinks.pop(rid, None)
             self.scheduler.abort(rid)  # no-op once finished
-            self.scheduler.requests.pop(rid, None)
-        t1 = time.perf_counter()
-        return _make_completion(text, out_ids, prompt_ids, reason, t0, first or t1, t1)
+        return col.completion()
 
     # -- asynchronous streaming ------------------------------------------------------------------
-    def submit(self, prompt_ids: Sequence[int], params: SamplingParams, sink: Callable[[RequestOutput], None], *,
+    def _check_adapter(self, adapter: str | None) -> None:
+        if adapter is not None and not self.engine.caps.adapters:
+            raise UnsupportedError(f"adapter {adapter!r}: this engine does not serve LoRA adapters")
+
+    def _add(self, prompt_ids: Sequence[int], params: SamplingParams, sink: Sink, *, priority: int = 0,
+             adapter: str | None = None) -> int:
+        self._check_adapter(adapter)
+        rid = self.scheduler.add(prompt_ids, params, priority=priority, adapter=adapter)
+        self._sinks[rid] = sink
+        return rid
+
+    def submit(self, prompt_ids: Sequence[int], params: SamplingParams, sink: Sink, *,
                priority: int = 0, adapter: str | None = None) -> int:
         """Queue a request on the shared engine loop (which must run on this thread's event loop);
         `sink` gets each delta, the last one with `finished` set. Returns the request id for
-        `abort`. Raises SchedulerError at once for a request that can never run."""
-        rid = self.scheduler.add(prompt_ids, params, priority=priority, adapter=adapter)
-        self._sinks[rid] = sink
+        `abort`. Raises SchedulerError (or UnsupportedError) at once for a request that can
+        never run."""
+        rid = self._add(prompt_ids, params, sink, priority=priority, adapter=adapter)
         self._kick()
         return rid
 
@@ -230,6 +327,14 @@ class LLM:
         it had finished) and its slot is free from the next step on."""
         self.scheduler.abort(request_id)
         self._kick()
+
+    def abort_all(self) -> int:
+        """Abort every request, running or queued (each sink gets its "abort" delta at the next
+        step); returns how many there were."""
+        n = self.scheduler.abort_all()
+        if n:
+            self._kick()
+        return n
 
     def _kick(self) -> None:
         if self._loop_task is None or self._loop_task.done():
@@ -253,31 +358,22 @@ class LLM:
         finally:
             self._sinks.pop(rid, None)
             self.scheduler.abort(rid)  # no-op once finished
-            self.scheduler.requests.pop(rid, None)
 
-    async def _run_loop(self) -> None:
-        while self.scheduler.has_work():
-            plan = self.scheduler.schedule()
-            try:
-                result = await self.engine.run(plan) if plan.seqs else StepResult(tokens={})
-            except Exception:  # noqa: BLE001 - the requests of this step fail, the loop serves on
-                log.exception("engine step failed", extra={"fields": {"requests": [q.seq_id for q in plan.seqs]}})
-                for q in plan.seqs:
-                    self.scheduler.abort(q.seq_id, reason="error")
-                result = StepResult(tokens={})
-            for out in self.scheduler.update(plan, result):
-                sink = self._sinks.get(out.request_id)
-                if out.finished:
-                    self._sinks.pop(out.request_id, None)
-                    self.scheduler.requests.pop(out.request_id, None)
-                if sink is not None:
-                    sink(out)
-            # With steps on a worker thread, awaiting the next step already lets the consumers of
-            # these deltas run, while the model computes; yielding here first would make every
-            # step wait for all of them (measured on H100: the server's event loop, not the GPU,
-            # set the pace). An engine that runs steps inline needs the yield.
-            if not plan.seqs or not getattr(self.engine, "step_thread", False):
-                await asyncio.sleep(0)
+    # -- ModelService ----------------------------------------------------------------------------
+    @property
+    def info(self) -> ModelInfo:
+        m, e = self.manifest, self.engine
+        try:
+            created = int(m.directory.stat().st_mtime)
+        except OSError:
+            created = 0
+        return ModelInfo(id=m.name, max_length=e.max_length, vocab_size=m.vocab_size, dtype=e.variant.dtype,
+                         device=e.device, created=created, architecture=dict(m.architecture))
+
+    def stats(self) -> ServiceStats:
+        s = self.scheduler
+        return ServiceStats(running=len(s.running), waiting=len(s.waiting), kv_used=s.kv_used(),
+                            kv_capacity=s.kv_capacity)
 
     def close(self) -> None:
         close = getattr(self.engine, "close", None)
@@ -285,16 +381,10 @@ class LLM:
             close()
 
 
-def _make_completion(text: str, ids: list[int], prompt_ids: list[int], reason: str | None,
-                     t0: float, t_first: float, t1: float) -> Completion:
-    n = len(ids)
-    decode_s = t1 - t_first
-    return Completion(
-        text=text, token_ids=ids, prompt_token_ids=prompt_ids, finish_reason=reason,
-        usage={"prompt_tokens": len(prompt_ids), "completion_tokens": n, "total_tokens": len(prompt_ids) + n},
-        timings={"ttft_s": round(t_first - t0, 4), "decode_s": round(decode_s, 4), "total_s": round(t1 - t0, 4),
-                 "decode_tokens_per_s": round((n - 1) / decode_s, 2) if n > 1 and decode_s > 0 else 0.0},
-    )
+def _prompt_list(prompts: Prompt | Sequence[Prompt]) -> list[Prompt]:
+    """One prompt or a list of them -> a list (a list of ints or of messages is one prompt)."""
+    many = not isinstance(prompts, str) and bool(prompts) and not isinstance(next(iter(prompts)), (Mapping, int))
+    return list(prompts) if many else [prompts]  # type: ignore[arg-type, list-item]
 
 
 def _default_model() -> Path:
@@ -306,4 +396,4 @@ def _default_model() -> Path:
     return d
 
 
-__all__ = ["LLM", "Completion", "Engine", "load_manifest"]
+__all__ = ["LLM", "Completion", "Engine", "UnsupportedError", "load_manifest"]

@@ -18,6 +18,93 @@ class ModelDirError(ValueError):
     """A directory that is not a usable realm-web model directory."""
 
 
+# What each graph input and output is for (a layout's roles), in the order realm.json lists them.
+_INPUT_ROLES = ("input_ids", "attention_mask", "past_key", "past_value", "logits_index")
+_OUTPUT_ROLES = ("logits", "present_key", "present_value")
+LAYOUTS = ("gqa-v1",)
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """The decoder graph's contract, as the exporter wrote it: the name of each input and output
+    (per-layer names are templates with `{i}`) and the layout of its KV cache. Engines bind
+    from this and nothing else.
+
+    Layout "gqa-v1": `input_ids` (batch, seq) and `attention_mask` (batch, total) int64, the
+    mask giving each right-padded row its valid length; `logits_index` (batch, k) int64, the
+    positions of this step to compute logits for; past/present KV (batch, kv_heads, length,
+    head_dim), which may share one buffer of capacity max_length (updated in place); positions
+    follow from the mask."""
+
+    layout: str = "gqa-v1"
+    input_ids: str = "input_ids"
+    attention_mask: str = "attention_mask"
+    logits_index: str = "logits_index"
+    past_key: str = "past_key_values.{i}.key"
+    past_value: str = "past_key_values.{i}.value"
+    logits: str = "logits"
+    present_key: str = "present.{i}.key"
+    present_value: str = "present.{i}.value"
+    kv_share_buffer: bool = True
+    lm_head_refine: int = 0  # quantized exports: lm_head candidates recomputed exactly
+
+    def past(self, layer: int, kv: str) -> str:
+        """`past_key_values.{layer}.{kv}` under this graph's names (kv: "key" or "value")."""
+        return (self.past_key if kv == "key" else self.past_value).format(i=layer)
+
+    def present(self, layer: int, kv: str) -> str:
+        return (self.present_key if kv == "key" else self.present_value).format(i=layer)
+
+    @property
+    def names(self) -> dict[str, str]:
+        return {r: getattr(self, r) for r in _INPUT_ROLES + _OUTPUT_ROLES}
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "layout": self.layout,
+            "names": self.names,
+            "inputs": [getattr(self, r) for r in _INPUT_ROLES],
+            "outputs": [getattr(self, r) for r in _OUTPUT_ROLES],
+            "kv_layout": ["batch", "kv_heads", "length", "head_dim"],
+            "padding": "right",  # attention_mask gives each row's length; rows are right-padded
+            "kv_share_buffer": self.kv_share_buffer,  # past and present may be bound to one buffer
+            "position_ids": "implicit",  # positions follow from the mask (GroupQueryAttention rotary)
+            "logits_index": True,  # (batch, k) positions of this step to compute logits for
+            "lm_head_refine": self.lm_head_refine,
+        }
+
+    @classmethod
+    def from_json(cls, raw: Any, where: str = "realm.json") -> "GraphSpec":
+        """Read realm.json's `graph`; a layout this realm-web cannot run is a ModelDirError."""
+        if not isinstance(raw, dict):
+            raise ModelDirError(f"{where}: 'graph' must be an object")
+        layout = raw.get("layout")
+        if layout not in LAYOUTS:
+            raise ModelDirError(f"{where}: graph layout {layout!r} is not supported by this realm-web "
+                                f"(it runs {', '.join(LAYOUTS)}): export the model again with this version")
+        want = {"kv_layout": ["batch", "kv_heads", "length", "head_dim"], "padding": "right",
+                "position_ids": "implicit", "logits_index": True}
+        for key, value in want.items():
+            if raw.get(key, value) != value:
+                raise ModelDirError(f"{where}: graph {key} {raw.get(key)!r} is not part of layout {layout} "
+                                    f"(expected {value!r})")
+        names = raw.get("names")
+        if names is None:  # format 2 before names were written: the lists, in role order
+            ins, outs = raw.get("inputs", []), raw.get("outputs", [])
+            if len(ins) != len(_INPUT_ROLES) or len(outs) != len(_OUTPUT_ROLES):
+                raise ModelDirError(f"{where}: graph inputs/outputs do not match layout {layout}")
+            names = dict(zip(_INPUT_ROLES + _OUTPUT_ROLES, [*ins, *outs]))
+        missing = [r for r in _INPUT_ROLES + _OUTPUT_ROLES if not isinstance(names.get(r), str) or not names[r]]
+        if missing:
+            raise ModelDirError(f"{where}: graph names lack {', '.join(missing)}")
+        for r in ("past_key", "past_value", "present_key", "present_value"):
+            if "{i}" not in names[r]:
+                raise ModelDirError(f"{where}: graph name {r} {names[r]!r} has no '{{i}}' for the layer")
+        return cls(layout=layout, **{r: names[r] for r in _INPUT_ROLES + _OUTPUT_ROLES},
+                   kv_share_buffer=bool(raw.get("kv_share_buffer", False)),
+                   lm_head_refine=int(raw.get("lm_head_refine", 0)))
+
+
 @dataclass
 class Variant:
     """One exported graph: file name, weight dtype and which engines should prefer it."""
@@ -34,7 +121,7 @@ class Manifest:
     name: str
     architecture: dict[str, Any]
     variants: dict[str, Variant]
-    graph: dict[str, Any]
+    graph: GraphSpec
     tokenizer: str
     chat_template: str | None
     special_tokens: dict[str, Any]
@@ -81,7 +168,7 @@ class Manifest:
             "name": self.name,
             "architecture": self.architecture,
             "variants": {k: vars(v) for k, v in self.variants.items()},
-            "graph": self.graph,
+            "graph": self.graph.to_json(),
             "tokenizer": self.tokenizer,
             "chat_template": self.chat_template,
             "special_tokens": self.special_tokens,
@@ -111,11 +198,14 @@ def load_manifest(directory: str | os.PathLike[str]) -> Manifest:
             raise ModelDirError(f"{f}: unsupported format_version {raw.get('format_version')!r}")
         variants = {k: Variant(**v) for k, v in raw["variants"].items()}
         return Manifest(
-            name=raw["name"], architecture=raw["architecture"], variants=variants, graph=raw["graph"],
+            name=raw["name"], architecture=raw["architecture"], variants=variants,
+            graph=GraphSpec.from_json(raw["graph"], str(f)),
             tokenizer=raw["tokenizer"], chat_template=raw.get("chat_template"),
             special_tokens=raw.get("special_tokens", {}), eos_token_ids=list(raw.get("eos_token_ids", [])),
             generation=raw.get("generation", {}), max_length=int(raw["max_length"]), source=raw.get("source", {}),
             directory=d,
         )
-    except (KeyError, TypeError, json.JSONDecodeError) as e:
+    except ModelDirError:
+        raise
+    except (KeyError, TypeError, ValueError) as e:  # ValueError includes json.JSONDecodeError
         raise ModelDirError(f"{f}: malformed manifest ({e})") from e

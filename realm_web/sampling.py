@@ -1,9 +1,8 @@
 """Sampling parameters, validation, and the seeded random draws every engine shares.
 
-The core never touches a logits vector: it hands each engine the parameters plus one uniform
-draw per sampled token, derived only from (seed, request step). An engine turns logits into a
-token with `temperature -> top_k -> top_p -> min_p -> inverse-CDF(draw)` over the candidates in
-a canonical order (logit descending, token id ascending), so a seeded request yields the same
+The core never touches a logits vector: it hands each engine a `SamplingSpec` (step.py, which
+states the rule) once per request, plus one uniform draw per sampled token, derived only from
+(seed, request step). Every engine applies the same rule, so a seeded request yields the same
 tokens on every engine whose logits agree.
 """
 from __future__ import annotations
@@ -12,7 +11,8 @@ import hashlib
 import os
 import struct
 from dataclasses import dataclass, field, replace
-from typing import Any
+
+from .step import SamplingSpec
 
 
 class SamplingError(ValueError):
@@ -68,10 +68,11 @@ class SamplingParams:
     def with_seed(self, seed: int) -> "SamplingParams":
         return replace(self, seed=seed)
 
-    def engine_view(self) -> dict[str, Any]:
-        """The fields an engine needs to pick a token."""
-        return {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p,
-                "min_p": self.min_p, "repetition_penalty": self.repetition_penalty}
+    def spec(self) -> SamplingSpec:
+        """What an engine needs to pick a token (the step contract's part of these parameters)."""
+        return SamplingSpec(temperature=float(self.temperature), top_k=self.top_k, top_p=float(self.top_p),
+                            min_p=float(self.min_p), repetition_penalty=float(self.repetition_penalty),
+                            logprobs=self.logprobs)
 
 
 def _is_num(x: object) -> bool:

@@ -4,26 +4,32 @@ Theory of operation
 -------------------
 A request owns one KV *slot* (a row of the engine's cache) from admission until it finishes.
 Its tokens are `prompt_ids + output_ids`; `num_computed` of them are in the cache, the rest are
-*pending*. Every step feeds each scheduled request the next piece of its pending tokens and, when
-that piece reaches the end, samples one new token:
+*pending*. The scheduler is the only owner of that count: every step's plan states, per row,
+where its tokens start (and, for rows that hold a cache but sit this step out, their valid
+length), and engines keep no count of their own (see step.py). Every step feeds each scheduled
+request the next piece of its pending tokens and, when that piece reaches the end, samples one
+new token:
 
   * a decode step feeds one token to every request past its prompt (its last sample, or an
     output token being replayed after a preemption);
   * a prefill step feeds prompts: several fresh prompts whole, or one prompt's next chunk.
 
-Engines run a step as one padded batch over a contiguous span of slots (rows x width), so the
-two kinds alternate instead of mixing: a 1-token decode padded to a 200-token chunk would cost
-200x. While prompts are pending, decode and prefill steps take turns, so a stream that is
-already decoding waits at most one chunk between two of its tokens. The chunk width is set by
-the per-step token budget, counted as the engine pays for it: rows of the span x width.
-Rows of the span that the step does not schedule are idle: the engine writes their padding past
-their valid length, where it is never read (decode steps are one token wide, and a shared
-prefill step spans only empty slots).
+How prompts may share a step comes from the engine's capabilities (`EngineCaps`). An engine
+with `padded_span` (the native one) runs a step as one padded batch over a contiguous span of
+slots (rows x width), so the two kinds alternate instead of mixing: a 1-token decode padded to
+a 200-token chunk would cost 200x. An engine without it (the browser's and Node's bridge) runs
+the rows of a step one after another, and a step costs the tokens it feeds. Either way, while
+prompts are pending, decode and prefill steps take turns, so a stream that is already decoding
+waits at most one chunk between two of its tokens. The chunk width is the per-step token budget
+(or the engine's `prefill_width`, if smaller). Rows of a padded span that the step does not
+schedule are idle: the engine writes their padding past their valid length, where it is never
+read.
 
 Every token's numbers come out the same whatever else is in the batch: a position is always
 computed by the same kind of step (a prompt in chunks whose boundaries depend only on the
-budget, each output token by a one-token step), and the engine's kernels are row-independent.
-So greedy tokens and seeded samples do not depend on the traffic (tests check it).
+chunk width, each output token by a one-token step), and the engine's kernels are
+row-independent. So greedy tokens and seeded samples do not depend on the traffic (tests check
+it).
 
 Admission takes waiting requests in order of priority (higher first), then arrival, into the
 lowest free slot (so the busy rows stay packed at the low end), while the KV capacity holds.
@@ -34,10 +40,15 @@ and it returns to the queue with its output kept. When readmitted it recomputes 
 vLLM does): the prompt by prefill, then its output tokens replayed one per decode step, the
 way they were first computed, so it continues bit-exactly where it stopped.
 
+A request's constants (its sampling spec, its adapter) reach the engine once, in the plan of
+the first step it runs on a slot (`new_seqs`); the plan after it gives the slot up (finished,
+aborted, preempted) lists it in `released`.
+
 `update(plan, result)` appends sampled tokens, applies stop rules (EOS, stop token ids, stop
 strings, max_tokens, context length), turns tokens into text deltas and frees the slots of
-finished requests. `abort(id)` finishes a request at once; its slot is reusable at the next
-step, whose plan lists it in `freed_slots`.
+finished requests; a finished request leaves `requests` with its last delta. Results for
+requests aborted or preempted while the step ran are ignored. `abort(id)` finishes a request at
+once; its slot is reusable at the next step.
 
 Nothing here awaits or touches a tensor: tests drive it with hand-made StepResults.
 """
@@ -47,10 +58,10 @@ import bisect
 import heapq
 import itertools
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence
+from typing import Protocol, Sequence
 
 from .sampling import SamplingParams, draw, random_seed
-from .step import SeqStep, StepPlan, StepResult
+from .step import EngineCaps, NewSeq, SamplingSpec, SeqStep, StepPlan, StepResult
 from .stream import IncrementalDetokenizer, StopStrings
 
 
@@ -86,17 +97,18 @@ class Request:
     priority: int = 0
     arrival: int = 0
     output_ids: list[int] = field(default_factory=list)
-    num_computed: int = 0  # tokens already in the KV cache
+    num_computed: int = 0  # tokens in the KV cache: the one count of it (engines keep none)
     slot: int | None = None
     finish_reason: str | None = None
     detok: IncrementalDetokenizer | None = None
     stops: StopStrings | None = None
     text: str = ""
     preemptions: int = 0
-    view: dict[str, Any] = field(default_factory=dict)  # params.engine_view(), made once
+    spec: SamplingSpec = field(default_factory=SamplingSpec)  # params.spec(), made once
+    announced: bool = False  # the engine has had this request's NewSeq for its current slot
 
     def __post_init__(self) -> None:
-        self.view = self.params.engine_view()
+        self.spec = self.params.spec()
 
     @property
     def finished(self) -> bool:
@@ -134,14 +146,17 @@ class Request:
 
 
 class Scheduler:
-    """Plans steps for many requests over `max_slots` KV slots of `max_length` tokens each.
+    """Plans steps for many requests over `max_slots` KV slots of `max_length` tokens each, for
+    an engine with capabilities `caps` (default: the native engine's).
 
-    `max_tokens_per_step` bounds a step's padded cost (rows x width); `kv_capacity` bounds the
-    tokens held by all running requests together (default: every slot full).
+    `max_tokens_per_step` bounds a step's cost (rows x width on a padded engine, tokens fed
+    otherwise); `kv_capacity` bounds the tokens held by all running requests together (default:
+    every slot full). `requests` holds the live (queued or running) requests.
     """
 
     def __init__(self, tokenizer: _Tok, *, eos_token_ids: Sequence[int], max_slots: int = 1,
-                 max_length: int = 2048, max_tokens_per_step: int = 512, kv_capacity: int | None = None) -> None:
+                 max_length: int = 2048, max_tokens_per_step: int = 512, kv_capacity: int | None = None,
+                 caps: EngineCaps | None = None) -> None:
         if max_slots < 1 or max_tokens_per_step < 1 or max_length < 2:
             raise ValueError("max_slots and max_tokens_per_step must be >= 1, max_length >= 2")
         self.tokenizer = tokenizer
@@ -149,6 +164,8 @@ class Scheduler:
         self.max_slots = max_slots
         self.max_length = max_length
         self.budget = max_tokens_per_step
+        self.caps = caps or EngineCaps()
+        self.chunk = min(self.budget, self.caps.prefill_width or self.budget)  # prompt chunk width
         self.kv_capacity = max_slots * max_length if kv_capacity is None else kv_capacity
         if self.kv_capacity < max_length:
             raise ValueError(f"kv_capacity ({self.kv_capacity}) must hold at least one full context ({max_length})")
@@ -158,8 +175,8 @@ class Scheduler:
         self.requests: dict[int, Request] = {}
         self._ids = itertools.count()
         self._arrivals = itertools.count()
-        self._aborted: list[RequestOutput] = []
-        self._freed: list[int] = []
+        self._finals: list[RequestOutput] = []  # last deltas of requests finished outside update()
+        self._released: list[int] = []
         self._last_kind = "prefill"
         self.num_preemptions = 0
 
@@ -181,8 +198,7 @@ class Scheduler:
                       detok=IncrementalDetokenizer(self.tokenizer), stops=StopStrings(params.stop))
         self.requests[rid] = req
         if params.max_tokens == 0:
-            req.finish_reason = "length"
-            self._aborted.append(RequestOutput(rid, [], "", True, "length"))
+            self._finish_now(req, "length")
             return rid
         self._enqueue(req)
         return rid
@@ -191,16 +207,18 @@ class Scheduler:
         """Finish a request now (finish_reason `reason`: "abort", or "error" when the engine
         failed under it); its slot is reused from the next step on. Unknown ids are ignored."""
         req = self.requests.get(request_id)
-        if req is None or req.finished:
-            return
-        req.finish_reason = reason
-        if req in self.waiting:
-            self.waiting.remove(req)
-        self._release(req)
-        self._aborted.append(RequestOutput(request_id, [], "", True, reason))
+        if req is not None:
+            self._finish_now(req, reason)
+
+    def abort_all(self, reason: str = "abort") -> int:
+        """Abort every live request; returns how many there were."""
+        live = list(self.requests.values())
+        for req in live:
+            self._finish_now(req, reason)
+        return len(live)
 
     def has_work(self) -> bool:
-        return bool(self.waiting or self.running or self._aborted)
+        return bool(self.waiting or self.running or self._finals or self._released)
 
     def kv_used(self) -> int:
         """Tokens the running requests hold once their pending tokens are in (the capacity measure)."""
@@ -216,14 +234,22 @@ class Scheduler:
             decoders = [r for r in self.running if not r.in_prefill]
         prefillers = [r for r in self.running if r.in_prefill]
         if prefillers and (not decoders or self._last_kind == "decode"):
-            seqs = self._prefill_step(prefillers)
+            chosen = self._prefill_step(prefillers)
             self._last_kind = "prefill"
         else:  # one token each: the last sample, or (after a preemption) an output token replayed
             decoders.sort(key=lambda r: r.rank)
-            seqs = [self._seq(r, [r.token_at(r.num_computed)], r.pending == 1) for r in decoders[: self.budget]]
+            chosen = [(r, [r.token_at(r.num_computed)]) for r in decoders[: self.budget]]
             self._last_kind = "decode"
-        freed, self._freed = self._freed, []
-        return StepPlan(seqs=seqs, freed_slots=freed)
+        plan = StepPlan(seqs=[self._seq(r, toks) for r, toks in chosen])
+        ran = {r.request_id for r, _ in chosen}
+        for r, _ in chosen:
+            if not r.announced:
+                plan.new_seqs.append(NewSeq(r.request_id, r.spec, r.adapter))
+                r.announced = True
+        plan.idle = {r.slot: r.num_computed for r in self.running
+                     if r.num_computed and r.request_id not in ran and r.slot is not None}
+        plan.released, self._released = self._released, []
+        return plan
 
     def _admit(self) -> None:
         while self.waiting:
@@ -238,76 +264,87 @@ class Scheduler:
             req.slot = heapq.heappop(self.free_slots)
             self.running.append(req)
 
-    def _prefill_step(self, prefillers: list[Request]) -> list[SeqStep]:
-        """Prompt chunks for a contiguous span of slots, grown from the first request in line
-        while the span feeds more tokens within the budget.
+    def _prefill_step(self, prefillers: list[Request]) -> list[tuple[Request, list[int]]]:
+        """Prompt chunks for this step. Chunk boundaries never depend on the company a request
+        keeps, so its numerics (and greedy tokens) are the same alone or batched: a prompt goes
+        in whole when it fits in one chunk, else in chunks of exactly the chunk width."""
+        first = min(prefillers, key=lambda r: r.rank)
+        if self.caps.padded_span:
+            return self._padded_prefill(prefillers, first)
+        chosen = [self._chunk(first)]
+        if self.caps.prefill_batch == "none" or (self.caps.prefill_batch == "fresh" and first.num_computed):
+            return chosen
+        used = len(chosen[0][1])
+        for r in sorted(prefillers, key=lambda r: r.rank):  # rows run one by one: fill the budget
+            if r is first or (self.caps.prefill_batch == "fresh" and r.num_computed):
+                continue
+            n = min(r.prompt_left, self.chunk)
+            if used + n <= self.budget:
+                chosen.append(self._chunk(r))
+                used += n
+        return chosen
 
-        Chunk boundaries never depend on the company a request keeps, so its numerics (and
-        greedy tokens) are the same alone or batched: a prompt that shares a step goes in whole,
-        and one that does not fit runs alone in chunks of exactly the budget. Several rows
-        share a step only when every row of the span starts from an empty cache, which is also
-        what onnxruntime's GroupQueryAttention needs (a multi-token step on top of earlier
-        context takes one row at a time)."""
+    def _padded_prefill(self, prefillers: list[Request], first: Request) -> list[tuple[Request, list[int]]]:
+        """For a padded engine: prompts of a contiguous span of slots, grown from the first
+        request in line while the span feeds more tokens within the budget (rows x width). With
+        `prefill_batch` "fresh", several rows share a step only when every row of the span
+        starts from an empty cache (onnxruntime's GroupQueryAttention takes a multi-token step
+        on top of earlier context one row at a time)."""
         by_slot = {r.slot: r for r in self.running}
         cand = sorted(prefillers, key=lambda r: r.slot or 0)
-        first = cand.index(min(prefillers, key=lambda r: r.rank))
-        lo = hi = first  # chosen: cand[lo..hi]
+        lo = hi = cand.index(first)  # chosen: cand[lo..hi]
+        fresh_only = self.caps.prefill_batch == "fresh"
 
         def fill(a: int, b: int) -> int:
             """Prompt tokens that cand[a..b] feed as one padded span, 0 if they cannot."""
             s0, s1 = cand[a].slot or 0, cand[b].slot or 0
             width = max(r.prompt_left for r in cand[a:b + 1])
-            if (s1 - s0 + 1) * width > self.budget:
+            if width > self.chunk or (s1 - s0 + 1) * width > self.budget:
                 return 0
-            if any(r.num_computed for s in range(s0, s1 + 1) if (r := by_slot.get(s)) is not None):
+            if fresh_only and any(r.num_computed for s in range(s0, s1 + 1) if (r := by_slot.get(s)) is not None):
                 return 0
             return sum(r.prompt_left for r in cand[a:b + 1])
 
         real = fill(lo, hi)
-        while real:
+        while real and self.caps.prefill_batch != "none":
             options = [(fill(a, b), a, b) for a, b in ((lo - 1, hi), (lo, hi + 1)) if 0 <= a and b < len(cand)]
             best = max(options, default=(0, lo, hi))
             if best[0] <= real:
                 break
             real, lo, hi = best
-        if not real:  # the first in line runs alone, in chunks of the budget
-            r = cand[first]
-            return [self._chunk(r, min(r.prompt_left, self.budget))]
-        return [self._chunk(r, r.prompt_left) for r in cand[lo:hi + 1]]
+        if not real:  # the first in line runs alone, in chunks
+            return [self._chunk(first)]
+        return [self._chunk(r) for r in cand[lo:hi + 1]]
 
-    def _chunk(self, req: Request, n: int) -> SeqStep:
-        end = req.num_computed + n
-        return self._seq(req, req.prompt_ids[req.num_computed:end], end == req.length)
+    def _chunk(self, req: Request) -> tuple[Request, list[int]]:
+        end = req.num_computed + min(req.prompt_left, self.chunk)
+        return req, req.prompt_ids[req.num_computed:end]
 
-    def _seq(self, req: Request, tokens: list[int], sample: bool) -> SeqStep:
-        p = req.params
+    def _seq(self, req: Request, tokens: list[int]) -> SeqStep:
         assert req.slot is not None
-        return SeqStep(
-            seq_id=req.request_id, slot=req.slot, tokens=tokens, start=req.num_computed, sample=sample,
-            sampling=req.view, draw=draw(req.seed, len(req.output_ids)) if not p.greedy else 0.0,
-            history=req.all_ids if p.repetition_penalty != 1.0 else None,
-            logprobs=p.logprobs, adapter=req.adapter,
-        )
+        sample = req.num_computed + len(tokens) == req.length  # the piece reaches the end
+        return SeqStep(seq_id=req.request_id, slot=req.slot, start=req.num_computed, tokens=tokens,
+                       num_samples=1 if sample else 0,
+                       draws=[draw(req.seed, len(req.output_ids))] if sample and not req.spec.greedy else [])
 
     def update(self, plan: StepPlan, result: StepResult) -> list[RequestOutput]:
         """Apply an engine result to the plan it ran; returns the deltas of this step."""
-        outputs, self._aborted = self._aborted, []
+        outputs, self._finals = self._finals, []
         for seq in plan.seqs:
             req = self.requests.get(seq.seq_id)
-            if req is None or req.finished or req.slot != seq.slot:
+            if req is None or req.slot != seq.slot:
                 continue  # aborted (or preempted) while the step ran: drop its token
             req.num_computed = seq.start + len(seq.tokens)
-            new = result.tokens.get(seq.seq_id, [])
-            if not seq.sample:
+            if not seq.num_samples:
                 continue
-            if not new:
-                raise RuntimeError(f"the engine returned no token for sequence {seq.seq_id}, which asked for one")
-            out = self._append(req, new, result.logprobs.get(seq.seq_id))
-            if out is not None:
-                outputs.append(out)
+            new = result.tokens.get(seq.seq_id, [])
+            if len(new) != seq.num_samples:
+                raise RuntimeError(f"the engine returned {len(new)} tokens for sequence {seq.seq_id}, "
+                                   f"which asked for {seq.num_samples}")
+            outputs.append(self._append(req, new, result.logprobs.get(seq.seq_id)))
         return outputs
 
-    def _append(self, req: Request, tokens: list[int], logprobs: list[float] | None) -> RequestOutput | None:
+    def _append(self, req: Request, tokens: list[int], logprobs: list[float] | None) -> RequestOutput:
         p = req.params
         emitted: list[int] = []
         text = ""
@@ -332,8 +369,19 @@ class Scheduler:
                 tail, hit = req.stops.feed(req.detok.flush())
                 text += tail + ("" if hit else req.stops.flush())
             self._release(req)
+            del self.requests[req.request_id]
         req.text += text
-        return RequestOutput(req.request_id, emitted, text, req.finished, req.finish_reason, logprobs)
+        return RequestOutput(req.request_id, emitted, text, req.finished, req.finish_reason,
+                             logprobs[: len(emitted)] if logprobs is not None else None)
+
+    def _finish_now(self, req: Request, reason: str) -> None:
+        """Finish outside a step's update: the last delta goes out with the next update."""
+        req.finish_reason = reason
+        if req in self.waiting:
+            self.waiting.remove(req)
+        self._release(req)
+        del self.requests[req.request_id]
+        self._finals.append(RequestOutput(req.request_id, [], "", True, reason))
 
     def _enqueue(self, req: Request) -> None:
         bisect.insort(self.waiting, req, key=lambda r: r.rank)
@@ -351,5 +399,7 @@ class Scheduler:
             self.running.remove(req)
         if req.slot is not None:
             heapq.heappush(self.free_slots, req.slot)
-            self._freed.append(req.slot)
             req.slot = None
+        if req.announced:
+            self._released.append(req.request_id)
+            req.announced = False

@@ -1,12 +1,78 @@
-"""The step contract between the scheduler and an engine (see DESIGN.md).
+"""The step contract between the scheduler and an engine (docs/architecture.md).
 
 `schedule() -> StepPlan`, `engine.run(plan) -> StepResult`, `update(plan, result) -> outputs`.
 Plain data only, so the same plan crosses to numpy, to onnxruntime-web or to a test's hand.
+
+Who owns what:
+
+* The scheduler owns every row's KV length; engines keep no count of their own. A `SeqStep`
+  says where its tokens go: the row keeps positions `[0, start)` and the tokens are written at
+  `start, start + 1, ...`. Whatever the engine held past `start` is dropped, which is how a row
+  is rolled back (a rejected draft). Rows that hold a cache but feed nothing this step are listed
+  in `StepPlan.idle` with their valid length, so that an engine that pads them knows where
+  padding may land.
+* Per-request constants come once: `new_seqs` announces a request when it starts on a slot (its
+  sampling spec and adapter); `released` lists the requests that gave their slot up since the
+  last plan (finished, aborted or preempted), whose state the engine may drop. A request that
+  comes back after a preemption is announced again.
+* `copies` copy a prefix of one slot's cache into another before the step runs.
+* An engine says what it can run (`EngineCaps`); the scheduler plans within that.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+
+@dataclass(frozen=True)
+class SamplingSpec:
+    """How an engine picks a token from one position's logits: repetition penalty over the row's
+    tokens, then greedy (temperature 0) or temperature -> top-k -> top-p -> min-p -> the inverse
+    CDF at the step's draw, over the candidates in canonical order (logit descending, token id
+    ascending). `logprobs`: also return the picked token's log-probability (after the penalty,
+    before temperature). Every engine implements exactly this; tests/golden/sampling.json holds
+    the vectors they all must reproduce."""
+
+    temperature: float = 0.0
+    top_k: int = 0  # 0: no limit
+    top_p: float = 1.0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    logprobs: bool = False
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    @property
+    def plain_greedy(self) -> bool:
+        """An argmax over the raw logits is all it takes (no penalty, no logprob)."""
+        return self.temperature == 0.0 and self.repetition_penalty == 1.0 and not self.logprobs
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "SamplingSpec":
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class NewSeq:
+    """A request starting on a slot: what stays the same for every step it runs."""
+
+    seq_id: int
+    sampling: SamplingSpec
+    adapter: str | None = None
+
+
+@dataclass(frozen=True)
+class KVCopy:
+    """Before the step: positions [0, length) of slot `src`'s cache become those of slot `dst`."""
+
+    src: int
+    dst: int
+    length: int
 
 
 @dataclass
@@ -15,29 +81,80 @@ class SeqStep:
 
     seq_id: int
     slot: int  # KV-cache slot (batch row) the request owns
-    tokens: list[int]  # tokens fed this step (a prefill chunk or the last sampled token)
-    start: int  # position of tokens[0]: how many tokens the slot already holds
-    sample: bool  # sample a token after this step (False for a prefill chunk that is not the last)
-    sampling: dict[str, Any] = field(default_factory=dict)  # SamplingParams.engine_view()
-    draw: float = 0.0  # uniform draw for the sampled token (ignored when greedy)
-    history: list[int] | None = None  # prompt + output so far, sent only for repetition penalty
-    logprobs: bool = False
-    adapter: str | None = None
+    start: int  # the row's valid KV length before this step: tokens[0] goes to position `start`
+    tokens: list[int]  # tokens fed this step (a prefill chunk, the last sampled token, drafts)
+    num_samples: int = 0  # pick a token at each of the last `num_samples` positions of `tokens`
+    draws: list[float] = field(default_factory=list)  # one uniform draw per sample (empty when greedy)
 
 
 @dataclass
 class StepPlan:
     seqs: list[SeqStep]
-    freed_slots: list[int] = field(default_factory=list)
+    new_seqs: list[NewSeq] = field(default_factory=list)  # requests announced by this plan
+    released: list[int] = field(default_factory=list)  # seq ids that left their slot since the last plan
+    idle: dict[int, int] = field(default_factory=dict)  # slot -> valid length, for held slots feeding nothing
+    copies: list[KVCopy] = field(default_factory=list)
 
     @property
     def num_tokens(self) -> int:
         return sum(len(s.tokens) for s in self.seqs)
 
+    @property
+    def empty(self) -> bool:
+        """Nothing for an engine to do or to learn."""
+        return not (self.seqs or self.new_seqs or self.released or self.copies)
+
 
 @dataclass
 class StepResult:
-    """Per seq_id: the sampled tokens (empty when the step did not sample) and their logprobs."""
+    """Per seq_id: one token per sample asked for (empty when the step sampled nothing), and,
+    for requests whose spec asks, their log-probabilities."""
 
     tokens: dict[int, list[int]]
     logprobs: dict[int, list[float]] = field(default_factory=dict)
+
+
+PrefillBatch = Literal["fresh", "any", "none"]
+
+
+@dataclass(frozen=True)
+class EngineCaps:
+    """What an engine can run in one step. The scheduler plans from these; the engine refuses a
+    plan outside them.
+
+    * `padded_span`: a step runs as one padded batch over the contiguous span of slots its rows
+      occupy, so it costs (rows of the span) x (widest row) and idle rows in the span are fed
+      padding. Otherwise rows run one after another and a step costs the tokens it feeds.
+    * `prefill_batch`: which multi-token rows may share a step: "fresh" only rows that start from
+      an empty cache (with `padded_span`, every row of the span must be empty: onnxruntime's
+      GroupQueryAttention takes a multi-token step on top of earlier context one row at a time),
+      "any", or "none" (one multi-token row per step).
+    * `prefill_width`: the most tokens one row may feed in a step (None: the step budget).
+    * `multi_position_logits`: a row may ask for samples at several positions (verification).
+    * `adapters`: per-row LoRA adapters. `token_masks`: per-row allowed-token masks.
+    * `kv_copy`: the engine performs `StepPlan.copies`.
+    """
+
+    padded_span: bool = True
+    prefill_batch: PrefillBatch = "fresh"
+    prefill_width: int | None = None
+    multi_position_logits: bool = True
+    adapters: bool = False
+    token_masks: bool = False
+    kv_copy: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "EngineCaps":
+        known = set(cls.__dataclass_fields__)
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown engine capabilities {sorted(unknown)}")
+        caps = cls(**d)
+        if caps.prefill_batch not in ("fresh", "any", "none"):
+            raise ValueError(f"prefill_batch must be 'fresh', 'any' or 'none', not {caps.prefill_batch!r}")
+        if caps.prefill_width is not None and caps.prefill_width < 1:
+            raise ValueError("prefill_width must be >= 1")
+        return caps

@@ -14,23 +14,18 @@ from .sampling import SamplingParams
 from .scheduler import RequestOutput
 
 _llm: LLM | None = None
-_cancelled = False
 
 
-def cancel_all() -> None:
-    """Stop the streams in progress at their next token (their slots are freed at once)."""
-    global _cancelled
-    _cancelled = True
+def cancel_all() -> int:
+    """Stop every request in progress or queued (the page's stop button): their streams end
+    with finish_reason "abort" at the next step and their slots are freed. A stream started
+    after this call is not affected. Returns how many there were."""
+    return _llm.abort_all() if _llm is not None else 0
 
 
 def abort_all() -> int:
-    """Abort every request, running or queued: their streams end with finish_reason "abort" at the
-    next step (the host's close)."""
-    llm = _need()
-    live = [rid for rid, req in llm.scheduler.requests.items() if not req.finished]
-    for rid in live:
-        llm.scheduler.abort(rid)
-    return len(live)
+    """Abort every request, running or queued (the host's close); see cancel_all."""
+    return _need().abort_all()
 
 
 _OPTION_NAMES = {"maxTokens": "max_tokens", "topP": "top_p", "topK": "top_k", "minP": "min_p",
@@ -50,7 +45,8 @@ def start(model_dir: str, bridge: Any, options: str = "{}") -> str:
     """Create the model over `bridge`; returns JSON facts about it."""
     global _llm
     opts = json.loads(options)
-    engine = OrtWebEngine(load_manifest(model_dir), bridge, max_slots=int(opts.get("maxSlots", 4)),
+    engine = OrtWebEngine(load_manifest(model_dir), bridge, backend=str(opts.get("backend", "wasm")),
+                          dtype=opts.get("dtype"), max_slots=int(opts.get("maxSlots", 4)),
                           max_length=opts.get("maxLength"))
     _llm = LLM(engine=engine, max_tokens_per_step=int(opts.get("maxTokensPerStep", 256)))
     m = _llm.manifest
@@ -90,17 +86,13 @@ async def generate(prompt: str, options: str = "{}") -> str:
 async def stream(prompt: str, options: str, on_delta: Any, cancelled: Any = None) -> str:
     """Like generate, calling on_delta(json) for every delta ({text, tokenIds, finishReason});
     cancel_all(), or `cancelled()` (a host function) turning true, stops it at the next token."""
-    global _cancelled
     llm = _need()
     opts = json.loads(options)
     ids = llm.encode_prompt(json.loads(prompt), raw=bool(opts.get("raw")), system=opts.get("system"))
     params = _params(opts)
-    _cancelled = False
 
     def send(d: RequestOutput) -> None:
         on_delta(json.dumps({"text": d.text, "tokenIds": d.token_ids, "finishReason": d.finish_reason}))
 
-    def stop() -> bool:
-        return _cancelled or (cancelled is not None and bool(cancelled()))
-
+    stop = (lambda: bool(cancelled())) if cancelled is not None else None
     return _result(await llm.collect(ids, params, send, stop))

@@ -74,11 +74,9 @@ async function init({ modelUrl, backend, threads = 2, dtype = null }) {
     throw new Error(`could not load the model on ${backend}: ${e.message || e}` +
                     (/memory|alloc/i.test(String(e)) ? " (out of memory: try WASM or a smaller export)" : ""));
   }
-  // onnxruntime-web 1.30's WebGPU GroupQueryAttention returns wrong values for a step of 32 or
-  // more new tokens (checked against WASM on a 2-layer model: equal up to 31, off from 32), so
-  // prompts go to WebGPU in chunks of 16.
-  const maxTokensPerStep = backend === "webgpu" ? 16 : 256;
-  info = { ...JSON.parse(web.start("/model", bridge, JSON.stringify({ maxSlots: 2, maxTokensPerStep }))), ...cfg,
+  // The prompt chunk is the engine's to say (the bridge's capabilities: 16 tokens on WebGPU).
+  info = { ...JSON.parse(web.start("/model", bridge, JSON.stringify({ maxSlots: 2, maxTokensPerStep: 256, backend,
+                                                                      dtype: cfg.dtype }))), ...cfg,
            threads: ort.env.wasm.numThreads, crossOriginIsolated: self.crossOriginIsolated, fromCache,
            loadSeconds: (performance.now() - t0) / 1000 };
   return info;

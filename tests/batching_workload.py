@@ -31,6 +31,7 @@ def run_staggered(llm: LLM, prompts: list[str], params: list[SamplingParams], ar
     """Drive schedule -> engine -> update, adding request i at step arrive[i]."""
     s = llm.scheduler
     rids: dict[int, int] = {}
+    got: dict[int, list[int]] = {}
     step = 0
     while len(rids) < len(prompts) or s.has_work():
         for i, at in enumerate(arrive):
@@ -39,12 +40,10 @@ def run_staggered(llm: LLM, prompts: list[str], params: list[SamplingParams], ar
         if on_step is not None:
             on_step(step, rids)
         plan = s.schedule()
-        s.update(plan, llm.engine.run_sync(plan))
+        for o in s.update(plan, llm.engine.run_sync(plan)):
+            got.setdefault(o.request_id, []).extend(o.token_ids)
         step += 1
-    out = {i: s.requests[r].output_ids for i, r in rids.items()}
-    for r in rids.values():
-        s.requests.pop(r)
-    return out
+    return {i: got.get(r, []) for i, r in rids.items()}
 
 
 def workload(n: int = 32) -> tuple[list[str], list[int], list[int]]:

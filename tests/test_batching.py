@@ -44,17 +44,17 @@ def test_cancel_frees_the_slot_next_step_and_leaves_others_alone(llm: LLM) -> No
     def cancel(step: int, rids: dict[int, int]) -> None:
         if step == 10:
             req = s.requests[rids[3]]
-            seen["slot"] = req.slot
+            seen["slot"], seen["rid"] = req.slot, rids[3]
             s.abort(rids[3])
-        if step == 11:  # the plan made right after the abort hands the slot back to the engine
+        if step == 11:  # the slot is free for the next request at once
             seen["free_after"] = seen["slot"] in s.free_slots
 
-    plan_freed: list[list[int]] = []
+    plan_released: list[list[int]] = []
     orig = s.schedule
 
     def schedule():  # type: ignore[no-untyped-def]
         plan = orig()
-        plan_freed.append(list(plan.freed_slots))
+        plan_released.append(list(plan.released))
         return plan
 
     s.schedule = schedule  # type: ignore[method-assign]
@@ -62,7 +62,8 @@ def test_cancel_frees_the_slot_next_step_and_leaves_others_alone(llm: LLM) -> No
         out = run_staggered(llm, prompts, params, [0] * len(prompts), cancel)
     finally:
         del s.schedule
-    assert seen["slot"] is not None and seen["slot"] in plan_freed[10]
+    assert seen["slot"] is not None and seen["free_after"]
+    assert plan_released[10] == [seen["rid"]]  # the plan made right after the abort tells the engine
     for i in range(len(prompts)):
         if i == 3:
             assert 0 < len(out[i]) < 24 and out[i] == alone[i][: len(out[i])]

@@ -9,7 +9,7 @@ import pytest
 
 from realm_web import LLM, SamplingParams
 from realm_web.engines.ort_native import OrtNativeEngine
-from realm_web.step import SeqStep, StepPlan
+from realm_web.step import NewSeq, SamplingSpec, SeqStep, StepPlan
 
 torch = pytest.importorskip("torch")
 
@@ -82,11 +82,11 @@ def test_incremental_decode_matches_batch_prefill(model_dir: Path) -> None:
     """Feeding the prompt in chunks gives the same next token as one prefill (KV cache is right)."""
     eng = OrtNativeEngine(model_dir, dtype="fp32", max_length=128)
     ids = list(range(300, 340))
-    greedy = {"temperature": 0.0}
-    one = eng.run_sync(StepPlan([SeqStep(0, 0, ids, 0, True, greedy)])).tokens[0]
+    new = [NewSeq(0, SamplingSpec())]
+    one = eng.run_sync(StepPlan([SeqStep(0, 0, 0, ids, 1)], new_seqs=new)).tokens[0]
     for a, b in ((0, 13), (13, 30), (30, 39)):
-        eng.run_sync(StepPlan([SeqStep(0, 0, ids[a:b], a, False, greedy)]))
-    last = eng.run_sync(StepPlan([SeqStep(0, 0, ids[39:], 39, True, greedy)])).tokens[0]
+        eng.run_sync(StepPlan([SeqStep(0, 0, a, ids[a:b])]))
+    last = eng.run_sync(StepPlan([SeqStep(0, 0, 39, ids[39:], 1)])).tokens[0]
     assert one == last
 
 

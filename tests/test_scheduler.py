@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from realm_web import SamplingParams, Scheduler, SchedulerError, load_tokenizer
-from realm_web.step import StepResult
+from realm_web.step import EngineCaps, StepResult
 from realm_web.stream import IncrementalDetokenizer, StopStrings
 
 EOS = 2
@@ -27,7 +27,7 @@ def drive(s: Scheduler, script: dict[int, list[int]], max_steps: int = 200) -> d
         plan = s.schedule()
         tokens = {}
         for q in plan.seqs:
-            if q.sample:
+            if q.num_samples:
                 tokens[q.seq_id] = [script[q.seq_id][pos[q.seq_id]]]
                 pos[q.seq_id] += 1
             else:
@@ -92,22 +92,23 @@ def test_chunked_prefill_respects_budget_and_positions(tok) -> None:  # type: ig
     s = Scheduler(tok, eos_token_ids=[EOS], max_slots=3, max_length=256, max_tokens_per_step=16)
     a = s.add(list(range(10, 50)), SamplingParams(max_tokens=2))
     plan = s.schedule()
-    assert [(q.start, len(q.tokens), q.sample) for q in plan.seqs] == [(0, 16, False)]
+    assert [(q.start, len(q.tokens), bool(q.num_samples)) for q in plan.seqs] == [(0, 16, False)]
     s.update(plan, StepResult(tokens={a: []}))
     b = s.add([5, 6, 7], SamplingParams(max_tokens=2))
     c = s.add([8, 9], SamplingParams(max_tokens=2))
     plan = s.schedule()  # a's next chunk has context before it: it runs alone, a whole budget long
-    assert [(q.seq_id, q.start, len(q.tokens), q.sample) for q in plan.seqs] == [(a, 16, 16, False)]
+    assert [(q.seq_id, q.start, len(q.tokens), bool(q.num_samples)) for q in plan.seqs] == [(a, 16, 16, False)]
     s.update(plan, StepResult(tokens={a: []}))
     plan = s.schedule()
-    assert [(q.seq_id, q.start, len(q.tokens), q.sample) for q in plan.seqs] == [(a, 32, 8, True)]
+    assert [(q.seq_id, q.start, len(q.tokens), bool(q.num_samples)) for q in plan.seqs] == [(a, 32, 8, True)]
     s.update(plan, StepResult(tokens={a: [1]}))
     plan = s.schedule()  # a decodes, then b and c (fresh, whole) share one padded prefill step
     assert [(q.seq_id, q.tokens) for q in plan.seqs] == [(a, [1])]
     s.update(plan, StepResult(tokens={a: [EOS]}))
     plan = s.schedule()
-    assert [(q.seq_id, q.start, len(q.tokens), q.sample) for q in plan.seqs] == [(b, 0, 3, True), (c, 0, 2, True)]
-    assert len(plan.seqs) * 3 <= 16 and plan.freed_slots == [0]
+    assert [(q.seq_id, q.start, len(q.tokens), bool(q.num_samples)) for q in plan.seqs] == [(b, 0, 3, True), (c, 0, 2, True)]
+    assert len(plan.seqs) * 3 <= 16 and plan.released == [a]
+    assert [n.seq_id for n in plan.new_seqs] == [b, c]
 
 
 def test_long_prompt_stalls_a_decoding_stream_by_at_most_one_chunk(tok) -> None:  # type: ignore[no-untyped-def]
@@ -122,7 +123,7 @@ def test_long_prompt_stalls_a_decoding_stream_by_at_most_one_chunk(tok) -> None:
         ids = {q.seq_id for q in plan.seqs}
         kinds += "a" if ids == {a} else "b" if ids == {b} else "?"
         assert len(plan.seqs) * max(len(q.tokens) for q in plan.seqs) <= 8  # padded cost within budget
-        s.update(plan, StepResult(tokens={q.seq_id: [9] if q.sample else [] for q in plan.seqs}))
+        s.update(plan, StepResult(tokens={q.seq_id: [9] if q.num_samples else [] for q in plan.seqs}))
     # while b's 40-token prompt is pending (5 chunks of 8), decode and prefill steps take turns;
     # then both decode together
     assert kinds == "ababababab??", kinds
@@ -138,7 +139,7 @@ def test_abort_frees_slot_for_waiting_request(tok) -> None:  # type: ignore[no-u
     outs = s.update(plan, StepResult(tokens={a: [7]}))
     assert [(o.request_id, o.finish_reason) for o in outs] == [(a, "abort")]
     plan = s.schedule()
-    assert [q.seq_id for q in plan.seqs] == [b] and plan.seqs[0].slot == 0 and plan.freed_slots == [0]
+    assert [q.seq_id for q in plan.seqs] == [b] and plan.seqs[0].slot == 0 and plan.released == [a]
 
 
 def test_seeded_draws_are_reproducible_and_differ_by_seed(tok) -> None:  # type: ignore[no-untyped-def]
@@ -148,7 +149,7 @@ def test_seeded_draws_are_reproducible_and_differ_by_seed(tok) -> None:  # type:
         seen = []
         for _ in range(5):
             plan = s.schedule()
-            seen.append(plan.seqs[0].draw)
+            seen.append(plan.seqs[0].draws[0])
             s.update(plan, StepResult(tokens={rid: [40]}))
         return seen
 
@@ -191,7 +192,8 @@ def test_freed_slots_are_reused_lowest_first(tok) -> None:  # type: ignore[no-un
     s.update(plan, StepResult(tokens={i: [5] for i in ids}))  # all finish
     c = s.add([4, 5], SamplingParams(max_tokens=3))
     plan = s.schedule()
-    assert [(q.seq_id, q.slot) for q in plan.seqs] == [(c, 0)] and sorted(plan.freed_slots) == [0, 1, 2]
+    assert [(q.seq_id, q.slot) for q in plan.seqs] == [(c, 0)] and sorted(plan.released) == ids
+    assert not s.requests.keys() - {c}  # finished requests leave the scheduler with their last delta
 
 
 def test_priority_orders_the_queue_and_preempts(tok) -> None:  # type: ignore[no-untyped-def]
@@ -204,7 +206,7 @@ def test_priority_orders_the_queue_and_preempts(tok) -> None:  # type: ignore[no
     mid = s.add([4], SamplingParams(max_tokens=1))
     high = s.add([5, 6], SamplingParams(max_tokens=2), priority=5)
     plan = s.schedule()  # high takes the only slot from low; mid (same priority as low) waits
-    assert [q.seq_id for q in plan.seqs] == [high] and plan.freed_slots == [0]
+    assert [q.seq_id for q in plan.seqs] == [high] and plan.released == [low]
     assert s.requests[low].slot is None and s.requests[low].preemptions == 1
     assert [r.request_id for r in s.waiting] == [low, mid]  # low keeps its place (earlier arrival)
     s.update(plan, StepResult(tokens={high: [20]}))
@@ -215,45 +217,70 @@ def test_priority_orders_the_queue_and_preempts(tok) -> None:  # type: ignore[no
     steps = []
     for _ in range(3):
         plan = s.schedule()
-        steps += [(q.seq_id, q.start, q.tokens, q.sample) for q in plan.seqs]
-        s.update(plan, StepResult(tokens={low: [12] if plan.seqs[0].sample else []}))
+        steps += [(q.seq_id, q.start, q.tokens, bool(q.num_samples)) for q in plan.seqs]
+        s.update(plan, StepResult(tokens={low: [12] if plan.seqs[0].num_samples else []}))
     assert steps == [(low, 0, [1, 2, 3], False), (low, 3, [10], False), (low, 4, [11], True)]
     plan = s.schedule()
     assert [(q.seq_id, q.start, q.tokens) for q in plan.seqs] == [(low, 5, [12])]
-    s.update(plan, StepResult(tokens={low: [13]}))
-    assert s.requests[low].output_ids == [10, 11, 12, 13] and s.requests[low].finish_reason == "length"
+    (last,) = s.update(plan, StepResult(tokens={low: [13]}))
+    assert (last.request_id, last.token_ids, last.finish_reason) == (low, [13], "length")
+    assert low not in s.requests
     with pytest.raises(SchedulerError):
         s.add([1], SamplingParams(), priority="high")  # type: ignore[arg-type]
 
 
 class FakeModel:
-    """A hand-made engine that keeps each slot's cached tokens, checks every plan against them,
-    and 'samples' a token that depends on the whole sequence (so a lost, repeated or misplaced
-    token changes everything after it)."""
+    """A hand-made engine that follows the step contract with the scheduler's plans and checks
+    each against what it holds: every slot's cached tokens (a row continues exactly where its
+    cache ends, or starts a fresh one at 0), which requests were announced and released, the
+    idle rows' lengths, and the padded-span rules. It 'samples' a token that depends on the
+    whole sequence (so a lost, repeated or misplaced token changes everything after it)."""
 
     def __init__(self, s: Scheduler) -> None:
         self.s = s
         self.kv: dict[int, list[int]] = {i: [] for i in range(s.max_slots)}
+        self.known: set[int] = set()  # announced and not released
 
     def run(self, plan):  # type: ignore[no-untyped-def]
-        for slot in plan.freed_slots:
-            self.kv[slot] = []
+        for sid in plan.released:
+            assert sid in self.known, "released a request that was never announced"
+            self.known.discard(sid)
+        for n in plan.new_seqs:
+            assert n.seq_id not in self.known, "announced twice without a release"
+            assert n.sampling == self.s.requests[n.seq_id].params.spec()
+            self.known.add(n.seq_id)
+        ran = {q.slot for q in plan.seqs}
+        running = {r.slot: r for r in self.s.running}
+        for slot, n in plan.idle.items():  # idle rows: held caches of running requests that sit out
+            assert slot not in ran and slot in running and n == len(self.kv[slot]) > 0
+        assert all(r.slot in ran or r.slot in plan.idle or r.num_computed == 0 for r in self.s.running)
         tokens = {}
-        if plan.seqs:
+        caps = self.s.caps
+        assert all(len(q.tokens) <= self.s.chunk or len(q.tokens) == 1 for q in plan.seqs)
+        if plan.seqs and not caps.padded_span:  # rows run one by one: the step costs what it feeds
+            assert plan.num_tokens <= self.s.budget or len(plan.seqs) == 1 or all(len(q.tokens) == 1 for q in plan.seqs)
+            multi = [q for q in plan.seqs if len(q.tokens) > 1 or q.start == 0]
+            if caps.prefill_batch == "none":
+                assert len(multi) <= 1
+        if plan.seqs and caps.padded_span:
             lo, hi = min(q.slot for q in plan.seqs), max(q.slot for q in plan.seqs)
             width = max(len(q.tokens) for q in plan.seqs)
             assert (hi - lo + 1) * width <= self.s.budget or width == 1  # decode spans are 1 wide
             for slot in range(lo, hi + 1):  # every row of the span has room for the padding
-                assert len(self.kv[slot]) + width <= self.s.max_length
-            assert len({q.slot for q in plan.seqs}) == len(plan.seqs)
+                assert plan.idle.get(slot, 0) + width <= self.s.max_length
+            assert len(ran) == len(plan.seqs)
             if width > 1 and hi > lo:  # a shared prefill step: every row of the span starts empty
-                assert all(not self.kv[slot] for slot in range(lo, hi + 1))
+                assert all(q.start == 0 for q in plan.seqs) and not any(lo <= s <= hi for s in plan.idle)
             assert width == 1 or all(q.start + len(q.tokens) <= len(self.s.requests[q.seq_id].all_ids)
                                      for q in plan.seqs)
         for q in plan.seqs:
+            assert q.seq_id in self.known, "a request ran without being announced"
+            if q.start == 0:
+                self.kv[q.slot] = []
             assert q.start == len(self.kv[q.slot]), "a step must continue exactly where the cache ends"
             self.kv[q.slot] += q.tokens
-            tokens[q.seq_id] = [self.next_token(self.kv[q.slot])] if q.sample else []
+            assert len(q.draws) == (q.num_samples if not self.s.requests[q.seq_id].spec.greedy else 0)
+            tokens[q.seq_id] = [self.next_token(self.kv[q.slot])] if q.num_samples else []
         assert self.s.kv_used() <= self.s.kv_capacity
         return StepResult(tokens=tokens)
 
@@ -265,7 +292,12 @@ class FakeModel:
         return 3 + h % 500
 
 
-def test_random_traffic_matches_each_request_alone(tok) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("caps", [EngineCaps(), EngineCaps(padded_span=False, prefill_batch="any"),
+                                  EngineCaps(padded_span=False, prefill_batch="any", prefill_width=16),
+                                  EngineCaps(padded_span=False, prefill_batch="none"),
+                                  EngineCaps(padded_span=True, prefill_batch="none", prefill_width=8)],
+                         ids=["native", "bridge", "webgpu", "one-prompt", "padded-one-prompt"])
+def test_random_traffic_matches_each_request_alone(tok, caps: EngineCaps) -> None:  # type: ignore[no-untyped-def]
     import random
 
     rng = random.Random(7)
@@ -282,9 +314,11 @@ def test_random_traffic_matches_each_request_alone(tok) -> None:  # type: ignore
 
     for slots, budget, cap in ((1, 512, None), (4, 16, None), (8, 64, 200), (16, 37, 120)):
         s = Scheduler(tok, eos_token_ids=[1], max_slots=slots, max_length=120, max_tokens_per_step=budget,
-                      kv_capacity=cap)
+                      kv_capacity=cap, caps=caps)
         fake = FakeModel(s)
         rids: dict[int, int] = {}
+        got: dict[int, list[int]] = {}
+        reasons: dict[int, str | None] = {}
         aborted: set[int] = set()
         step = 0
         while len(rids) < len(specs) or s.has_work():
@@ -296,16 +330,21 @@ def test_random_traffic_matches_each_request_alone(tok) -> None:  # type: ignore
                 aborted.add(victim.request_id)
                 s.abort(victim.request_id)
             plan = s.schedule()
-            s.update(plan, fake.run(plan))
+            for o in s.update(plan, fake.run(plan)):
+                got.setdefault(o.request_id, []).extend(o.token_ids)
+                if o.finished:
+                    reasons[o.request_id] = o.finish_reason
             step += 1
             assert step < 5000
+        assert not s.requests and not fake.known  # every request finished, and was released
         for i, (prompt, n, _, _) in enumerate(specs):
-            req = s.requests[rids[i]]
-            if req.request_id in aborted:
-                assert req.finish_reason == "abort"
-                assert req.output_ids == alone(prompt, n)[: len(req.output_ids)]
+            rid = rids[i]
+            ids = got.get(rid, [])
+            if rid in aborted:
+                assert reasons[rid] == "abort"
+                assert ids == alone(prompt, n)[: len(ids)]
             else:
-                assert req.output_ids == alone(prompt, min(n, 120 - len(prompt))), (slots, budget, cap, i)
+                assert ids == alone(prompt, min(n, 120 - len(prompt))), (slots, budget, cap, i)
         if cap is not None:
             assert s.num_preemptions > 0  # the capacity limit really was exercised
         assert sorted(s.free_slots) == list(range(slots)) and not s.running and not s.waiting

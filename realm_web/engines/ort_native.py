@@ -13,8 +13,11 @@ logits per sampled request out (or, on CUDA with greedy requests, one token id e
 Bindings are redone only when the span changes.
 
 Rows of the span that the step does not schedule (free slots, requests waiting for their
-turn) are idle: they are fed padding that lands past their valid length, where the next real
-token overwrites it, so they cost compute but never change what a request sees.
+turn) are idle: they are fed padding that lands past their valid length (the plan's `idle`),
+where the next real token overwrites it, so they cost compute but never change what a request
+sees. The engine keeps no length of its own: each row's comes from the plan (`start`, `idle`),
+so a row rolls back by the plan starting it earlier. It keeps the tokens of each slot only for
+the repetition penalty, cut and extended by the plan the same way.
 """
 from __future__ import annotations
 
@@ -28,8 +31,14 @@ from typing import Any
 import numpy as np
 
 from ..manifest import Manifest, load_manifest
-from ..step import SeqStep, StepPlan, StepResult
-from .sampler import sample_token
+from ..step import EngineCaps, KVCopy, NewSeq, SamplingSpec, SeqStep, StepPlan, StepResult
+from .sampler import sample_positions
+
+# A padded batch over a contiguous span of slots; onnxruntime's GroupQueryAttention runs a
+# multi-token step on top of earlier context one row at a time, so rows share a prompt step only
+# when every row of the span starts empty.
+CAPS = EngineCaps(padded_span=True, prefill_batch="fresh", prefill_width=None, multi_position_logits=True,
+                  adapters=False, token_masks=False, kv_copy=True)
 
 def default_threads() -> int:
     try:
@@ -100,7 +109,12 @@ class OrtNativeEngine:
                 buf = np.zeros(shape, dtype=self.kv_dtype)
                 self.cache_ptrs.append(int(buf.ctypes.data))
             self._keep.append(buf)
-        self.lengths = np.zeros(max_slots, dtype=np.int64)  # valid tokens per slot
+        self.caps = CAPS
+        self.graph = m.graph
+        g = m.graph
+        self._kv_names = [(g.past(i, kv), g.present(i, kv)) for i in range(m.num_layers) for kv in ("key", "value")]
+        self._specs: dict[int, SamplingSpec] = {}  # seq id -> its sampling spec (from the plan's new_seqs)
+        self._tokens: list[list[int]] = [[] for _ in range(max_slots)]  # each slot's tokens (for the penalty)
         self.binding = self.session.io_binding()
         self._span: tuple[int, int] | None = None
         self.pad_id = int(m.eos_token_ids[0]) if m.eos_token_ids else 0
@@ -119,6 +133,8 @@ class OrtNativeEngine:
         if cuda_graph:
             self._plain_options.add_run_config_entry("gpu_graph_id", "-1")  # prompts: no capture
         self._logits_type = np.float16 if "float16" in self.session.get_outputs()[0].type else np.float32
+        self._logits_k = 1  # positions per row the bound logits output has (see _forward)
+        self._row_copier: tuple[Any, Any] | None = None
         # Every run happens on one thread: onnxruntime's CUDA provider keeps per-thread state
         # (handles, and the first-shape cost that warmup() pays), so a step must not land on a
         # thread that was never warmed. With step_thread (the default) that is a worker the
@@ -140,12 +156,11 @@ class OrtNativeEngine:
         shape = [hi - lo, *self.row_shape]
         bnd = self.binding
         bnd.clear_binding_outputs()
-        bnd.bind_output("logits", self.ort_device)  # output 0
-        for i in range(self.manifest.num_layers):
-            for j, kv in enumerate(("key", "value")):
-                ptr = self.cache_ptrs[2 * i + j] + lo * self.row_bytes
-                bnd.bind_input(f"past_key_values.{i}.{kv}", self.ort_device, 0, self.kv_dtype, shape, ptr)
-                bnd.bind_output(f"present.{i}.{kv}", self.ort_device, 0, self.kv_dtype, shape, ptr)
+        bnd.bind_output(self.graph.logits, self.ort_device)  # output 0
+        for (past, present), base in zip(self._kv_names, self.cache_ptrs):
+            ptr = base + lo * self.row_bytes
+            bnd.bind_input(past, self.ort_device, 0, self.kv_dtype, shape, ptr)
+            bnd.bind_output(present, self.ort_device, 0, self.kv_dtype, shape, ptr)
         self._span = (lo, hi)
 
     def _argmax_session(self) -> Any:
@@ -173,35 +188,118 @@ class OrtNativeEngine:
         return self._on_worker(self._run, plan)  # type: ignore[no-any-return]
 
     def _run(self, plan: StepPlan) -> StepResult:
-        for s in plan.freed_slots:
-            self.lengths[s] = 0
+        self._learn(plan)
         seqs = plan.seqs
         if not seqs:
             return StepResult(tokens={})
-        lo = min(q.slot for q in seqs)
-        hi = max(q.slot for q in seqs) + 1
-        width = max(len(q.tokens) for q in seqs)
+        lo, hi, width, k = self._take(seqs)
+        if width > 1 and len(seqs) > 1 and (any(q.start for q in seqs) or any(lo <= s < hi for s in plan.idle)):
+            raise ValueError("a multi-token step of several rows must span only empty slots (prefill_batch 'fresh')")
         if self.static_decode and width == 1:
             return self._static_decode(plan, hi)
         if self.bucket_shapes:
-            lo, hi, width = self._bucketed(seqs, lo, hi, width)
+            lo, hi, width = self._bucketed(plan, lo, hi, width)
         ids = np.full((hi - lo, width), self.pad_id, dtype=np.int64)
-        totals = self.lengths[lo:hi] + width  # idle rows: padding after their valid tokens
-        index = np.zeros((hi - lo, 1), dtype=np.int64)
+        totals = np.full(hi - lo, width, dtype=np.int64)  # idle rows: padding after their valid tokens
+        for slot, n in plan.idle.items():
+            if lo <= slot < hi:
+                totals[slot - lo] += n
+        index = np.zeros((hi - lo, k), dtype=np.int64)
         for q in seqs:
             r = q.slot - lo
-            ids[r, : len(q.tokens)] = q.tokens
+            n = len(q.tokens)
+            ids[r, :n] = q.tokens
             totals[r] = q.start + width
-            index[r, 0] = len(q.tokens) - 1
+            index[r, :] = n - 1  # the sampled positions first, the last one repeated after them
+            if q.num_samples > 1:
+                index[r, : q.num_samples] = np.arange(n - q.num_samples, n)
         logits = self._forward(lo, ids, totals, index)
-        for q in seqs:
-            self.lengths[q.slot] = q.start + len(q.tokens)
         return self._sample(plan, lo, logits)
+
+    def _take(self, seqs: list[SeqStep]) -> tuple[int, int, int, int]:
+        """Check each row against the slot it names and the context, cut the slot's tokens to
+        where the step starts and append what it feeds; returns the span, width and positions."""
+        lo, hi, width, k = self.max_slots, 0, 1, 1
+        tokens, limit = self._tokens, self.max_length
+        for q in seqs:
+            slot, start, n = q.slot, q.start, len(q.tokens)
+            if not 0 <= slot < self.max_slots:
+                raise ValueError(f"sequence {q.seq_id}: slot {slot} is not in [0, {self.max_slots})")
+            t = tokens[slot]
+            if start != len(t):
+                if start > len(t) or start < 0:
+                    raise ValueError(f"slot {slot} holds {len(t)} tokens but sequence {q.seq_id}'s step starts at {start}")
+                del t[start:]  # a rollback
+            if start + n > limit or n == 0:
+                raise ValueError(f"sequence {q.seq_id}: a step of {n} tokens from position {start} does not fit "
+                                 f"the context of {limit} tokens")
+            t.extend(q.tokens)
+            lo, hi = min(lo, slot), max(hi, slot + 1)
+            width, k = max(width, n), max(k, q.num_samples)
+        return lo, hi, width, k
+
+    def _learn(self, plan: StepPlan) -> None:
+        """The plan's news: requests gone, requests new (their constants), prefix copies."""
+        for sid in plan.released:
+            self._specs.pop(sid, None)
+        for n in plan.new_seqs:
+            self._announce(n)
+        for c in plan.copies:
+            self._copy(c)
+
+    def _announce(self, n: NewSeq) -> None:
+        if n.adapter is not None:
+            raise ValueError(f"sequence {n.seq_id}: this engine serves no LoRA adapters (asked for {n.adapter!r})")
+        self._specs[n.seq_id] = n.sampling
+
+    def _copy(self, c: KVCopy) -> None:
+        """Positions [0, length) of slot src's cache (and tokens) become those of slot dst."""
+        if not (0 <= c.src < self.max_slots and 0 <= c.dst < self.max_slots) or c.src == c.dst:
+            raise ValueError(f"a KV copy needs two different slots in [0, {self.max_slots}), not {c.src} -> {c.dst}")
+        if not 0 <= c.length <= len(self._tokens[c.src]):
+            raise ValueError(f"slot {c.src} holds {len(self._tokens[c.src])} tokens; cannot copy {c.length}")
+        if self.device == "cuda":
+            self._copy_rows_on_device(c.src, c.dst)
+        else:
+            for buf in self._keep:
+                buf[c.dst, :, : c.length] = buf[c.src, :, : c.length]
+        self._tokens[c.dst] = self._tokens[c.src][: c.length]
+
+    def _copy_rows_on_device(self, src: int, dst: int) -> None:
+        """Whole rows, one Identity per cache buffer in one run (positions past the copied
+        length are not valid in either row, so copying them too is harmless)."""
+        if self._row_copier is None:
+            self._row_copier = self._identity_session(len(self.cache_ptrs))
+        sess, bnd = self._row_copier
+        shape = [1, *self.row_shape]
+        for n, base in enumerate(self.cache_ptrs):
+            bnd.bind_input(f"x{n}", self.ort_device, 0, self.kv_dtype, shape, base + src * self.row_bytes)
+            bnd.bind_output(f"y{n}", self.ort_device, 0, self.kv_dtype, shape, base + dst * self.row_bytes)
+        sess.run_with_iobinding(bnd, self._plain_options)
+
+    def _identity_session(self, n: int) -> tuple[Any, Any]:
+        from onnx import TensorProto, helper
+
+        ft = TensorProto.FLOAT16 if self.kv_dtype == np.float16 else TensorProto.FLOAT
+        dims = [1, *self.row_shape]
+        g = helper.make_graph([helper.make_node("Identity", [f"x{i}"], [f"y{i}"]) for i in range(n)], "copy",
+                              [helper.make_tensor_value_info(f"x{i}", ft, dims) for i in range(n)],
+                              [helper.make_tensor_value_info(f"y{i}", ft, dims) for i in range(n)])
+        model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+        model.ir_version = 8
+        so = self.ort.SessionOptions()
+        so.log_severity_level = 3
+        sess = self.ort.InferenceSession(model.SerializeToString(), so,
+                                         providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+        return sess, sess.io_binding()
 
     def _static_decode(self, plan: StepPlan, hi: int) -> StepResult:
         rows = min(_pow2(hi), self.max_slots)
         ids = np.full((rows, 1), self.pad_id, dtype=np.int64)
-        totals = self.lengths[:rows] + 1  # idle rows: one pad after their valid tokens
+        totals = np.ones(rows, dtype=np.int64)  # idle rows: one pad after their valid tokens
+        for slot, n in plan.idle.items():
+            if slot < rows:
+                totals[slot] += n
         for q in plan.seqs:
             ids[q.slot, 0] = q.tokens[0]
             totals[q.slot] = q.start + 1
@@ -210,8 +308,6 @@ class OrtNativeEngine:
         st["ids"].update_inplace(ids)
         st["mask"].update_inplace(mask)
         self.session.run_with_iobinding(st["binding"], st["options"])
-        for q in plan.seqs:
-            self.lengths[q.slot] = q.start + 1
         return self._sample(plan, 0, st["logits"])
 
     def _make_static(self, rows: int) -> dict[str, Any]:
@@ -226,33 +322,33 @@ class OrtNativeEngine:
             "options": ort.RunOptions(),
         }
         bnd = st["binding"]
-        bnd.bind_ortvalue_input("input_ids", st["ids"])
-        bnd.bind_ortvalue_input("attention_mask", st["mask"])
-        bnd.bind_ortvalue_input("logits_index", st["index"])
-        bnd.bind_ortvalue_output("logits", st["logits"])
+        g = self.graph
+        bnd.bind_ortvalue_input(g.input_ids, st["ids"])
+        bnd.bind_ortvalue_input(g.attention_mask, st["mask"])
+        bnd.bind_ortvalue_input(g.logits_index, st["index"])
+        bnd.bind_ortvalue_output(g.logits, st["logits"])
         shape = [rows, *self.row_shape]
-        for i in range(self.manifest.num_layers):
-            for j, kv in enumerate(("key", "value")):
-                ptr = self.cache_ptrs[2 * i + j]
-                bnd.bind_input(f"past_key_values.{i}.{kv}", dev, 0, self.kv_dtype, shape, ptr)
-                bnd.bind_output(f"present.{i}.{kv}", dev, 0, self.kv_dtype, shape, ptr)
+        for (past, present), ptr in zip(self._kv_names, self.cache_ptrs):
+            bnd.bind_input(past, dev, 0, self.kv_dtype, shape, ptr)
+            bnd.bind_output(present, dev, 0, self.kv_dtype, shape, ptr)
         if self.cuda_graph:
             st["options"].add_run_config_entry("gpu_graph_id", str(len(self._static) + 1))
         self._static[rows] = st
         return st
 
-    def _bucketed(self, seqs: list[Any], lo: int, hi: int, width: int) -> tuple[int, int, int]:
+    def _bucketed(self, plan: StepPlan, lo: int, hi: int, width: int) -> tuple[int, int, int]:
         """Round the step's width and span up to powers of two where the extra positions and rows
         are harmless: padding must fit every row's context, and a multi-token step may only widen
         its span over empty slots (the attention kernel's rule for batched prompts)."""
+        seqs = plan.seqs
         w = _pow2(width) if width > 1 else 1
-        if int(self.lengths[lo:hi].max(initial=0)) + w > self.max_length or \
-                any(q.start + w > self.max_length for q in seqs):
+        held = [n for s, n in plan.idle.items() if lo <= s < hi]
+        if max(held, default=0) + w > self.max_length or any(q.start + w > self.max_length for q in seqs):
             w = width
         rows = _pow2(hi - lo)
         if rows > hi - lo and (lo + rows <= self.max_slots or hi - rows >= 0):
             extra = list(range(hi, lo + rows)) if lo + rows <= self.max_slots else list(range(hi - rows, lo))
-            if w == 1 or (all(q.start == 0 for q in seqs) and all(self.lengths[r] == 0 for r in extra)):
+            if w == 1 or (all(q.start == 0 for q in seqs) and not any(r in plan.idle for r in extra)):
                 lo, hi = min(lo, *extra), max(hi, max(extra) + 1)
         return lo, hi, w
 
@@ -270,7 +366,7 @@ class OrtNativeEngine:
         return int(self._on_worker(self._warmup, max_width))
 
     def _warmup(self, max_width: int) -> int:
-        if self.lengths.any():
+        if self._specs:
             raise RuntimeError("warmup() needs an idle engine")
         n = 0
         rows = 1
@@ -278,10 +374,7 @@ class OrtNativeEngine:
             width = 1
             while width <= min(max_width, self.max_length):
                 if width == 1 and self.static_decode:
-                    plan = StepPlan(seqs=[SeqStep(seq_id=0, slot=rows - 1, tokens=[self.pad_id], start=0, sample=True)])
-                    for _ in range(2):  # the first run of a graph id warms up, the next captures it
-                        self._static_decode(plan, rows)
-                    self.lengths[:] = 0
+                    self._warm_static(rows)
                     n += 1
                 elif rows == 1 or width == 1 or rows * width <= max_width:
                     ids = np.full((rows, width), self.pad_id, np.int64)
@@ -292,12 +385,20 @@ class OrtNativeEngine:
                 width *= 2
             rows *= 2
         if self.static_decode and self.max_slots not in self._static:  # max_slots not a power of two
-            plan = StepPlan(seqs=[SeqStep(seq_id=0, slot=self.max_slots - 1, tokens=[self.pad_id], start=0, sample=True)])
-            for _ in range(2):
-                self._static_decode(plan, self.max_slots)
-            self.lengths[:] = 0
+            self._warm_static(self.max_slots)
             n += 1
+        for t in self._tokens:
+            t.clear()
         return n
+
+    def _warm_static(self, rows: int) -> None:
+        """The first run of a graph id warms up, the next captures it."""
+        for _ in range(2):
+            plan = StepPlan(seqs=[SeqStep(seq_id=-1, slot=rows - 1, start=0, tokens=[self.pad_id], num_samples=1)],
+                            new_seqs=[NewSeq(-1, SamplingSpec())])
+            self._learn(plan)
+            self._static_decode(plan, rows)
+            self._specs.pop(-1)
 
     def _forward(self, lo: int, ids: np.ndarray, totals: np.ndarray, index: np.ndarray) -> Any:
         """One run over slots lo..lo+rows-1; returns the logits OrtValue (rows, k, vocab)."""
@@ -305,10 +406,13 @@ class OrtNativeEngine:
             raise ValueError(f"a step of width {ids.shape[1]} exceeds the context of {self.max_length} tokens")
         mask = (np.arange(int(totals.max()))[None, :] < totals[:, None]).astype(np.int64)
         self._bind_span(lo, lo + ids.shape[0])
-        bnd = self.binding
-        bnd.bind_cpu_input("input_ids", ids)
-        bnd.bind_cpu_input("attention_mask", mask)
-        bnd.bind_cpu_input("logits_index", index)
+        bnd, g = self.binding, self.graph
+        if self._logits_k != index.shape[1]:  # a new logits shape: onnxruntime allocates the output anew
+            bnd.bind_output(g.logits, self.ort_device)
+            self._logits_k = index.shape[1]
+        bnd.bind_cpu_input(g.input_ids, ids)
+        bnd.bind_cpu_input(g.attention_mask, mask)
+        bnd.bind_cpu_input(g.logits_index, index)
         self.session.run_with_iobinding(bnd, self._plain_options)
         return bnd.get_outputs()[0]
 
@@ -321,34 +425,48 @@ class OrtNativeEngine:
         n = len(token_ids)
         logits = self._forward(slot, np.array([token_ids], np.int64), np.array([n], np.int64),
                                np.arange(n, dtype=np.int64)[None])
-        self.lengths[slot] = n
+        self._tokens[slot] = list(token_ids)
         return np.array(logits.numpy()[0], dtype=np.float32)  # a copy: the output buffer is reused
 
     def _sample(self, plan: StepPlan, lo: int, logits_value: Any) -> StepResult:
+        """Tokens at each row's sampled positions; logits_value is (rows, k, vocab) with the
+        row's sampled positions first."""
         out: dict[int, list[int]] = {q.seq_id: [] for q in plan.seqs}
         lps: dict[int, list[float]] = {}
-        todo = [q for q in plan.seqs if q.sample]
+        todo = [q for q in plan.seqs if q.num_samples]
         if not todo:
             return StepResult(tokens=out)
-        fast = [q for q in todo if _plain_greedy(q.sampling) and not q.logprobs]
+        specs = self._specs
+        for q in todo:
+            if q.seq_id not in specs:
+                raise ValueError(f"sequence {q.seq_id} runs without having been announced in new_seqs")
+            if q.num_samples > len(q.tokens) or (q.draws and len(q.draws) != q.num_samples):
+                raise ValueError(f"sequence {q.seq_id}: {q.num_samples} samples and {len(q.draws)} draws "
+                                 f"for {len(q.tokens)} tokens")
+        fast = [q for q in todo if specs[q.seq_id].plain_greedy]
         if self._argmax is not None and len(fast) == len(todo):  # all greedy: pick on the device
-            picks = self._argmax.run_with_ort_values(["ids"], {"logits": logits_value})[0].numpy()[:, 0]
+            picks = self._argmax.run_with_ort_values(["ids"], {"logits": logits_value})[0].numpy()
             for q in todo:
-                out[q.seq_id] = [int(picks[q.slot - lo])]
+                out[q.seq_id] = [int(t) for t in picks[q.slot - lo, : q.num_samples]]
             return StepResult(tokens=out)
-        logits = logits_value.numpy()[:, 0]  # (rows, vocab)
+        logits = logits_value.numpy()  # (rows, k, vocab)
         if fast:
             rows = np.array([q.slot - lo for q in fast])
-            picks = np.argmax(logits[rows], axis=-1)
-            for q, t in zip(fast, picks):
-                out[q.seq_id] = [int(t)]
+            picks = np.argmax(logits[rows], axis=-1)  # (len(fast), k)
+            for q, p in zip(fast, picks):
+                out[q.seq_id] = [int(t) for t in p[: q.num_samples]]
         for q in todo:
             if out[q.seq_id]:
                 continue
-            tok, lp = sample_token(logits[q.slot - lo], q.sampling, q.draw, q.history, q.logprobs)
-            out[q.seq_id] = [tok]
+            spec = specs[q.seq_id]
+            hist = self._tokens[q.slot] if spec.repetition_penalty != 1.0 else None
+            first = q.start + len(q.tokens) - q.num_samples  # the first sampled position
+            toks, lp = sample_positions(logits[q.slot - lo, : q.num_samples], spec, q.draws,
+                                        [hist[: first + j + 1] if hist is not None else None
+                                         for j in range(q.num_samples)])
+            out[q.seq_id] = toks
             if lp is not None:
-                lps[q.seq_id] = [lp]
+                lps[q.seq_id] = lp
         return StepResult(tokens=out, logprobs=lps)
 
     async def run(self, plan: StepPlan) -> StepResult:
@@ -368,10 +486,6 @@ class OrtNativeEngine:
         self.binding.clear_binding_inputs()
         self.binding.clear_binding_outputs()
         self._keep.clear()
-
-
-def _plain_greedy(sampling: dict[str, Any]) -> bool:
-    return float(sampling.get("temperature", 0.0)) == 0.0 and float(sampling.get("repetition_penalty", 1.0)) == 1.0
 
 
 def _pow2(n: int) -> int:

@@ -1,17 +1,21 @@
-"""Web engine: onnxruntime-web driven from Pyodide through pyodide.ffi.
+"""Web engine: onnxruntime-web (or onnxruntime-node) driven from Pyodide through pyodide.ffi.
 
 The JavaScript half (wasm/src/bridge.mjs) owns the ORT session, the KV tensors of each slot
 (GPU buffers with WebGPU) and token selection over the logits; this half only turns a StepPlan
 into one JSON message and awaits one call per step, so no logits or cache ever become Python
 objects. Standard library only: it runs in Pyodide, where `bridge` is a JsProxy.
+
+The message carries only what the bridge does not know yet: requests announced (their sampling
+spec, once), requests released, prefix copies, and per row [seq_id, slot, start, tokens,
+num_samples, draws].
 """
 from __future__ import annotations
 
 import json
 from typing import Any
 
-from ..manifest import Manifest
-from ..step import StepPlan, StepResult
+from ..manifest import Manifest, Variant
+from ..step import EngineCaps, StepPlan, StepResult
 
 KV_TYPES = {"fp32": "float32", "fp16": "float16"}
 
@@ -21,26 +25,38 @@ def bridge_config(manifest: Manifest, dtype: str | None, backend: str) -> dict[s
     v = manifest.variant_for(backend, dtype)
     return {"file": v.file, "dtype": v.dtype, "kvDtype": KV_TYPES[v.kv_dtype], "backend": backend,
             "numLayers": manifest.num_layers, "kvHeads": manifest.num_kv_heads, "headDim": manifest.head_dim,
-            "vocabSize": manifest.vocab_size, "bytes": v.bytes}
+            "vocabSize": manifest.vocab_size, "bytes": v.bytes, "names": manifest.graph.names}
 
 
 class OrtWebEngine:
-    """Runs StepPlans through a bridge object whose `step(json)` returns a promise of JSON."""
+    """Runs StepPlans through a bridge object whose `step(json)` returns a promise of JSON and
+    whose `capabilities()` returns the JSON of its EngineCaps."""
 
-    def __init__(self, manifest: Manifest, bridge: Any, *, max_slots: int = 1, max_length: int | None = None) -> None:
+    step_thread = False
+
+    def __init__(self, manifest: Manifest, bridge: Any, *, backend: str = "wasm", dtype: str | None = None,
+                 max_slots: int = 1, max_length: int | None = None) -> None:
         self.manifest = manifest
         self.bridge = bridge
+        self.variant: Variant = manifest.variant_for(backend, dtype)
+        self.device = backend
+        self.caps = EngineCaps.from_json(json.loads(str(bridge.capabilities())))
         self.max_slots = max_slots
         self.max_length = min(max_length or manifest.max_length, manifest.max_length)
         self.kv_capacity = max_slots * self.max_length
         self.steps = 0
 
     async def run(self, plan: StepPlan) -> StepResult:
-        msg = json.dumps({"freed_slots": plan.freed_slots, "seqs": [
-            {"seq_id": q.seq_id, "slot": q.slot, "tokens": q.tokens, "start": q.start, "sample": q.sample,
-             "sampling": q.sampling, "draw": q.draw, "history": q.history, "logprobs": q.logprobs}
-            for q in plan.seqs]})
-        res = json.loads(str(await self.bridge.step(msg)))
+        msg: dict[str, Any] = {"seqs": [[q.seq_id, q.slot, q.start, q.tokens, q.num_samples, q.draws]
+                                        for q in plan.seqs]}
+        if plan.new_seqs:
+            msg["new"] = [{"id": n.seq_id, "sampling": n.sampling.to_json(), "adapter": n.adapter}
+                          for n in plan.new_seqs]
+        if plan.released:
+            msg["released"] = plan.released
+        if plan.copies:
+            msg["copies"] = [[c.src, c.dst, c.length] for c in plan.copies]
+        res = json.loads(str(await self.bridge.step(json.dumps(msg, separators=(",", ":")))))
         self.steps += 1
         return StepResult(tokens={int(k): [int(t) for t in v] for k, v in res["tokens"].items()},
                           logprobs={int(k): [float(x) for x in v] for k, v in res.get("logprobs", {}).items()})

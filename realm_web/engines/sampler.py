@@ -1,37 +1,56 @@
-"""Token selection from one row of logits, in numpy (see realm_web/sampling.py for the rule)."""
+"""Token selection from logits, in numpy: the rule of realm_web.step.SamplingSpec.
+
+wasm/src/bridge.mjs implements the same arithmetic in JavaScript; tests/golden/sampling.json
+holds vectors (logits, spec, draw, history -> token, logprob) that both must reproduce.
+"""
 from __future__ import annotations
 
-from typing import Any
+from typing import Sequence
 
 import numpy as np
 
+from ..step import SamplingSpec
 
-def sample_token(logits: np.ndarray, params: dict[str, Any], u: float,
-                 history: list[int] | None = None, want_logprob: bool = False) -> tuple[int, float | None]:
-    """Pick a token: penalty -> greedy or temperature/top-k/top-p/min-p + inverse CDF at draw u."""
+
+def sample_token(logits: np.ndarray, spec: SamplingSpec, u: float = 0.0,
+                 history: Sequence[int] | None = None) -> tuple[int, float | None]:
+    """Pick a token from one position's logits: penalty -> greedy or temperature / top-k / top-p /
+    min-p and the inverse CDF at draw `u`. Returns (token, its logprob if spec.logprobs)."""
     x = logits.astype(np.float32, copy=True)
-    rp = float(params.get("repetition_penalty", 1.0))
+    rp = spec.repetition_penalty
     if rp != 1.0 and history:
         idx = np.unique(np.asarray(history, dtype=np.int64))
         v = x[idx]
-        x[idx] = np.where(v > 0, v / rp, v * rp)
-    temp = float(params.get("temperature", 0.0))
-    if temp == 0.0:
+        x[idx] = np.where(v > 0, v / np.float32(rp), v * np.float32(rp))
+    if spec.temperature == 0.0:
         tok = int(np.argmax(x))
     else:
-        tok = _sample(x / temp, int(params.get("top_k", 0)), float(params.get("top_p", 1.0)),
-                      float(params.get("min_p", 0.0)), u)
+        tok = _pick(x / np.float32(spec.temperature), spec.top_k, spec.top_p, spec.min_p, u)
     lp = None
-    if want_logprob:
+    if spec.logprobs:
         m = float(x.max())
         lp = float(x[tok] - m - np.log(np.exp(x - m).sum()))
     return tok, lp
 
 
-def _sample(x: np.ndarray, top_k: int, top_p: float, min_p: float, u: float) -> int:
+def sample_positions(logits: np.ndarray, spec: SamplingSpec, draws: Sequence[float],
+                     histories: Sequence[Sequence[int] | None]) -> tuple[list[int], list[float] | None]:
+    """One token per row of `logits` (k, vocab): position j uses draw j (none when greedy) and
+    history j (the row's tokens up to and including that position)."""
+    toks: list[int] = []
+    lps: list[float] = []
+    for j in range(logits.shape[0]):
+        tok, lp = sample_token(logits[j], spec, draws[j] if draws else 0.0, histories[j])
+        toks.append(tok)
+        if lp is not None:
+            lps.append(lp)
+    return toks, (lps if spec.logprobs else None)
+
+
+def _pick(x: np.ndarray, top_k: int, top_p: float, min_p: float, u: float) -> int:
     """Canonical candidates (logit descending, id ascending; top-k keeps the lowest ids among
     ties), unnormalized weights exp(z - z0) in float64, a sequential cumulative sum, then top-p,
-    min-p and the inverse CDF at u. wasm/src/bridge.mjs does exactly the same arithmetic."""
+    min-p and the inverse CDF at u."""
     v = x.shape[0]
     k = v if top_k <= 0 else min(top_k, v)
     if k < v:

@@ -13,8 +13,9 @@ from typing import Callable
 
 from ..manifest import Manifest, Variant
 from .config import UnsupportedModelError
-from .graph import DTYPES, REFINE, build_decoder
-from .source import Source, detect_format, load_source
+from .graph import DTYPES, build_decoder, graph_spec
+from .load import detect_format, load_source
+from .source import Source
 
 __all__ = ["export_model", "UnsupportedModelError", "DTYPES", "variant_file"]
 
@@ -71,11 +72,12 @@ def export_model(src: str | os.PathLike[str], out_dir: str | os.PathLike[str], d
     out.mkdir(parents=True, exist_ok=True)
     variants: dict[str, Variant] = {}
     prefs = _preferred_by(dtypes)
+    spec = graph_spec()
     timings: dict[str, float] = {"read_s": round(time.perf_counter() - t0, 2)}
     for d in dtypes:
         t = time.perf_counter()
         say(f"building {d} graph ({cfg.num_layers} layers, hidden {cfg.hidden_size}, vocab {cfg.vocab_size})")
-        model = build_decoder(cfg, source.weights, d, max_len)
+        model = build_decoder(cfg, source.weights, d, max_len, spec)
         path = out / variant_file(d)
         tmp = path.with_suffix(".onnx.tmp")
         say(f"writing {path.name}")
@@ -100,18 +102,7 @@ def export_model(src: str | os.PathLike[str], out_dir: str | os.PathLike[str], d
         name=name or source.name,
         architecture=cfg.to_json(),
         variants=variants,
-        graph={
-            "layout": "gqa-v1",
-            "inputs": ["input_ids", "attention_mask", "past_key_values.{i}.key", "past_key_values.{i}.value",
-                       "logits_index"],
-            "outputs": ["logits", "present.{i}.key", "present.{i}.value"],
-            "kv_layout": ["batch", "kv_heads", "length", "head_dim"],
-            "padding": "right",  # attention_mask gives each row's length; rows are right-padded
-            "kv_share_buffer": True,  # past and present may be bound to one buffer of capacity max_length
-            "position_ids": "implicit",  # positions follow from the mask (GroupQueryAttention rotary)
-            "logits_index": True,  # (batch, k) positions of this step to compute logits for
-            "lm_head_refine": REFINE,
-        },
+        graph=spec,
         tokenizer="tokenizer.json",
         chat_template="chat_template.jinja" if source.chat_template else None,
         special_tokens={**specials, "bos_token_id": source.bos_token_id},

@@ -27,6 +27,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from ..manifest import GraphSpec
 from .config import ModelConfig
 from .quantize import NBits, concat_rows, quantize
 from .weights import BLOCK, Weight, dense
@@ -63,10 +64,11 @@ class _Graph:
 
 
 class _Builder:
-    def __init__(self, cfg: ModelConfig, weights: dict[str, Weight], dtype: str, max_length: int) -> None:
+    def __init__(self, cfg: ModelConfig, weights: dict[str, Weight], dtype: str, max_length: int,
+                 spec: GraphSpec) -> None:
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, not {dtype!r}")
-        self.cfg, self.w, self.dtype = cfg, weights, dtype
+        self.cfg, self.w, self.dtype, self.spec = cfg, weights, dtype, spec
         self.bits = {"int4": 4, "int8": 8}.get(dtype)
         self.max_length = max_length
         self.g = _Graph(TensorProto.FLOAT16 if dtype == "fp16" else TensorProto.FLOAT)
@@ -143,17 +145,17 @@ class _Builder:
         return self.g.node("GatherBlockQuantized", [data, ids, scales, zp], [out] if out else 1, domain=MS,
                            gather_axis=0, quantize_axis=1, block_size=BLOCK, bits=8)[0]
 
-    def lm_head(self, x: str) -> str:
+    def lm_head(self, x: str, out: str) -> str:
         g = self.g
         tied = self.cfg.tie_word_embeddings
         w = self.w["model.embed_tokens.weight" if tied else "lm_head.weight"]
         if self.bits is None:
             if tied and self.dtype == "fp32":
                 # One table for the lookup and the projection: x @ E^T without a transposed copy.
-                return g.node("FusedMatMul", [x, self.embed_name], ["logits"], domain=MS, transB=1, alpha=1.0)[0]
-            return g.node("MatMul", [x, g.floats("lm_head.weight", dense(w).T)], ["logits"])[0]
+                return g.node("FusedMatMul", [x, self.embed_name], [out], domain=MS, transB=1, alpha=1.0)[0]
+            return g.node("MatMul", [x, g.floats("lm_head.weight", dense(w).T)], [out])[0]
         if not tied:
-            return self.matmul_nbits(x, quantize(w, 8), "logits", None, 0)
+            return self.matmul_nbits(x, quantize(w, 8), out, None, 0)
         # int8 activations (fast) for the whole vocabulary, then the top REFINE candidates recomputed
         # in float from the same 8-bit table: greedy picks match a float head, at int8 cost.
         approx = self.matmul_nbits(x, self._embed_nbits, "/lm_head/approx", None, self.head_accuracy_level)
@@ -162,7 +164,7 @@ class _Builder:
         rows = self.gather_q8(idx)  # (B, S, REFINE, H)
         xe = g.node("Unsqueeze", [x, g.const("axes_m1", np.array([-1], np.int64))])[0]  # (B, S, H, 1)
         exact = g.node("Squeeze", [g.node("MatMul", [rows, xe])[0], g.const("axes_m1b", np.array([-1], np.int64))])[0]
-        return g.node("ScatterElements", [approx, idx, exact], ["logits"], axis=-1)[0]
+        return g.node("ScatterElements", [approx, idx, exact], [out], axis=-1)[0]
 
     def rotary_cache(self) -> tuple[str, str]:
         cfg = self.cfg
@@ -172,31 +174,31 @@ class _Builder:
         return self.g.floats("cos_cache", np.cos(freqs)), self.g.floats("sin_cache", np.sin(freqs))
 
     def build(self) -> onnx.ModelProto:
-        g, cfg = self.g, self.cfg
+        g, cfg, spec = self.g, self.cfg, self.spec
         ft = g.float_type
         kv_shape_past = ["batch_size", cfg.num_kv_heads, "past_sequence_length", cfg.head_dim]
         kv_shape_present = ["batch_size", cfg.num_kv_heads, "total_sequence_length", cfg.head_dim]
         inputs = [
-            helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch_size", "sequence_length"]),
-            helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch_size", "total_sequence_length"]),
+            helper.make_tensor_value_info(spec.input_ids, TensorProto.INT64, ["batch_size", "sequence_length"]),
+            helper.make_tensor_value_info(spec.attention_mask, TensorProto.INT64, ["batch_size", "total_sequence_length"]),
         ]
-        outputs = [helper.make_tensor_value_info("logits", ft, ["batch_size", "logits_length", cfg.vocab_size])]
+        outputs = [helper.make_tensor_value_info(spec.logits, ft, ["batch_size", "logits_length", cfg.vocab_size])]
         for i in range(cfg.num_layers):
             for kv in ("key", "value"):
-                inputs.append(helper.make_tensor_value_info(f"past_key_values.{i}.{kv}", ft, kv_shape_past))
-                outputs.append(helper.make_tensor_value_info(f"present.{i}.{kv}", ft, kv_shape_present))
-        inputs.append(helper.make_tensor_value_info("logits_index", TensorProto.INT64, ["batch_size", "logits_length"]))
+                inputs.append(helper.make_tensor_value_info(spec.past(i, kv), ft, kv_shape_past))
+                outputs.append(helper.make_tensor_value_info(spec.present(i, kv), ft, kv_shape_present))
+        inputs.append(helper.make_tensor_value_info(spec.logits_index, TensorProto.INT64, ["batch_size", "logits_length"]))
 
         # seqlens_k = valid length - 1 per row; total_sequence_length = mask width.
         one = g.const("one_i64", np.array(1, np.int64))
         axes1 = g.const("axes_1", np.array([1], np.int64))
-        lens = g.node("ReduceSum", ["attention_mask", axes1], keepdims=0)[0]
+        lens = g.node("ReduceSum", [spec.attention_mask, axes1], keepdims=0)[0]
         seqlens_k = g.node("Cast", [g.node("Sub", [lens, one])[0]], ["seqlens_k"], to=TensorProto.INT32)[0]
-        width = g.node("Gather", [g.node("Shape", ["attention_mask"])[0], one], axis=0)[0]
+        width = g.node("Gather", [g.node("Shape", [spec.attention_mask])[0], one], axis=0)[0]
         total = g.node("Cast", [width], ["total_seq_len"], to=TensorProto.INT32)[0]
         cos, sin = self.rotary_cache()
 
-        h = self.embed("input_ids")
+        h = self.embed(spec.input_ids)
         residual = h
         x = g.node("SimplifiedLayerNormalization", [h, self.norm_weight("model.layers.0.input_layernorm.weight")],
                    ["/layers.0/input_layernorm/output"], axis=-1, epsilon=cfg.rms_norm_eps, stash_type=1)[0]
@@ -205,8 +207,8 @@ class _Builder:
             qkv = self.linear(x, [p + f"self_attn.{n}_proj.weight" for n in "qkv"], f"/layers.{i}/attn/qkv",
                               [p + f"self_attn.{n}_proj.bias" for n in "qkv"])
             attn = g.node("GroupQueryAttention",
-                          [qkv, "", "", f"past_key_values.{i}.key", f"past_key_values.{i}.value", seqlens_k, total, cos, sin],
-                          [f"/layers.{i}/attn/output", f"present.{i}.key", f"present.{i}.value"], domain=MS,
+                          [qkv, "", "", spec.past(i, "key"), spec.past(i, "value"), seqlens_k, total, cos, sin],
+                          [f"/layers.{i}/attn/output", spec.present(i, "key"), spec.present(i, "value")], domain=MS,
                           num_heads=cfg.num_heads, kv_num_heads=cfg.num_kv_heads, do_rotary=1, rotary_interleaved=0,
                           scale=float(1.0 / np.sqrt(cfg.head_dim)))[0]
             o = self.linear(attn, [p + "self_attn.o_proj.weight"], f"/layers.{i}/attn/o_proj")
@@ -226,9 +228,9 @@ class _Builder:
         # Gather the positions named by logits_index (batch, k) -> x (batch, k, hidden). GatherND
         # with batch_dims=1 needs no shape arithmetic, so no node falls back to the CPU (which
         # CUDA graph capture requires).
-        idx = g.node("Unsqueeze", ["logits_index", g.const("axes_2", np.array([2], np.int64))])[0]
+        idx = g.node("Unsqueeze", [spec.logits_index, g.const("axes_2", np.array([2], np.int64))])[0]
         x = g.node("GatherND", [x, idx], batch_dims=1)[0]
-        self.lm_head(x)
+        self.lm_head(x, spec.logits)
         graph = helper.make_graph(g.nodes, "realm_web_decoder", inputs, outputs, g.inits)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid(MS, 1)],
                                   producer_name="realm-web")
@@ -236,7 +238,13 @@ class _Builder:
         return model
 
 
-def build_decoder(cfg: ModelConfig, weights: dict[str, Weight], dtype: str, max_length: int | None = None) -> onnx.ModelProto:
-    """The decoder graph for `dtype` (fp32, fp16, int8, int4)."""
-    return _Builder(cfg, weights, dtype, max_length or cfg.max_position_embeddings).build()
+def build_decoder(cfg: ModelConfig, weights: dict[str, Weight], dtype: str, max_length: int | None = None,
+                  spec: GraphSpec | None = None) -> onnx.ModelProto:
+    """The decoder graph for `dtype` (fp32, fp16, int8, int4), with the names of `spec`."""
+    return _Builder(cfg, weights, dtype, max_length or cfg.max_position_embeddings, spec or graph_spec()).build()
+
+
+def graph_spec() -> GraphSpec:
+    """The contract of the graphs this builder makes (written to realm.json)."""
+    return GraphSpec(layout="gqa-v1", kv_share_buffer=True, lm_head_refine=REFINE)
 

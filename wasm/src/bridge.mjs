@@ -4,7 +4,9 @@
 // calls `step(planJson)` once per step. This module owns what must stay out of Python: the ORT
 // session, each KV slot's tensors (on the GPU with WebGPU: outputs stay in GPU buffers and the
 // replaced ones are disposed) and the token-selection kernel over the logits, which never cross
-// into Python. It implements no scheduling, tokenization or stop rule.
+// into Python. It implements no scheduling, tokenization or stop rule, and keeps no count of a
+// row's length: each step's plan says where a row's tokens start (a row whose cache is longer is
+// cut back to that: a rollback). Graph input and output names come from realm.json.
 //
 // The same code drives onnxruntime-web (backend "wasm" or "webgpu") and onnxruntime-node (backend
 // "cpu": the same InferenceSession/Tensor API over native onnxruntime).
@@ -14,7 +16,12 @@
 // kv_heads, width, head_dim), right-padded: the attention mask gives each row its own length,
 // so GroupQueryAttention reads and appends each row at that row's own position (as the native
 // engine's padded batches do). The batch's `present` outputs are the next step's `past`; rows are
-// regathered (copied) only when the set of decoding sequences changes.
+// regathered (copied) only when the set of decoding sequences changes. Other rows (prompt chunks,
+// several positions, WebGPU) run one session.run each, all within the one awaited step.
+//
+// The plan message (realm_web/engines/ort_web.py): {seqs: [[seqId, slot, start, tokens,
+// numSamples, draws], ...], new?: [{id, sampling, adapter}], released?: [seqId], copies?:
+// [[src, dst, length]]}. The answer: {tokens: {seqId: [id, ...]}, logprobs: {seqId: [lp, ...]}}.
 
 const EMPTY = { float32: () => new Float32Array(0), float16: () => new Uint16Array(0) };
 
@@ -25,10 +32,10 @@ export class Bridge {
     const providers = { webgpu: ["webgpu", "wasm"], cpu: ["cpu"] };
     const opts = { executionProviders: providers[backend] || ["wasm"], graphOptimizationLevel: "all" };
     if (backend === "cpu" && cfg.threads) Object.assign(opts, { intraOpNumThreads: cfg.threads, interOpNumThreads: 1 });
+    const names = graphNames(cfg);
     if (backend === "webgpu") {
       opts.preferredOutputLocation = {};
-      for (let i = 0; i < cfg.numLayers; i++)
-        for (const kv of ["key", "value"]) opts.preferredOutputLocation[`present.${i}.${kv}`] = "gpu-buffer";
+      for (const [, present] of names.kv) opts.preferredOutputLocation[present] = "gpu-buffer";
     }
     const session = await ort.InferenceSession.create(model, opts);
     return new Bridge(ort, session, { ...cfg, backend });
@@ -38,87 +45,112 @@ export class Bridge {
     this.ort = ort;
     this.session = session;
     this.cfg = cfg;
-    this.slots = new Map(); // slot -> {length, past: {name: Tensor}, row, rows}: row `row` of `rows`
+    this.names = graphNames(cfg);
+    this.slots = new Map(); // slot -> {past: {name: Tensor}, row, rows}: row `row` of a batch of `rows`
+    this.owner = new Map(); // slot -> the seq id that last ran on it
+    this.tokens = new Map(); // slot -> the tokens in its cache (for the repetition penalty)
+    this.seqs = new Map(); // seq id -> its sampling spec (sent once, when it is announced)
     this.batching = cfg.batching ?? cfg.backend !== "webgpu";
+    // onnxruntime-web 1.30's WebGPU GroupQueryAttention returns wrong values for a step of 32 or
+    // more new tokens (checked against WASM on a 2-layer model: equal up to 31, off from 32).
+    this.prefillWidth = cfg.backend === "webgpu" ? 16 : null;
     this.timings = { steps: 0, runs: 0, batchedRuns: 0, maxRows: 0, rowsRun: 0, runMs: 0, sampleMs: 0, gatherMs: 0 };
     this.trace = null; // an array to record [enter, runStart, runEnd, exit] (ms since timeOrigin) per step
   }
 
-  pastFor(slot, start) {
-    const { numLayers, kvHeads, headDim, kvDtype } = this.cfg;
-    let st = this.slots.get(slot);
-    if (start === 0 && st) { this.release(slot); st = undefined; }
-    if (!st) {
-      if (start !== 0) throw new Error(`slot ${slot} holds no cache but the step starts at ${start}`);
-      const past = {};
-      for (let i = 0; i < numLayers; i++)
-        for (const kv of ["key", "value"])
-          past[`past_key_values.${i}.${kv}`] = new this.ort.Tensor(kvDtype, EMPTY[kvDtype](), [1, kvHeads, 0, headDim]);
-      st = { length: 0, past, row: 0, rows: 1 };
-      this.slots.set(slot, st);
-    }
-    if (st.length !== start) throw new Error(`slot ${slot} holds ${st.length} tokens but the step starts at ${start}`);
-    if (st.rows > 1) this.gather([slot]); // leaves a batch: its own cache again
+  /** What this engine runs in one step (realm_web.step.EngineCaps), as JSON. */
+  capabilities() {
+    return JSON.stringify({
+      padded_span: false, // rows run one session.run each (decode rows: one batched run)
+      prefill_batch: "any",
+      prefill_width: this.prefillWidth,
+      multi_position_logits: true,
+      adapters: false,
+      token_masks: false,
+      kv_copy: true,
+    });
+  }
+
+  /** A fresh single-row cache for `slot` (whatever it held is dropped). */
+  empty(slot) {
+    const { kvHeads, headDim, kvDtype } = this.cfg;
+    this.release(slot);
+    const past = {};
+    for (const [name] of this.names.kv) past[name] = new this.ort.Tensor(kvDtype, EMPTY[kvDtype](), [1, kvHeads, 0, headDim]);
+    const st = { past, row: 0, rows: 1 };
+    this.slots.set(slot, st);
     return st;
   }
 
-  /** Copy the caches of `slots` (in this order) into new shared tensors, right-padded to the
-   * longest; each slot's state then points at its row. CPU tensors only. */
-  gather(slots) {
-    const t0 = performance.now();
-    const { numLayers, kvHeads: H, headDim: D, kvDtype } = this.cfg;
-    const sts = slots.map((s) => this.slots.get(s));
-    const B = sts.length, W = Math.max(...sts.map((st) => st.length));
-    const past = {};
-    for (let i = 0; i < numLayers; i++)
-      for (const kv of ["key", "value"]) {
-        const name = `past_key_values.${i}.${kv}`;
-        const first = sts[0].past[name].data;
-        const dst = new first.constructor(B * H * W * D);
-        sts.forEach((st, b) => {
-          const src = st.past[name], sw = src.dims[2], data = src.data;
-          for (let h = 0; h < H; h++) {
-            const from = ((st.row * H + h) * sw) * D;
-            dst.set(data.subarray(from, from + st.length * D), ((b * H + h) * W) * D);
-          }
-        });
-        past[name] = new this.ort.Tensor(kvDtype, dst, [B, H, W, D]);
-      }
-    sts.forEach((st, b) => Object.assign(st, { past, row: b, rows: B }));
-    this.timings.gatherMs += performance.now() - t0;
+  /** The state of `slot`, holding exactly `start` positions in a single-row cache. */
+  async pastFor(slot, start) {
+    if (start === 0) return this.empty(slot);
+    const st = this.slots.get(slot);
+    if (!st) throw new Error(`slot ${slot} holds no cache but the step starts at ${start}`);
+    const held = st.past[this.names.kv[0][0]].dims[2];
+    if (start > held) throw new Error(`slot ${slot} holds ${held} positions but the step starts at ${start}`);
+    if (st.rows > 1 || held > start) { // leaves a batch, or rolls back: its own cache of `start` positions
+      const old = st.past;
+      Object.assign(st, { past: await this.build([st], [start]), row: 0, rows: 1 });
+      disposeGpu(old);
+    }
+    return st;
   }
 
-  /** One session.run that decodes one token for each of `seqs` (all past their prompt). */
-  async runBatch(seqs, out) {
-    const sts = seqs.map((q) => this.slots.get(q.slot));
-    sts.forEach((st, b) => {
-      if (st.length !== seqs[b].start) throw new Error(`slot ${seqs[b].slot} holds ${st.length} tokens but the step starts at ${seqs[b].start}`);
+  /** New cache tensors holding row `st.row` of each state's cache, its first `lengths[b]`
+   * positions, as row b of a batch right-padded to the longest. */
+  async build(sts, lengths) {
+    const t0 = performance.now();
+    const { kvHeads: H, headDim: D, kvDtype } = this.cfg;
+    const B = sts.length, W = Math.max(...lengths);
+    const past = {};
+    for (const [name] of this.names.kv) {
+      const datas = [];
+      for (const st of sts) datas.push(await tensorData(st.past[name]));
+      const dst = new datas[0].constructor(B * H * W * D);
+      sts.forEach((st, b) => {
+        const src = st.past[name], sw = src.dims[2], data = datas[b];
+        if (lengths[b] > sw) throw new Error(`a cache of ${sw} positions cannot give ${lengths[b]}`);
+        for (let h = 0; h < H; h++) {
+          const from = ((st.row * H + h) * sw) * D;
+          dst.set(data.subarray(from, from + lengths[b] * D), ((b * H + h) * W) * D);
+        }
+      });
+      past[name] = new this.ort.Tensor(kvDtype, dst, [B, H, W, D]);
+    }
+    this.timings.gatherMs += performance.now() - t0;
+    return past;
+  }
+
+  /** One session.run that decodes one token for each of `rows` (all past their prompt). */
+  async runBatch(rows, out) {
+    const sts = rows.map((q) => {
+      const st = this.slots.get(q.slot);
+      if (!st) throw new Error(`slot ${q.slot} holds no cache but the step starts at ${q.start}`);
+      return st;
     });
-    const B = seqs.length;
-    if (!sts.every((st, b) => st.past === sts[0].past && st.row === b && st.rows === B)) this.gather(seqs.map((q) => q.slot));
+    const B = rows.length;
+    if (!sts.every((st, b) => st.past === sts[0].past && st.row === b && st.rows === B)) {
+      const past = await this.build(sts, rows.map((q) => q.start));
+      sts.forEach((st, b) => Object.assign(st, { past, row: b, rows: B }));
+    }
     const past = sts[0].past;
-    const W = past["past_key_values.0.key"].dims[2];
+    const W = past[this.names.kv[0][0]].dims[2];
+    rows.forEach((q) => { if (q.start > W) throw new Error(`slot ${q.slot} holds ${W} positions but the step starts at ${q.start}`); });
+    const n = this.names;
     const feeds = { ...past };
-    feeds.input_ids = new this.ort.Tensor("int64", BigInt64Array.from(seqs, (q) => BigInt(q.tokens[0])), [B, 1]);
+    feeds[n.input_ids] = new this.ort.Tensor("int64", BigInt64Array.from(rows, (q) => BigInt(q.tokens[0])), [B, 1]);
     const mask = new BigInt64Array(B * (W + 1));
-    seqs.forEach((q, b) => mask.fill(1n, b * (W + 1), b * (W + 1) + q.start + 1));
-    feeds.attention_mask = new this.ort.Tensor("int64", mask, [B, W + 1]);
-    feeds.logits_index = new this.ort.Tensor("int64", new BigInt64Array(B), [B, 1]);
+    rows.forEach((q, b) => mask.fill(1n, b * (W + 1), b * (W + 1) + q.start + 1));
+    feeds[n.attention_mask] = new this.ort.Tensor("int64", mask, [B, W + 1]);
+    feeds[n.logits_index] = new this.ort.Tensor("int64", new BigInt64Array(B), [B, 1]);
     const t0 = performance.now();
     const res = await this.session.run(feeds);
     const t1 = performance.now();
     const next = {};
-    for (let i = 0; i < this.cfg.numLayers; i++)
-      for (const kv of ["key", "value"]) next[`past_key_values.${i}.${kv}`] = res[`present.${i}.${kv}`];
-    sts.forEach((st, b) => Object.assign(st, { past: next, length: seqs[b].start + 1, row: b, rows: B }));
-    const V = res.logits.dims[2], all = res.logits.data;
-    seqs.forEach((q, b) => {
-      if (!q.sample) { out.tokens[q.seq_id] = []; return; }
-      const logits = toFloat32({ type: res.logits.type, data: all.subarray(b * V, (b + 1) * V) });
-      const [tok, lp] = sampleToken(logits, q.sampling, q.draw, q.history, q.logprobs);
-      out.tokens[q.seq_id] = [tok];
-      if (lp !== null) out.logprobs[q.seq_id] = [lp];
-    });
+    for (const [name, present] of n.kv) next[name] = res[present];
+    sts.forEach((st, b) => Object.assign(st, { past: next, row: b, rows: B }));
+    rows.forEach((q, b) => this.sample(q, res[n.logits], b, out));
     Object.assign(this.timings, { runs: this.timings.runs + 1, batchedRuns: this.timings.batchedRuns + 1,
                                   maxRows: Math.max(this.timings.maxRows, B), rowsRun: this.timings.rowsRun + B,
                                   runMs: this.timings.runMs + (t1 - t0),
@@ -126,16 +158,69 @@ export class Bridge {
     return [t0, t1];
   }
 
+  /** One session.run for one row (a prompt chunk, or any row when not batching). */
+  async runRow(q, out) {
+    const st = await this.pastFor(q.slot, q.start);
+    const n = q.tokens.length, k = Math.max(1, q.numSamples), names = this.names;
+    const feeds = { ...st.past };
+    feeds[names.input_ids] = new this.ort.Tensor("int64", BigInt64Array.from(q.tokens, BigInt), [1, n]);
+    feeds[names.attention_mask] = new this.ort.Tensor("int64", new BigInt64Array(q.start + n).fill(1n), [1, q.start + n]);
+    feeds[names.logits_index] = new this.ort.Tensor("int64", BigInt64Array.from({ length: k }, (_, j) => BigInt(n - k + j)), [1, k]);
+    const t0 = performance.now();
+    const res = await this.session.run(feeds);
+    const t1 = performance.now();
+    const old = st.past;
+    st.past = {};
+    for (const [name, present] of names.kv) st.past[name] = res[present];
+    disposeGpu(old);
+    this.sample(q, res[names.logits], 0, out);
+    this.timings.runs += 1;
+    this.timings.rowsRun += 1;
+    this.timings.maxRows = Math.max(this.timings.maxRows, 1);
+    this.timings.runMs += t1 - t0;
+    this.timings.sampleMs += performance.now() - t1;
+    return [t0, t1];
+  }
+
+  /** The row's tokens at its sampled positions, from row b of logits (batch, k, vocab). */
+  sample(q, logits, b, out) {
+    if (!q.numSamples) { out.tokens[q.seqId] = []; return; }
+    const spec = this.seqs.get(q.seqId);
+    const [, K, V] = logits.dims, all = logits.data;
+    const hist = spec.repetition_penalty !== 1.0 ? this.tokens.get(q.slot) : null;
+    const first = q.start + q.tokens.length - q.numSamples;
+    const toks = [], lps = [];
+    for (let j = 0; j < q.numSamples; j++) {
+      const at = (b * K + j) * V;
+      const row = toFloat32({ type: logits.type, data: all.subarray(at, at + V) });
+      const [tok, lp] = sampleToken(row, spec, q.draws.length ? q.draws[j] : 0, hist ? hist.slice(0, first + j + 1) : null);
+      toks.push(tok);
+      if (lp !== null) lps.push(lp);
+    }
+    out.tokens[q.seqId] = toks;
+    if (spec.logprobs) out.logprobs[q.seqId] = lps;
+  }
+
   release(slot) {
     const st = this.slots.get(slot);
     if (!st) return;
-    for (const t of Object.values(st.past)) if (t.location === "gpu-buffer") t.dispose();
+    if (st.rows === 1) disposeGpu(st.past);
     this.slots.delete(slot);
   }
 
-  /** One step: `plan` (JSON) lists per sequence its slot, tokens, start and sampling; returns
-   * JSON {tokens: {seq_id: [id]}, logprobs: {...}}. Sequences run one after another, each on
-   * its own slot's cache (one awaited call from Python covers them all). */
+  /** Positions [0, length) of `src`'s cache (and tokens) become `dst`'s. */
+  async copy(src, dst, length) {
+    const s = this.slots.get(src);
+    const held = s ? s.past[this.names.kv[0][0]].dims[2] : 0;
+    if (src === dst || length > held || length < 0) throw new Error(`cannot copy ${length} positions of slot ${src} (it holds ${held}) to slot ${dst}`);
+    const past = await this.build([s], [length]);
+    this.release(dst);
+    this.slots.set(dst, { past, row: 0, rows: 1 });
+    this.tokens.set(dst, (this.tokens.get(src) || []).slice(0, length));
+  }
+
+  /** One step: see the plan message above. Rows run one after another (decode rows batched),
+   * all within this one awaited call from Python. */
   step(planJson) {
     const run = this._step(planJson);
     this.running = run.catch(() => {});
@@ -146,51 +231,54 @@ export class Bridge {
     const tEnter = performance.now();
     let tRun0 = tEnter, tRun1 = tEnter;
     const plan = JSON.parse(planJson);
-    for (const s of plan.freed_slots) this.release(s);
+    for (const id of plan.released || []) {
+      const spec = this.seqs.get(id);
+      this.seqs.delete(id);
+      if (spec && this.owner.get(spec.slot) === id) { this.release(spec.slot); this.owner.delete(spec.slot); }
+    }
+    for (const n of plan.new || []) {
+      if (n.adapter != null) throw new Error(`sequence ${n.id}: this engine serves no LoRA adapters (asked for ${n.adapter})`);
+      this.seqs.set(n.id, { ...n.sampling, slot: null });
+    }
+    for (const [src, dst, length] of plan.copies || []) await this.copy(src, dst, length);
+    const rows = plan.seqs.map(([seqId, slot, start, tokens, numSamples, draws]) => ({ seqId, slot, start, tokens, numSamples, draws }));
+    this.take(rows);
     const out = { tokens: {}, logprobs: {} };
-    const { numLayers } = this.cfg;
     this.timings.steps += 1;
-    const decoding = this.batching ? plan.seqs.filter((q) => q.tokens.length === 1 && q.start > 0) : [];
-    let seqs = plan.seqs;
+    const decoding = this.batching ? rows.filter((q) => q.tokens.length === 1 && q.start > 0) : [];
+    let rest = rows;
     if (decoding.length > 1) {
       [tRun0, tRun1] = await this.runBatch(decoding, out);
-      seqs = plan.seqs.filter((q) => !decoding.includes(q));
+      rest = rows.filter((q) => !decoding.includes(q));
     }
-    for (const q of seqs) {
-      const st = this.pastFor(q.slot, q.start);
-      const n = q.tokens.length;
-      const feeds = { ...st.past };
-      feeds.input_ids = new this.ort.Tensor("int64", BigInt64Array.from(q.tokens, BigInt), [1, n]);
-      feeds.attention_mask = new this.ort.Tensor("int64", new BigInt64Array(q.start + n).fill(1n), [1, q.start + n]);
-      feeds.logits_index = new this.ort.Tensor("int64", BigInt64Array.from([BigInt(n - 1)]), [1, 1]);
-      const t0 = performance.now();
-      const res = await this.session.run(feeds);
-      const t1 = performance.now();
+    for (const q of rest) {
+      const [t0, t1] = await this.runRow(q, out);
       if (tRun0 === tEnter) tRun0 = t0;
       tRun1 = t1;
-      const past = {};
-      for (let i = 0; i < numLayers; i++)
-        for (const kv of ["key", "value"]) past[`past_key_values.${i}.${kv}`] = res[`present.${i}.${kv}`];
-      for (const t of Object.values(st.past)) if (t.location === "gpu-buffer") t.dispose();
-      st.past = past;
-      st.length = q.start + n;
-      if (q.sample) {
-        const logits = toFloat32(res.logits);
-        const [tok, lp] = sampleToken(logits, q.sampling, q.draw, q.history, q.logprobs);
-        out.tokens[q.seq_id] = [tok];
-        if (lp !== null) out.logprobs[q.seq_id] = [lp];
-      } else {
-        out.tokens[q.seq_id] = [];
-      }
-      this.timings.runs += 1;
-      this.timings.rowsRun += 1;
-      this.timings.maxRows = Math.max(this.timings.maxRows, 1);
-      this.timings.runMs += t1 - t0;
-      this.timings.sampleMs += performance.now() - t1;
     }
     const json = JSON.stringify(out);
     this.trace?.push([tEnter, tRun0, tRun1, performance.now()]);
     return json;
+  }
+
+  /** Check each row against what its slot holds and this engine's capabilities; cut each
+   * slot's tokens to where the row starts and append what it feeds. */
+  take(rows) {
+    const width = this.prefillWidth ?? Infinity;
+    for (const q of rows) {
+      const spec = this.seqs.get(q.seqId);
+      if (!spec) throw new Error(`sequence ${q.seqId} runs without having been announced`);
+      if (q.tokens.length === 0 || q.tokens.length > width) throw new Error(`sequence ${q.seqId}: ${q.tokens.length} tokens in one step (at most ${width} on ${this.cfg.backend})`);
+      if (q.numSamples > q.tokens.length || (q.draws.length && q.draws.length !== q.numSamples))
+        throw new Error(`sequence ${q.seqId}: ${q.numSamples} samples and ${q.draws.length} draws for ${q.tokens.length} tokens`);
+      let t = this.tokens.get(q.slot);
+      if (!t || q.start === 0) { t = []; this.tokens.set(q.slot, t); }
+      if (q.start > t.length) throw new Error(`slot ${q.slot} holds ${t.length} tokens but the step starts at ${q.start}`);
+      t.length = q.start;
+      for (const id of q.tokens) t.push(id);
+      spec.slot = q.slot;
+      this.owner.set(q.slot, q.seqId);
+    }
   }
 
   async dispose() {
@@ -198,6 +286,26 @@ export class Bridge {
     for (const s of [...this.slots.keys()]) this.release(s);
     await this.session.release();
   }
+}
+
+/** Graph names from realm.json (cfg.names, by role), per-layer names expanded. */
+function graphNames(cfg) {
+  const n = cfg.names || {};
+  const need = ["input_ids", "attention_mask", "logits_index", "logits", "past_key", "past_value", "present_key", "present_value"];
+  const missing = need.filter((r) => typeof n[r] !== "string");
+  if (missing.length) throw new Error(`the model's graph names lack ${missing.join(", ")} (realm.json graph.names)`);
+  const kv = [];
+  for (let i = 0; i < cfg.numLayers; i++)
+    for (const k of ["key", "value"]) kv.push([n[`past_${k}`].replaceAll("{i}", i), n[`present_${k}`].replaceAll("{i}", i)]);
+  return { input_ids: n.input_ids, attention_mask: n.attention_mask, logits_index: n.logits_index, logits: n.logits, kv };
+}
+
+async function tensorData(t) {
+  return t.location === "gpu-buffer" ? await t.getData() : t.data;
+}
+
+function disposeGpu(past) {
+  for (const t of Object.values(past)) if (t.location === "gpu-buffer") t.dispose();
 }
 
 function toFloat32(t) {
@@ -214,20 +322,22 @@ function halfToFloat(h) {
   return s * (1 + m / 1024) * 2 ** (e - 15);
 }
 
-// Token selection: the same rule, in the same order and precision, as
-// realm_web/engines/sampler.py (see realm_web/sampling.py): repetition penalty, then greedy, or
-// temperature -> candidates in canonical order (logit descending, id ascending) -> top-k ->
-// top-p -> min-p -> inverse CDF at the draw u over unnormalized exp weights.
-export function sampleToken(logits, p, u, history, wantLogprob) {
+// Token selection: the rule of realm_web.step.SamplingSpec, in the same order and precision as
+// realm_web/engines/sampler.py: repetition penalty, then greedy, or temperature -> candidates in
+// canonical order (logit descending, id ascending) -> top-k -> top-p -> min-p -> inverse CDF at
+// the draw u over unnormalized exp weights. tests/golden/sampling.json holds the vectors both
+// must reproduce (wasm/test/sampling.test.mjs, tests/test_sampling.py). `p` is the spec (all
+// fields present); returns [token, logprob or null].
+export function sampleToken(logits, p, u, history) {
   const f = Math.fround;
   let x = logits;
-  const rp = p.repetition_penalty ?? 1.0;
+  const rp = p.repetition_penalty;
   if (rp !== 1.0 && history && history.length) {
     x = Float32Array.from(logits);
     const r = f(rp); // numpy divides float32 by float32: round the factor first (exact after)
     for (const id of new Set(history)) x[id] = x[id] > 0 ? f(x[id] / r) : f(x[id] * r);
   }
-  const temp = p.temperature ?? 0.0;
+  const temp = p.temperature;
   let tok;
   if (temp === 0) {
     tok = 0;
@@ -236,10 +346,10 @@ export function sampleToken(logits, p, u, history, wantLogprob) {
     const y = new Float32Array(x.length);
     const t = f(temp);
     for (let i = 0; i < x.length; i++) y[i] = f(x[i] / t);
-    tok = pick(y, p.top_k ?? 0, p.top_p ?? 1.0, p.min_p ?? 0.0, u);
+    tok = pick(y, p.top_k, p.top_p, p.min_p, u);
   }
   let lp = null;
-  if (wantLogprob) {
+  if (p.logprobs) {
     let m = -Infinity;
     for (let i = 0; i < x.length; i++) if (x[i] > m) m = x[i];
     let s = 0;

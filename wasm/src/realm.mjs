@@ -221,11 +221,13 @@ export class Realm {
     } catch (e) { throw fail("runtime", `cannot load ${file} on ${engine}: ${e.message}`, e); }
     // What the core awaits once per step: the bridge, watched so that a runtime failure (which ends
     // the core's step loop) fails the requests in flight instead of leaving them waiting forever.
-    const host = { onError: null, step: (json) => bridge.step(json).catch((e) => { host.onError?.(e); throw e; }) };
+    const host = { onError: null, step: (json) => bridge.step(json).catch((e) => { host.onError?.(e); throw e; }),
+                   capabilities: () => bridge.capabilities() };
     let facts;
     try {
       facts = JSON.parse(web.start("/model", host, JSON.stringify({ maxSlots: o.maxSlots ?? 8, maxLength: o.maxLength ?? null,
-                                                                     maxTokensPerStep: o.maxTokensPerStep ?? 256 })));
+                                                                     maxTokensPerStep: o.maxTokensPerStep ?? 256,
+                                                                     backend: ENGINES[engine], dtype: cfg.dtype })));
     } catch (e) { await bridge.dispose(); throw fromPython(e); }
     const info = { name: facts.name, engine, dtype: cfg.dtype, file, modelDir, threads, maxSlots: o.maxSlots ?? 8,
                    maxLength: facts.max_length, vocabSize: cfg.vocabSize, eosTokenIds: facts.eos_token_ids,

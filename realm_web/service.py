@@ -1,0 +1,68 @@
+"""The service interface between a front end (the HTTP/WebSocket server) and a model.
+
+`realm_web.LLM` implements it in this process; a deployment that serves the model from
+elsewhere (Ray Serve replicas) implements the same one, so the server does not change.
+Standard library only.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol, Sequence
+
+from .sampling import SamplingParams
+from .scheduler import RequestOutput
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What clients may be told about the served model."""
+
+    id: str
+    max_length: int
+    vocab_size: int
+    dtype: str
+    device: str
+    created: int = 0  # unix time the export was made
+    architecture: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ServiceStats:
+    """The load right now: requests holding a slot, requests queued, KV tokens in use."""
+
+    running: int
+    waiting: int
+    kv_used: int
+    kv_capacity: int
+
+
+Sink = Callable[[RequestOutput], None]
+
+
+class ModelService(Protocol):
+    """A model that streams completions to many callers at once."""
+
+    @property
+    def info(self) -> ModelInfo: ...
+
+    def encode_prompt(self, prompt: Any, *, system: str | None = None, raw: bool = False) -> list[int]:
+        """Token ids of a prompt (text, chat messages, or ids); ValueError when it is unusable."""
+        ...
+
+    def token_texts(self, ids: Sequence[int]) -> list[str]:
+        """Each token's text (its bytes decoded alone, undecodable bytes replaced)."""
+        ...
+
+    def submit(self, prompt_ids: Sequence[int], params: SamplingParams, sink: Sink, *, priority: int = 0,
+               adapter: str | None = None) -> int:
+        """Start a request; `sink` gets its deltas (the last has `finished`). Returns its id.
+        Raises SchedulerError (or another ValueError) at once for one that can never run."""
+        ...
+
+    def abort(self, request_id: int) -> None:
+        """Stop a request; its sink gets a last delta with finish_reason "abort"."""
+        ...
+
+    def stats(self) -> ServiceStats: ...
+
+    def close(self) -> None: ...
