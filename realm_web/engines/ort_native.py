@@ -192,9 +192,7 @@ class OrtNativeEngine:
         seqs = plan.seqs
         if not seqs:
             return StepResult(tokens={})
-        lo, hi, width, k = self._take(seqs)
-        if width > 1 and len(seqs) > 1 and (any(q.start for q in seqs) or any(lo <= s < hi for s in plan.idle)):
-            raise ValueError("a multi-token step of several rows must span only empty slots (prefill_batch 'fresh')")
+        lo, hi, width, k = self._take(plan)
         if self.static_decode and width == 1:
             return self._static_decode(plan, hi)
         if self.bucket_shapes:
@@ -216,26 +214,32 @@ class OrtNativeEngine:
         logits = self._forward(lo, ids, totals, index)
         return self._sample(plan, lo, logits)
 
-    def _take(self, seqs: list[SeqStep]) -> tuple[int, int, int, int]:
-        """Check each row against the slot it names and the context, cut the slot's tokens to
-        where the step starts and append what it feeds; returns the span, width and positions."""
+    def _take(self, plan: StepPlan) -> tuple[int, int, int, int]:
+        """Check the plan's rows against the slots they name, the context and CAPS; then cut
+        each slot's tokens to where its row starts and append what it feeds. Returns the span,
+        the width and the positions per row to compute logits for."""
+        seqs = plan.seqs
         lo, hi, width, k = self.max_slots, 0, 1, 1
         tokens, limit = self._tokens, self.max_length
         for q in seqs:
             slot, start, n = q.slot, q.start, len(q.tokens)
             if not 0 <= slot < self.max_slots:
                 raise ValueError(f"sequence {q.seq_id}: slot {slot} is not in [0, {self.max_slots})")
-            t = tokens[slot]
-            if start != len(t):
-                if start > len(t) or start < 0:
-                    raise ValueError(f"slot {slot} holds {len(t)} tokens but sequence {q.seq_id}'s step starts at {start}")
-                del t[start:]  # a rollback
+            if not 0 <= start <= len(tokens[slot]):
+                raise ValueError(f"slot {slot} holds {len(tokens[slot])} tokens but sequence {q.seq_id}'s "
+                                 f"step starts at {start}")
             if start + n > limit or n == 0:
                 raise ValueError(f"sequence {q.seq_id}: a step of {n} tokens from position {start} does not fit "
                                  f"the context of {limit} tokens")
-            t.extend(q.tokens)
             lo, hi = min(lo, slot), max(hi, slot + 1)
             width, k = max(width, n), max(k, q.num_samples)
+        if width > 1 and len(seqs) > 1 and (any(q.start for q in seqs) or any(lo <= s < hi for s in plan.idle)):
+            raise ValueError("a multi-token step of several rows must span only empty slots (prefill_batch 'fresh')")
+        for q in seqs:
+            t = tokens[q.slot]
+            if len(t) != q.start:
+                del t[q.start:]  # a rollback, or a fresh start
+            t.extend(q.tokens)
         return lo, hi, width, k
 
     def _learn(self, plan: StepPlan) -> None:
@@ -458,12 +462,9 @@ class OrtNativeEngine:
         for q in todo:
             if out[q.seq_id]:
                 continue
-            spec = specs[q.seq_id]
-            hist = self._tokens[q.slot] if spec.repetition_penalty != 1.0 else None
             first = q.start + len(q.tokens) - q.num_samples  # the first sampled position
-            toks, lp = sample_positions(logits[q.slot - lo, : q.num_samples], spec, q.draws,
-                                        [hist[: first + j + 1] if hist is not None else None
-                                         for j in range(q.num_samples)])
+            toks, lp = sample_positions(logits[q.slot - lo, : q.num_samples], specs[q.seq_id], q.draws,
+                                        self._tokens[q.slot], first)
             out[q.seq_id] = toks
             if lp is not None:
                 lps[q.seq_id] = lp

@@ -34,13 +34,16 @@ def sample_token(logits: np.ndarray, spec: SamplingSpec, u: float = 0.0,
 
 
 def sample_positions(logits: np.ndarray, spec: SamplingSpec, draws: Sequence[float],
-                     histories: Sequence[Sequence[int] | None]) -> tuple[list[int], list[float] | None]:
-    """One token per row of `logits` (k, vocab): position j uses draw j (none when greedy) and
-    history j (the row's tokens up to and including that position)."""
+                     row_tokens: Sequence[int] | None = None, first: int = 0) -> tuple[list[int], list[float] | None]:
+    """One token per row of `logits` (k, vocab), the logits of k consecutive positions of one
+    cache row, the first of them at position `first`. Position j uses draw j (no draws when
+    greedy) and, for the repetition penalty, the row's tokens up to and including its own
+    position (`row_tokens[: first + j + 1]`). Returns the tokens and, if the spec asks, logprobs."""
     toks: list[int] = []
     lps: list[float] = []
     for j in range(logits.shape[0]):
-        tok, lp = sample_token(logits[j], spec, draws[j] if draws else 0.0, histories[j])
+        hist = row_tokens[: first + j + 1] if row_tokens is not None and spec.repetition_penalty != 1.0 else None
+        tok, lp = sample_token(logits[j], spec, draws[j] if draws else 0.0, hist)
         toks.append(tok)
         if lp is not None:
             lps.append(lp)

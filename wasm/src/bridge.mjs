@@ -186,19 +186,12 @@ export class Bridge {
   sample(q, logits, b, out) {
     if (!q.numSamples) { out.tokens[q.seqId] = []; return; }
     const spec = this.seqs.get(q.seqId);
-    const [, K, V] = logits.dims, all = logits.data;
-    const hist = spec.repetition_penalty !== 1.0 ? this.tokens.get(q.slot) : null;
-    const first = q.start + q.tokens.length - q.numSamples;
-    const toks = [], lps = [];
-    for (let j = 0; j < q.numSamples; j++) {
-      const at = (b * K + j) * V;
-      const row = toFloat32({ type: logits.type, data: all.subarray(at, at + V) });
-      const [tok, lp] = sampleToken(row, spec, q.draws.length ? q.draws[j] : 0, hist ? hist.slice(0, first + j + 1) : null);
-      toks.push(tok);
-      if (lp !== null) lps.push(lp);
-    }
+    const [, K, V] = logits.dims;
+    const rows = Array.from({ length: q.numSamples }, (_, j) =>
+      toFloat32({ type: logits.type, data: logits.data.subarray((b * K + j) * V, (b * K + j + 1) * V) }));
+    const [toks, lps] = samplePositions(rows, spec, q.draws, this.tokens.get(q.slot), q.start + q.tokens.length - q.numSamples);
     out.tokens[q.seqId] = toks;
-    if (spec.logprobs) out.logprobs[q.seqId] = lps;
+    if (lps) out.logprobs[q.seqId] = lps;
   }
 
   release(slot) {
@@ -308,7 +301,8 @@ function disposeGpu(past) {
   for (const t of Object.values(past)) if (t.location === "gpu-buffer") t.dispose();
 }
 
-function toFloat32(t) {
+/** Logits of one position as a Float32Array (fp16 tensors hold uint16 bits). */
+export function toFloat32(t) {
   if (t.type === "float32") return t.data;
   const h = t.data, f = new Float32Array(h.length);
   for (let i = 0; i < h.length; i++) f[i] = halfToFloat(h[i]);
@@ -320,6 +314,21 @@ function halfToFloat(h) {
   if (e === 0) return s * m * 2 ** -24;
   if (e === 31) return m ? NaN : s * Infinity;
   return s * (1 + m / 1024) * 2 ** (e - 15);
+}
+
+/** One token per entry of `rows` (the Float32Array logits of consecutive positions of one cache
+ * row, the first at position `first`): position j uses draws[j] (none when greedy) and, for the
+ * repetition penalty, the row's tokens up to its own position (`rowTokens.slice(0, first + j +
+ * 1)`). Returns [tokens, logprobs or null]; realm_web/engines/sampler.py's sample_positions. */
+export function samplePositions(rows, spec, draws, rowTokens, first) {
+  const toks = [], lps = [];
+  rows.forEach((x, j) => {
+    const hist = rowTokens && spec.repetition_penalty !== 1.0 ? rowTokens.slice(0, first + j + 1) : null;
+    const [tok, lp] = sampleToken(x, spec, draws.length ? draws[j] : 0, hist);
+    toks.push(tok);
+    if (lp !== null) lps.push(lp);
+  });
+  return [toks, spec.logprobs ? lps : null];
 }
 
 // Token selection: the rule of realm_web.step.SamplingSpec, in the same order and precision as

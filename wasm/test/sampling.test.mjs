@@ -1,0 +1,28 @@
+// The JavaScript token-selection kernel (wasm/src/bridge.mjs) reproduces every golden vector of
+// tests/golden/sampling.json, the same file the numpy kernel is held to (tests/test_sampling.py):
+// seeded sampling gives the same tokens in the browser, in Node and natively.
+import test from "node:test";
+import assert from "node:assert/strict";
+import fs from "node:fs";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { samplePositions, toFloat32 } from "realm-web/bridge";
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const golden = JSON.parse(fs.readFileSync(path.join(here, "..", "..", "tests", "golden", "sampling.json"), "utf8"));
+
+test("the golden file is there and not empty", () => {
+  assert.ok(golden.cases.length > 100);
+});
+
+for (const c of golden.cases) {
+  test(`golden ${c.name}`, () => {
+    const rows = c.logits.map((r) => c.dtype === "float16"
+      ? toFloat32({ type: "float16", data: Uint16Array.from(r) })
+      : Float32Array.from(r));
+    const [toks, lps] = samplePositions(rows, c.spec, c.draws, c.tokens, c.first);
+    assert.deepEqual(toks, c.expect.tokens);
+    if (c.expect.logprobs === null) assert.equal(lps, null);
+    else c.expect.logprobs.forEach((lp, i) => assert.ok(Math.abs(lps[i] - lp) < 1e-4, `logprob ${i}: ${lps[i]} vs ${lp}`));
+  });
+}
