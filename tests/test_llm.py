@@ -152,3 +152,55 @@ def test_collect_cancels_a_request_still_waiting_for_a_slot(model_dir: Path) -> 
     assert q.finish_reason == "abort" and q.token_ids == []
     assert long.finish_reason == "length" and len(long.token_ids) == 120
     assert q.timings["total_s"] < long.timings["total_s"]  # it did not wait for the slot
+
+
+def test_an_adapter_is_refused_until_an_engine_serves_them(llm: LLM) -> None:
+    from realm_web.engine import UnsupportedError
+
+    assert not llm.engine.caps.adapters
+    with pytest.raises(UnsupportedError, match="adapter"):
+        llm.generate("What is the capital of France?", max_tokens=4, adapter="sql")
+
+    async def stream() -> None:
+        async for _ in llm.stream("What is the capital of France?", max_tokens=4, adapter="sql"):
+            pass
+
+    with pytest.raises(UnsupportedError):
+        asyncio.run(stream())
+    with pytest.raises(UnsupportedError):
+        asyncio.run(llm.agenerate("Hi", max_tokens=2, adapter="sql"))
+    assert not llm.scheduler.requests  # nothing was queued
+
+
+def test_web_stop_racing_a_new_stream_stops_the_old_one(llm: LLM) -> None:
+    """realm_web.web (the entry points of the browser worker and Node), on the native engine:
+    cancel_all() stops the streams in flight even when a new stream starts right after it, and
+    leaves that new stream alone."""
+    import json
+
+    from realm_web import web
+
+    web._llm = llm
+    try:
+        async def main() -> tuple[dict, dict, int]:  # type: ignore[type-arg]
+            first = asyncio.Event()
+            deltas: list[str] = []
+
+            def on_delta(d: str) -> None:
+                deltas.append(d)
+                first.set()
+
+            a = asyncio.ensure_future(web.stream(json.dumps("Count to one hundred."),
+                                                 json.dumps({"maxTokens": 200, "ignoreEos": True}), on_delta))
+            await first.wait()
+            n = web.cancel_all()
+            b = asyncio.ensure_future(web.stream(json.dumps("What is the capital of France?"),
+                                                 json.dumps({"maxTokens": 12}), lambda d: None))
+            return json.loads(await a), json.loads(await b), n
+
+        a, b, n = asyncio.run(main())
+    finally:
+        web._llm = None
+    assert n == 1
+    assert a["finishReason"] == "abort" and 0 < len(a["tokenIds"]) < 200
+    assert b["finishReason"] in ("stop", "length") and "Paris" in b["text"]

@@ -1,6 +1,7 @@
-"""The server's side of the engine: admits API requests (tenant limits, context), runs their
-choices as streams over the shared LLM, keeps metrics, and drains on shutdown. HTTP and
-WebSocket handlers both go through it, so every request shares one continuous-batching loop."""
+"""The server's side of the model: admits API requests (tenant limits, context), runs their
+choices as streams over the ModelService (the LLM in this process), keeps metrics, and drains
+on shutdown. HTTP and WebSocket handlers both go through it, so every request shares one
+continuous-batching loop."""
 from __future__ import annotations
 
 import asyncio
@@ -9,7 +10,8 @@ import logging
 import time
 from typing import Any, AsyncIterator
 
-from ..scheduler import RequestOutput, SchedulerError
+from ..scheduler import RequestOutput
+from ..service import ModelService
 from .config import ServerConfig, Tenant
 from .errors import ApiError, bad_request
 from .limits import Limiter, LimitExceeded, Ticket
@@ -31,16 +33,18 @@ class Job:
         self.completion_tokens = 0
         self.finish: dict[int, str | None] = {}
         self.status = "ok"
+        self.service: ModelService | None = None
         self._closed = False
 
     def start(self) -> None:
-        """Submit every choice (a SchedulerError here means the request can never run)."""
-        llm = self.hub.llm
+        """Submit every choice (a ValueError here, such as a SchedulerError, means the request
+        can never run)."""
+        service = self.service = self.hub.model
         try:
             for index, ids, params in self.req.choices:
-                self.rids.append(llm.submit(ids, params, functools.partial(self._sink, index),
-                                            priority=self.tenant.priority, adapter=self.req.adapter))
-        except SchedulerError as e:
+                self.rids.append(service.submit(ids, params, functools.partial(self._sink, index),
+                                                priority=self.tenant.priority, adapter=self.req.adapter))
+        except ValueError as e:
             self.status = "error"
             self.close()
             raise bad_request(str(e)) from None
@@ -84,7 +88,8 @@ class Job:
     def cancel(self) -> None:
         """Abort every unfinished choice; each ends with finish_reason "abort"."""
         for rid in self.rids:
-            self.hub.llm.abort(rid)
+            assert self.service is not None  # set by start(), before any rid
+            self.service.abort(rid)
 
     def close(self) -> None:
         if self._closed:
@@ -98,28 +103,43 @@ class Hub:
     def __init__(self, config: ServerConfig, metrics: Metrics) -> None:
         self.config = config
         self.metrics = metrics
-        self.llm: Any = None
+        self.service: ModelService | None = None
         self.model_id = ""
         self.limiter = Limiter()
         self.jobs: set[Job] = set()
         self.draining = False
         self.load_error: str | None = None
 
-    def attach(self, llm: Any) -> None:
-        self.llm = llm
-        self.model_id = llm.manifest.name
-        self.metrics.watch(llm.scheduler)
+    def attach(self, service: ModelService) -> None:
+        self.service = service
+        self.model_id = service.info.id
+        self.metrics.watch(service.stats)
 
     @property
     def ready(self) -> bool:
-        return self.llm is not None and not self.draining
+        return self.service is not None and not self.draining
 
-    def check_ready(self) -> None:
+    @property
+    def model(self) -> ModelService:
+        """The served model; ApiError 503 while it loads, failed to load, or the server drains."""
         if self.draining:
             raise ApiError(503, "the server is shutting down", code="shutting_down")
-        if self.llm is None:
+        if self.service is None:
             msg = f"the model failed to load: {self.load_error}" if self.load_error else "the model is loading"
             raise ApiError(503, msg, code="model_not_ready", headers={"Retry-After": "2"})
+        return self.service
+
+    def health(self) -> dict[str, Any]:
+        """status: "ok", "loading", "error" (the model failed to load) or "draining"; the load."""
+        out: dict[str, Any] = {"status": "ok", "model": self.model_id, "running": 0, "waiting": 0}
+        if self.draining:
+            out["status"] = "draining"
+        elif self.service is None:
+            out.update(status="error" if self.load_error else "loading", error=self.load_error)
+        if self.service is not None:
+            st = self.service.stats()
+            out.update(running=st.running, waiting=st.waiting)
+        return out
 
     def check_model(self, tenant: Tenant, model: str) -> None:
         if model != self.model_id or not tenant.allows_model(model):
@@ -128,9 +148,9 @@ class Hub:
 
     def submit(self, tenant: Tenant, req: GenRequest, endpoint: str) -> Job:
         """Admit and start a request, or raise ApiError (400 context, 404 model, 429 limits, 503)."""
-        self.check_ready()
+        info = self.model.info
         self.check_model(tenant, req.model)
-        fit_context(req, self.llm.engine.max_length, tenant.max_tokens)
+        fit_context(req, info.max_length, tenant.max_tokens)
         cost = req.prompt_tokens() * req.n + len(req.prompts) * req.n * req.params.max_tokens
         try:
             ticket = self.limiter.admit(tenant, cost, time.monotonic())

@@ -1,7 +1,9 @@
 """Prometheus metrics of one server (its own registry, so several apps can live in one process)."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
+
+from ..service import ServiceStats
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 
@@ -28,14 +30,12 @@ class Metrics:
         self.kv_usage = Gauge("realm_kv_cache_usage_ratio", "KV tokens in use / KV capacity", registry=r)
         self.kv_tokens = Gauge("realm_kv_cache_tokens", "KV tokens in use", registry=r)
 
-    def watch(self, scheduler: Any) -> None:
-        """Read the live gauges from the scheduler at each scrape."""
-        def f(fn: Callable[[], float]) -> Callable[[], float]:
-            return fn
-        self.running.set_function(f(lambda: len(scheduler.running)))
-        self.waiting.set_function(f(lambda: len(scheduler.waiting)))
-        self.kv_tokens.set_function(f(lambda: scheduler.kv_used()))
-        self.kv_usage.set_function(f(lambda: scheduler.kv_used() / max(1, scheduler.kv_capacity)))
+    def watch(self, stats: Callable[[], ServiceStats]) -> None:
+        """Read the live gauges from the model's stats at each scrape."""
+        self.running.set_function(lambda: stats().running)
+        self.waiting.set_function(lambda: stats().waiting)
+        self.kv_tokens.set_function(lambda: stats().kv_used)
+        self.kv_usage.set_function(lambda: (lambda s: s.kv_used / max(1, s.kv_capacity))(stats()))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -6,12 +6,14 @@ ApiError 400 naming the field, as OpenAI does ("Unrecognized request argument su
 """
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping, Protocol, Sequence
+from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 
 from ..sampling import SamplingError, SamplingParams, random_seed
+from ..scheduler import RequestOutput
 from .errors import ApiError, bad_request
 
 MAX_N = 8
@@ -306,3 +308,95 @@ def envelope(kind: str, rid: str, model: str, created: int | None = None, chunk:
     obj = ("chat.completion.chunk" if chunk else "chat.completion") if kind == "chat" else "text_completion"
     return {"id": rid, "object": obj, "created": created or int(time.time()), "model": model,
             "system_fingerprint": None}
+
+
+def sse(obj: Any) -> bytes:
+    """One server-sent event carrying `obj` as JSON."""
+    return b"data: " + json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode() + b"\n\n"
+
+
+SSE_DONE = b"data: [DONE]\n\n"
+TokenTexts = Callable[[Sequence[int]], list[str]]
+ENGINE_FAILED = "the engine failed while generating this request"
+
+
+def _logprobs(req: GenRequest, texts: TokenTexts, ids: Sequence[int], lps: Sequence[float]) -> dict[str, Any]:
+    return chat_logprobs(texts(ids), lps) if req.kind == "chat" else completion_logprobs(texts(ids), lps)
+
+
+class ChunkWriter:
+    """The server-sent events of one streamed request: `chat.completion.chunk`s or streamed
+    `text_completion`s, choice by choice, as OpenAI sends them."""
+
+    def __init__(self, req: GenRequest, token_texts: TokenTexts) -> None:
+        self.req, self.texts = req, token_texts
+        self.chat = req.kind == "chat"
+        self.base = envelope(req.kind, new_id(req.kind), req.model, int(time.time()), chunk=True)
+        self.extra = {"usage": None} if req.include_usage else {}
+        self.started: set[int] = set()
+        # the common chunk (some text, not the last, no logprobs) from a template: the hot path
+        self._head = sse({**self.base, "choices": [{"index": 0}]})[: -len(b'0}]}\n\n')].decode()
+        self._tail = ',"usage":null}' if req.include_usage else "}"
+        self._key = '"delta":{"content":' if self.chat else '"text":'
+        self._close = "}" if self.chat else ""
+
+    def chunks(self, i: int, d: RequestOutput) -> Iterator[bytes]:
+        """The events for delta `d` of choice `i` (none, one, or a role chunk first)."""
+        if d.finish_reason == "error":
+            yield sse(ApiError(500, ENGINE_FAILED, code="engine_error").body())
+            return
+        text = d.text
+        if i not in self.started:
+            self.started.add(i)
+            if self.chat:
+                yield sse({**self.base, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
+                                                      "logprobs": None, "finish_reason": None}], **self.extra})
+            elif self.req.echo:
+                text = self.req.echo[i // self.req.n] + text
+        lp = _logprobs(self.req, self.texts, d.token_ids, d.logprobs) if self.req.logprobs and d.logprobs else None
+        if text and not d.finished and lp is None:
+            yield (f'{self._head}{i},{self._key}{json.dumps(text, ensure_ascii=False)}{self._close},'
+                   f'"logprobs":null,"finish_reason":null}}]{self._tail}\n\n').encode()
+            return
+        if text or d.finished or lp:
+            choice: dict[str, Any] = {"index": i, "delta": {"content": text} if text else {}} if self.chat else \
+                {"index": i, "text": text}
+            choice.update(logprobs=lp, finish_reason=d.finish_reason)
+            yield sse({**self.base, "choices": [choice], **self.extra})
+
+    def usage(self, completion_tokens: int) -> bytes:
+        """The last chunk with stream_options.include_usage: no choices, the request's usage."""
+        return sse({**self.base, "choices": [], "usage": usage(self.req.prompt_tokens(), completion_tokens)})
+
+
+class ChoiceText:
+    """What each choice of a request produced, gathered from its deltas, for the one JSON
+    response of a request that is not streamed."""
+
+    def __init__(self, req: GenRequest) -> None:
+        n = len(req.choices)
+        self.req = req
+        self.text = [""] * n
+        self.ids: list[list[int]] = [[] for _ in range(n)]
+        self.lps: list[list[float]] = [[] for _ in range(n)]
+
+    def add(self, i: int, d: RequestOutput) -> None:
+        self.text[i] += d.text
+        self.ids[i] += d.token_ids
+        self.lps[i] += d.logprobs or []
+
+    def body(self, finish: Mapping[int, str | None], completion_tokens: int, token_texts: TokenTexts) -> dict[str, Any]:
+        req = self.req
+        out = envelope(req.kind, new_id(req.kind), req.model)
+        choices = []
+        for i in range(len(self.text)):
+            lp = _logprobs(req, token_texts, self.ids[i], self.lps[i]) if req.logprobs else None
+            if req.kind == "chat":
+                choices.append({"index": i, "message": {"role": "assistant", "content": self.text[i], "refusal": None},
+                                "logprobs": lp, "finish_reason": finish.get(i)})
+            else:
+                echo = req.echo[i // req.n] if req.echo else ""
+                choices.append({"index": i, "text": echo + self.text[i], "finish_reason": finish.get(i), "logprobs": lp})
+        out["choices"] = choices
+        out["usage"] = usage(req.prompt_tokens(), completion_tokens)
+        return out

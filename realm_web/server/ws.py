@@ -7,9 +7,11 @@ import json
 import time
 from typing import Any, Mapping
 
+from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from . import protocol as P
+from .auth import api_key, authenticate
 from .errors import ApiError, bad_request
 
 PROTOCOL_VERSION = 1
@@ -32,16 +34,12 @@ def _frame(id_: Any, status: str, data: Any = None, error: ApiError | None = Non
 
 
 async def websocket_endpoint(ws: WebSocket) -> None:
-    from .app import api_key, authenticate  # the app module imports this one
-
     hub = ws.app.state.hub
     config = ws.app.state.config
     try:
         tenant = authenticate(config, api_key(ws.headers, ws.query_params))
     except ApiError as e:  # refuse the upgrade: HTTP 401 with the JSON error, where the server can
         if "websocket.http.response" in ws.scope.get("extensions", {}):
-            from starlette.responses import JSONResponse
-
             await ws.send_denial_response(JSONResponse(e.body(), status_code=e.status, headers=e.headers))
         else:
             await ws.close(code=1008, reason=e.message[:120])
@@ -91,14 +89,14 @@ async def websocket_endpoint(ws: WebSocket) -> None:
     def start(id_: Any, params: Any) -> None:
         if not isinstance(params, dict):
             raise bad_request("'params' must be an object", "params", "invalid_type")
-        hub.check_ready()
+        model = hub.model
         body = {"model": hub.model_id, **params, "stream": True}
         if "messages" in params and "prompt" in params:
             raise bad_request("pass 'messages' or 'prompt', not both", "params")
         if "messages" in params:
-            req = P.parse_chat(body, hub.llm)
+            req = P.parse_chat(body, model)
         elif "prompt" in params:
-            req = P.parse_completion(body, hub.llm, hub.llm.manifest.vocab_size)
+            req = P.parse_completion(body, model, model.info.vocab_size)
         else:
             raise bad_request("generate needs params.messages (chat) or params.prompt (text)", "params",
                               "missing_required_parameter")
@@ -148,19 +146,13 @@ async def websocket_endpoint(ws: WebSocket) -> None:
                 job.cancel()
                 await send(_frame(id_, "complete", {"cancelled": target}))
             elif fn == "health":
-                ready = hub.ready
-                s = hub.llm.scheduler if hub.llm is not None else None
-                await send(_frame(id_, "complete", {"status": "ok" if ready else "loading", "model": hub.model_id,
-                                                    "running": len(s.running) if s else 0,
-                                                    "waiting": len(s.waiting) if s else 0}))
+                await send(_frame(id_, "complete", hub.health()))
             elif fn == "metadata":
-                hub.check_ready()
-                m = hub.llm.manifest
+                info = hub.model.info
                 await send(_frame(id_, "complete", {
                     "protocol": PROTOCOL_VERSION, "functions": FUNCTIONS, "tenant": tenant.name,
-                    "model": {"id": hub.model_id, "architecture": m.architecture, "vocab_size": m.vocab_size,
-                              "max_length": hub.llm.engine.max_length, "dtype": hub.llm.engine.variant.dtype,
-                              "device": getattr(hub.llm.engine, "device", "cpu")}}))
+                    "model": {"id": info.id, "architecture": info.architecture, "vocab_size": info.vocab_size,
+                              "max_length": info.max_length, "dtype": info.dtype, "device": info.device}}))
             else:
                 raise bad_request(f"unknown function {fn!r}; one of {sorted(FUNCTIONS)}", "function",
                                   "unknown_function")
