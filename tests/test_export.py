@@ -118,3 +118,88 @@ def test_refuses_files_that_are_not_models(tmp_path: Path) -> None:
         export_model(g, tmp_path / "o2", progress=None)
     with pytest.raises(FileNotFoundError):
         export_model(tmp_path / "missing.gguf", tmp_path / "o3", progress=None)
+
+
+def test_the_graph_contract_is_written_and_read(tiny_export: Path) -> None:
+    """realm.json names every graph input and output by role, as the ONNX file has them."""
+    import onnx
+
+    m = load_manifest(tiny_export)
+    g = onnx.load(str(tiny_export / m.variants["fp32"].file), load_external_data=False).graph
+    spec = m.graph
+    want_in = [spec.input_ids, spec.attention_mask] + [spec.past(i, kv) for i in range(m.num_layers)
+                                                       for kv in ("key", "value")] + [spec.logits_index]
+    want_out = [spec.logits] + [spec.present(i, kv) for i in range(m.num_layers) for kv in ("key", "value")]
+    assert [i.name for i in g.input] == want_in and [o.name for o in g.output] == want_out
+    raw = json.loads((tiny_export / "realm.json").read_text())["graph"]
+    assert raw["names"]["past_key"] == "past_key_values.{i}.key" and raw["layout"] == "gqa-v1"
+
+
+def test_manifests_without_names_and_unknown_layouts(tiny_export: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from realm_web.manifest import GraphSpec, ModelDirError
+
+    raw = json.loads((tiny_export / "realm.json").read_text())
+    old = dict(raw["graph"])
+    del old["names"]  # as format 2 wrote it before the names: read by the order of the lists
+    assert GraphSpec.from_json(old) == load_manifest(tiny_export).graph
+    for change, match in (({"layout": "mha-v9"}, "layout 'mha-v9' is not supported"),
+                          ({"kv_layout": ["batch", "length", "kv_heads", "head_dim"]}, "kv_layout"),
+                          ({"padding": "left"}, "padding"),
+                          ({"names": {**raw["graph"]["names"], "past_key": "past.key"}}, "past_key"),
+                          ({"names": {"input_ids": "input_ids"}}, "lack")):
+        d = tmp_path / f"m{len(list(tmp_path.iterdir()))}"
+        shutil.copytree(tiny_export, d)
+        (d / "realm.json").write_text(json.dumps({**raw, "graph": {**raw["graph"], **change}}))
+        with pytest.raises(ModelDirError, match=match):
+            load_manifest(d)
+
+
+def test_engines_bind_the_names_realm_json_gives(tiny_hf_dir: Path, tiny_export: Path, tmp_path: Path) -> None:
+    """A graph built under other names runs on both engines, which read the names from
+    realm.json, and decodes exactly what the standard names do."""
+    import shutil
+    import subprocess
+
+    from realm_web.engines.ort_web import bridge_config
+    from realm_web.export.graph import build_decoder, graph_spec
+    from realm_web.export.load import load_source
+    from realm_web.manifest import GraphSpec
+
+    spec = GraphSpec(input_ids="ids", attention_mask="mask", logits_index="pick", logits="scores",
+                     past_key="cache.{i}.k.in", past_value="cache.{i}.v.in", present_key="cache.{i}.k.out",
+                     present_value="cache.{i}.v.out", kv_share_buffer=True, lm_head_refine=graph_spec().lm_head_refine)
+    src = load_source(tiny_hf_dir)
+    d = tmp_path / "renamed"
+    shutil.copytree(tiny_export, d)
+    (d / "model.onnx").write_bytes(build_decoder(src.config, src.weights, "fp32", 256, spec).SerializeToString())
+    raw = json.loads((d / "realm.json").read_text())
+    raw["graph"] = spec.to_json()
+    raw["variants"] = {"fp32": {**raw["variants"]["fp32"], "bytes": (d / "model.onnx").stat().st_size}}
+    (d / "realm.json").write_text(json.dumps(raw))
+
+    def native(model: Path) -> list[int]:
+        return LLM(model, dtype="fp32", max_length=128).generate(IDS, max_tokens=12, ignore_eos=True)[0].token_ids
+
+    want = native(tiny_export)
+    assert native(d) == want
+    root = Path(__file__).resolve().parent.parent
+    script = tmp_path / "renamed.mjs"
+    script.write_text(f"""
+import {{ Bridge }} from "{(root / 'wasm' / 'src' / 'bridge.mjs').as_posix()}";
+import ort from "{(root / 'wasm' / 'node_modules' / 'onnxruntime-node' / 'dist' / 'index.js').as_posix()}";
+const [file, cfgJson, idsJson] = process.argv.slice(2);
+const b = await Bridge.create(ort, file, {{ ...JSON.parse(cfgJson), threads: 1 }});
+const ids = JSON.parse(idsJson), G = {{ temperature: 0, top_k: 0, top_p: 1, min_p: 0, repetition_penalty: 1, logprobs: false }};
+let out = JSON.parse(await b.step(JSON.stringify({{ seqs: [[0, 0, 0, ids, 1, []]], new: [{{ id: 0, sampling: G }}] }}))).tokens[0];
+for (let i = 0; i < 11; i++)
+  out.push(...JSON.parse(await b.step(JSON.stringify({{ seqs: [[0, 0, ids.length + i, [out[i]], 1, []]] }}))).tokens[0]);
+console.log(JSON.stringify(out));
+await b.dispose();
+""")
+    cfg = bridge_config(load_manifest(d), "fp32", "cpu")
+    r = subprocess.run(["node", str(script), str(d / "model.onnx"), json.dumps(cfg), json.dumps(IDS)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(r.stdout.strip().splitlines()[-1]) == want
