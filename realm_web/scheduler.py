@@ -241,13 +241,14 @@ class Scheduler:
             chosen = [(r, [r.token_at(r.num_computed)]) for r in decoders[: self.budget]]
             self._last_kind = "decode"
         plan = StepPlan(seqs=[self._seq(r, toks) for r, toks in chosen])
-        ran = {r.request_id for r, _ in chosen}
         for r, _ in chosen:
             if not r.announced:
                 plan.new_seqs.append(NewSeq(r.request_id, r.spec, r.adapter))
                 r.announced = True
-        plan.idle = {r.slot: r.num_computed for r in self.running
-                     if r.num_computed and r.request_id not in ran and r.slot is not None}
+        if len(chosen) < len(self.running):  # rows that hold a cache and sit this step out
+            ran = {r.request_id for r, _ in chosen}
+            plan.idle = {r.slot: r.num_computed for r in self.running
+                         if r.num_computed and r.request_id not in ran and r.slot is not None}
         plan.released, self._released = self._released, []
         return plan
 

@@ -75,7 +75,7 @@ class KVCopy:
     length: int
 
 
-@dataclass
+@dataclass(slots=True)
 class SeqStep:
     """What one request does in one step."""
 
@@ -87,7 +87,7 @@ class SeqStep:
     draws: list[float] = field(default_factory=list)  # one uniform draw per sample (empty when greedy)
 
 
-@dataclass
+@dataclass(slots=True)
 class StepPlan:
     seqs: list[SeqStep]
     new_seqs: list[NewSeq] = field(default_factory=list)  # requests announced by this plan
@@ -105,10 +105,10 @@ class StepPlan:
         return not (self.seqs or self.new_seqs or self.released or self.copies)
 
 
-@dataclass
+@dataclass(slots=True)
 class StepResult:
-    """Per seq_id: one token per sample asked for (empty when the step sampled nothing), and,
-    for requests whose spec asks, their log-probabilities."""
+    """Per seq_id of a row that asked for samples: one token per sample (rows that sample
+    nothing may be left out), and, for requests whose spec asks, their log-probabilities."""
 
     tokens: dict[int, list[int]]
     logprobs: dict[int, list[float]] = field(default_factory=dict)

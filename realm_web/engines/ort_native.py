@@ -218,29 +218,40 @@ class OrtNativeEngine:
         """Check the plan's rows against the slots they name, the context and CAPS; then cut
         each slot's tokens to where its row starts and append what it feeds. Returns the span,
         the width and the positions per row to compute logits for."""
-        seqs = plan.seqs
-        lo, hi, width, k = self.max_slots, 0, 1, 1
-        tokens, limit = self._tokens, self.max_length
+        seqs, tokens, limit, slots = plan.seqs, self._tokens, self.max_length, self.max_slots
+        lo, hi, width, k = slots, 0, 1, 1
         for q in seqs:
-            slot, start, n = q.slot, q.start, len(q.tokens)
-            if not 0 <= slot < self.max_slots:
-                raise ValueError(f"sequence {q.seq_id}: slot {slot} is not in [0, {self.max_slots})")
-            if not 0 <= start <= len(tokens[slot]):
-                raise ValueError(f"slot {slot} holds {len(tokens[slot])} tokens but sequence {q.seq_id}'s "
-                                 f"step starts at {start}")
-            if start + n > limit or n == 0:
-                raise ValueError(f"sequence {q.seq_id}: a step of {n} tokens from position {start} does not fit "
-                                 f"the context of {limit} tokens")
-            lo, hi = min(lo, slot), max(hi, slot + 1)
-            width, k = max(width, n), max(k, q.num_samples)
+            slot, start, n, m = q.slot, q.start, len(q.tokens), q.num_samples
+            if not (0 <= slot < slots and 0 <= start <= len(tokens[slot]) and 0 < n and start + n <= limit
+                    and 0 <= m <= n):
+                raise self._refusal(q)
+            if slot < lo:
+                lo = slot
+            if slot >= hi:
+                hi = slot + 1
+            if n > width:
+                width = n
+            if m > k:
+                k = m
         if width > 1 and len(seqs) > 1 and (any(q.start for q in seqs) or any(lo <= s < hi for s in plan.idle)):
             raise ValueError("a multi-token step of several rows must span only empty slots (prefill_batch 'fresh')")
         for q in seqs:
             t = tokens[q.slot]
             if len(t) != q.start:
                 del t[q.start:]  # a rollback, or a fresh start
-            t.extend(q.tokens)
+            t += q.tokens
         return lo, hi, width, k
+
+    def _refusal(self, q: SeqStep) -> ValueError:
+        if not 0 <= q.slot < self.max_slots:
+            return ValueError(f"sequence {q.seq_id}: slot {q.slot} is not in [0, {self.max_slots})")
+        held = len(self._tokens[q.slot])
+        if not 0 <= q.start <= held:
+            return ValueError(f"slot {q.slot} holds {held} tokens but sequence {q.seq_id}'s step starts at {q.start}")
+        if not 0 <= q.num_samples <= len(q.tokens):
+            return ValueError(f"sequence {q.seq_id}: {q.num_samples} samples for {len(q.tokens)} tokens")
+        return ValueError(f"sequence {q.seq_id}: a step of {len(q.tokens)} tokens from position {q.start} does not "
+                          f"fit the context of {self.max_length} tokens")
 
     def _learn(self, plan: StepPlan) -> None:
         """The plan's news: requests gone, requests new (their constants), prefix copies."""
@@ -435,36 +446,37 @@ class OrtNativeEngine:
     def _sample(self, plan: StepPlan, lo: int, logits_value: Any) -> StepResult:
         """Tokens at each row's sampled positions; logits_value is (rows, k, vocab) with the
         row's sampled positions first."""
-        out: dict[int, list[int]] = {q.seq_id: [] for q in plan.seqs}
+        out: dict[int, list[int]] = {}
         lps: dict[int, list[float]] = {}
-        todo = [q for q in plan.seqs if q.num_samples]
+        try:
+            todo = [(q, self._specs[q.seq_id]) for q in plan.seqs if q.num_samples]
+        except KeyError as e:
+            raise ValueError(f"sequence {e.args[0]} runs without having been announced in new_seqs") from None
         if not todo:
             return StepResult(tokens=out)
-        specs = self._specs
-        for q in todo:
-            if q.seq_id not in specs:
-                raise ValueError(f"sequence {q.seq_id} runs without having been announced in new_seqs")
-            if q.num_samples > len(q.tokens) or (q.draws and len(q.draws) != q.num_samples):
-                raise ValueError(f"sequence {q.seq_id}: {q.num_samples} samples and {len(q.draws)} draws "
-                                 f"for {len(q.tokens)} tokens")
-        fast = [q for q in todo if specs[q.seq_id].plain_greedy]
-        if self._argmax is not None and len(fast) == len(todo):  # all greedy: pick on the device
-            picks = self._argmax.run_with_ort_values(["ids"], {"logits": logits_value})[0].numpy()
-            for q in todo:
-                out[q.seq_id] = [int(t) for t in picks[q.slot - lo, : q.num_samples]]
+        if self._argmax is not None and all(s.plain_greedy for _, s in todo):  # all greedy: pick on the device
+            picks = self._argmax.run_with_ort_values(["ids"], {"logits": logits_value})[0].numpy().tolist()
+            for q, _ in todo:
+                out[q.seq_id] = picks[q.slot - lo][: q.num_samples]
             return StepResult(tokens=out)
         logits = logits_value.numpy()  # (rows, k, vocab)
+        fast = [q for q, s in todo if s.plain_greedy]
         if fast:
-            rows = np.array([q.slot - lo for q in fast])
-            picks = np.argmax(logits[rows], axis=-1)  # (len(fast), k)
-            for q, p in zip(fast, picks):
-                out[q.seq_id] = [int(t) for t in p[: q.num_samples]]
-        for q in todo:
-            if out[q.seq_id]:
+            if 2 * len(fast) >= logits.shape[0]:  # most rows: argmax the whole span, no copy
+                picks = np.argmax(logits, axis=-1).tolist()
+                for q in fast:
+                    out[q.seq_id] = picks[q.slot - lo][: q.num_samples]
+            else:
+                rows = np.array([q.slot - lo for q in fast])
+                for q, p in zip(fast, np.argmax(logits[rows], axis=-1).tolist()):
+                    out[q.seq_id] = p[: q.num_samples]
+        for q, spec in todo:
+            if spec.plain_greedy:
                 continue
+            if q.draws and len(q.draws) != q.num_samples:
+                raise ValueError(f"sequence {q.seq_id}: {len(q.draws)} draws for {q.num_samples} samples")
             first = q.start + len(q.tokens) - q.num_samples  # the first sampled position
-            toks, lp = sample_positions(logits[q.slot - lo, : q.num_samples], specs[q.seq_id], q.draws,
-                                        self._tokens[q.slot], first)
+            toks, lp = sample_positions(logits[q.slot - lo, : q.num_samples], spec, q.draws, self._tokens[q.slot], first)
             out[q.seq_id] = toks
             if lp is not None:
                 lps[q.seq_id] = lp
