@@ -3,7 +3,7 @@ a browser tab and Node.js. The core (this package's top level) uses the standard
 from __future__ import annotations
 
 from .chat import ChatTemplate, load_chat_template
-from .engine import LLM, Completion
+from .engine import LLM, Completion, UnsupportedError
 from .manifest import Manifest, ModelDirError, load_manifest
 from .sampling import SamplingError, SamplingParams
 from .scheduler import RequestOutput, Scheduler, SchedulerError
@@ -13,5 +13,5 @@ __version__ = "0.1.0"
 __all__ = [
     "LLM", "Completion", "ChatTemplate", "load_chat_template", "Manifest", "ModelDirError", "load_manifest",
     "SamplingParams", "SamplingError", "RequestOutput", "Scheduler", "SchedulerError", "Tokenizer",
-    "load_tokenizer", "__version__",
+    "load_tokenizer", "UnsupportedError", "__version__",
 ]

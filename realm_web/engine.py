@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import time
@@ -360,7 +361,7 @@ class LLM:
             self.scheduler.abort(rid)  # no-op once finished
 
     # -- ModelService ----------------------------------------------------------------------------
-    @property
+    @functools.cached_property
     def info(self) -> ModelInfo:
         m, e = self.manifest, self.engine
         try:

@@ -40,6 +40,7 @@ from .sampler import sample_positions
 CAPS = EngineCaps(padded_span=True, prefill_batch="fresh", prefill_width=None, multi_position_logits=True,
                   adapters=False, token_masks=False, kv_copy=True)
 
+
 def default_threads() -> int:
     try:
         n = len(os.sched_getaffinity(0))
