@@ -143,9 +143,6 @@ class EngineCaps:
     token_masks: bool = False
     kv_copy: bool = True
 
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "EngineCaps":
         known = set(cls.__dataclass_fields__)

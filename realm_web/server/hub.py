@@ -116,10 +116,6 @@ class Hub:
         self.metrics.watch(service.stats)
 
     @property
-    def ready(self) -> bool:
-        return self.service is not None and not self.draining
-
-    @property
     def model(self) -> ModelService:
         """The served model; ApiError 503 while it loads, failed to load, or the server drains."""
         if self.draining:
