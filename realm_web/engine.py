@@ -376,6 +376,10 @@ class LLM:
         return ServiceStats(running=len(s.running), waiting=len(s.waiting), kv_used=s.kv_used(),
                             kv_capacity=s.kv_capacity)
 
+    def waiting(self, request_ids: Sequence[int]) -> int:
+        reqs = self.scheduler.requests
+        return sum(1 for r in request_ids if (q := reqs.get(r)) is not None and q.slot is None)
+
     def close(self) -> None:
         close = getattr(self.engine, "close", None)
         if callable(close):

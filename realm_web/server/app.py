@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable
@@ -24,7 +23,7 @@ from ..service import ModelService
 from . import protocol as P
 from .auth import api_key, authenticate
 from .config import ServerConfig
-from .errors import ApiError, bad_request
+from .errors import ApiError
 from .hub import Hub, Job
 from .metrics import Metrics
 from .web import CrossOriginIsolation, web_routes
@@ -38,20 +37,29 @@ def _hub(request: Request) -> Hub:
     return hub
 
 
-async def read_json(request: Request, limit: int) -> Any:
+async def read_json(request: Request, config: ServerConfig) -> Any:
+    """The body as JSON: at most max_body_bytes, all of it within body_timeout_s (a client that
+    trickles its body in gets 408, and holds no slot meanwhile)."""
+    limit = config.max_body_bytes
     size = request.headers.get("content-length")
     if size is not None and (not size.isdigit() or int(size) > limit):
         raise ApiError(413, f"the request body is larger than {limit} bytes", code="body_too_large")
-    chunks, n = [], 0
-    async for chunk in request.stream():
-        n += len(chunk)
-        if n > limit:
-            raise ApiError(413, f"the request body is larger than {limit} bytes", code="body_too_large")
-        chunks.append(chunk)
+
+    async def read() -> bytes:
+        chunks, n = [], 0
+        async for chunk in request.stream():
+            n += len(chunk)
+            if n > limit:
+                raise ApiError(413, f"the request body is larger than {limit} bytes", code="body_too_large")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
     try:
-        return json.loads(b"".join(chunks))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise bad_request(f"the request body is not valid JSON: {e}", None, "invalid_json") from None
+        data = await asyncio.wait_for(read(), config.body_timeout_s)
+    except asyncio.TimeoutError:
+        raise ApiError(408, f"the request body did not arrive within {config.body_timeout_s:g} s",
+                       code="body_timeout", headers={"Connection": "close"}) from None
+    return P.decode_json(data)
 
 
 # -- handlers ------------------------------------------------------------------------------------
@@ -100,7 +108,7 @@ async def _generate(request: Request, kind: str) -> Response:
     hub, config = _hub(request), request.app.state.config
     endpoint = "/v1/chat/completions" if kind == "chat" else "/v1/completions"
     tenant = authenticate(config, api_key(request.headers))
-    body = await read_json(request, config.max_body_bytes)
+    body = await read_json(request, config)
     model = hub.model
     req = P.parse_chat(body, model) if kind == "chat" else P.parse_completion(body, model, model.info.vocab_size)
     job = hub.submit(tenant, req, endpoint)
@@ -126,6 +134,8 @@ async def _complete_body(job: Job, model: ModelService, request: Request) -> Res
         watcher.cancel()
     if "error" in job.finish.values():
         raise ApiError(500, P.ENGINE_FAILED + "; other requests are unaffected", code="engine_error")
+    if job.timed_out:
+        raise P.timeout_error(job.hub.config.request_timeout_s)
     return JSONResponse(gathered.body(job.finish, job.completion_tokens, model.token_texts))
 
 
@@ -135,6 +145,8 @@ async def _stream_body(job: Job, model: ModelService) -> AsyncIterator[bytes]:
         async for i, d in job.events(coalesce=True):
             for chunk in writer.chunks(i, d):
                 yield chunk
+        if job.timed_out:
+            yield P.sse(P.timeout_error(job.hub.config.request_timeout_s).body())
         if job.req.include_usage:
             yield writer.usage(job.completion_tokens)
     except ApiError as e:
@@ -152,8 +164,7 @@ async def no_route(request: Request) -> Response:
 # -- errors --------------------------------------------------------------------------------------
 async def api_error(request: Any, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
-    if exc.status != 429:  # 429s are counted where they are raised
-        request.app.state.metrics.requests.labels(request.url.path, str(exc.status)).inc()
+    request.app.state.metrics.refused(request.url.path, exc.status, exc.code)
     return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
 
@@ -166,6 +177,7 @@ async def http_error(request: Any, exc: Exception) -> Response:
 
 async def server_error(request: Any, exc: Exception) -> Response:
     log.exception("unhandled error", extra={"fields": {"path": request.url.path}})
+    request.app.state.metrics.refused(request.url.path, 500, "internal_error")
     body = {"error": {"message": f"internal error: {type(exc).__name__}", "type": "server_error",
                       "param": None, "code": "internal_error"}}
     return JSONResponse(body, status_code=500)

@@ -3,6 +3,11 @@
     [server]                      # all optional
     max_body_bytes = 1048576
     metrics_api_key = "..."       # if set, /metrics wants this key
+    shutdown_grace_s = 10         # on SIGTERM: running requests get this long, then end with "abort"
+    header_timeout_s = 10         # a connection must send a request's headers within this
+    body_timeout_s = 30           # ... and its body within this, once the headers are in
+    request_timeout_s = 600       # a request running longer ends (0: no limit)
+    max_queue = 256               # requests waiting for a slot, all tenants together (0: no limit)
 
     [[tenants]]
     name = "acme"
@@ -11,6 +16,7 @@
     tokens_per_minute = 20000     # prompt + completion tokens
     max_concurrent = 4
     max_tokens = 512              # per request
+    max_queue = 16                # this tenant's requests waiting for a slot (0: only the global bound)
     models = ["smollm2-135m-instruct"]   # absent: every model
     adapters = []                 # for LoRA routing (later)
     priority = 0                  # scheduler priority of this tenant's requests
@@ -21,7 +27,7 @@ import json
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 
 class ConfigError(ValueError):
@@ -39,6 +45,7 @@ class Tenant:
     models: tuple[str, ...] | None = None
     adapters: tuple[str, ...] = ()
     priority: int = 0
+    max_queue: int = 0
 
     def allows_model(self, model: str) -> bool:
         return self.models is None or model in self.models
@@ -53,6 +60,10 @@ class ServerConfig:
     max_body_bytes: int = 1 << 20
     metrics_api_key: str | None = None
     shutdown_grace_s: float = 10.0
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    request_timeout_s: float = 600.0
+    max_queue: int = 256
     _by_key: dict[str, Tenant] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -74,8 +85,21 @@ class ServerConfig:
 
 
 _TENANT_KEYS = {"name", "api_keys", "requests_per_minute", "tokens_per_minute", "max_concurrent", "max_tokens",
-                "models", "adapters", "priority"}
-_SERVER_KEYS = {"max_body_bytes", "metrics_api_key", "shutdown_grace_s"}
+                "models", "adapters", "priority", "max_queue"}
+_SERVER_SECONDS = {"shutdown_grace_s": 10.0, "header_timeout_s": 10.0, "body_timeout_s": 30.0,
+                   "request_timeout_s": 600.0}
+_SERVER_KEYS = {"max_body_bytes", "metrics_api_key", "max_queue", *_SERVER_SECONDS}
+
+
+def _name(v: Any) -> TypeGuard[str]:
+    """A name or key in the config: text with no control characters and no lone surrogates."""
+    if not isinstance(v, str) or not v or any(c < " " or "\x7f" <= c < "\xa0" for c in v):
+        return False
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def load_config(path: str | Path) -> ServerConfig:
@@ -87,7 +111,9 @@ def load_config(path: str | Path) -> ServerConfig:
         raise ConfigError(f"cannot read config {p}: {e.strerror}") from None
     try:
         raw: Any = json.loads(text) if p.suffix == ".json" else tomllib.loads(text)
-    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
+    except RecursionError:
+        raise ConfigError(f"{p}: nested too deeply") from None
+    except (ValueError, tomllib.TOMLDecodeError) as e:  # json.JSONDecodeError is a ValueError
         raise ConfigError(f"{p}: {e}") from None
     return parse_config(raw, str(p))
 
@@ -110,23 +136,23 @@ def parse_config(raw: Any, where: str = "config") -> ServerConfig:
         if bad:
             raise ConfigError(f"{where}: tenants[{i}] has unknown keys {sorted(bad)}")
         name = t.get("name")
-        if not isinstance(name, str) or not name or name in names:
-            raise ConfigError(f"{where}: tenants[{i}] needs a unique non-empty name")
+        if not _name(name) or name in names:
+            raise ConfigError(f"{where}: tenants[{i}] needs a unique non-empty name (printable text)")
         names.add(name)
         keys = t.get("api_keys", [])
-        if not isinstance(keys, list) or not keys or not all(isinstance(k, str) and len(k) >= 8 for k in keys):
-            raise ConfigError(f"{where}: tenant {name!r} needs api_keys, a list of strings of 8+ characters")
+        if not isinstance(keys, list) or not keys or not all(_name(k) and len(k) >= 8 for k in keys):
+            raise ConfigError(f"{where}: tenant {name!r} needs api_keys, a list of strings of 8+ printable characters")
         ints = {}
-        for k in ("requests_per_minute", "tokens_per_minute", "max_concurrent", "max_tokens", "priority"):
+        for k in ("requests_per_minute", "tokens_per_minute", "max_concurrent", "max_tokens", "priority", "max_queue"):
             v = t.get(k, 0)
             if not isinstance(v, int) or isinstance(v, bool) or (v < 0 and k != "priority"):
                 raise ConfigError(f"{where}: tenant {name!r}: {k} must be a non-negative integer")
             ints[k] = v
         models = t.get("models")
-        if models is not None and not (isinstance(models, list) and all(isinstance(m, str) for m in models)):
+        if models is not None and not (isinstance(models, list) and all(_name(m) for m in models)):
             raise ConfigError(f"{where}: tenant {name!r}: models must be a list of names")
         adapters = t.get("adapters", [])
-        if not (isinstance(adapters, list) and all(isinstance(a, str) for a in adapters)):
+        if not (isinstance(adapters, list) and all(_name(a) for a in adapters)):
             raise ConfigError(f"{where}: tenant {name!r}: adapters must be a list of names")
         tenants.append(Tenant(name=name, api_keys=tuple(keys), models=tuple(models) if models is not None else None,
                               adapters=tuple(adapters), **ints))
@@ -134,9 +160,20 @@ def parse_config(raw: Any, where: str = "config") -> ServerConfig:
     if not isinstance(mb, int) or mb < 1024:
         raise ConfigError(f"{where}: max_body_bytes must be an integer >= 1024")
     mk = server.get("metrics_api_key")
-    if mk is not None and not isinstance(mk, str):
-        raise ConfigError(f"{where}: metrics_api_key must be a string")
-    grace = server.get("shutdown_grace_s", 10.0)
-    if not isinstance(grace, (int, float)) or grace < 0:
-        raise ConfigError(f"{where}: shutdown_grace_s must be >= 0")
-    return ServerConfig(tenants=tuple(tenants), max_body_bytes=mb, metrics_api_key=mk, shutdown_grace_s=float(grace))
+    if mk is not None and not _name(mk):
+        raise ConfigError(f"{where}: metrics_api_key must be a string of printable characters")
+    seconds = {}
+    for k, default in _SERVER_SECONDS.items():
+        v = server.get(k, default)
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 <= v <= 86400:
+            raise ConfigError(f"{where}: {k} must be a number of seconds in [0, 86400]")
+        seconds[k] = float(v)
+    for k in ("header_timeout_s", "body_timeout_s"):
+        if seconds[k] <= 0:
+            raise ConfigError(f"{where}: {k} must be > 0")
+    mq = server.get("max_queue", 256)
+    if not isinstance(mq, int) or isinstance(mq, bool) or mq < 0:
+        raise ConfigError(f"{where}: max_queue must be a non-negative integer")
+    return ServerConfig(tenants=tuple(tenants), max_body_bytes=mb, metrics_api_key=mk, max_queue=mq,
+                        shutdown_grace_s=seconds["shutdown_grace_s"], header_timeout_s=seconds["header_timeout_s"],
+                        body_timeout_s=seconds["body_timeout_s"], request_timeout_s=seconds["request_timeout_s"])

@@ -14,6 +14,7 @@ class ApiError(Exception):
 
     def __init__(self, status: int, message: str, *, code: str | None = None, param: str | None = None,
                  headers: dict[str, str] | None = None) -> None:
+        message, param = _encodable(message), _encodable(param) if param is not None else None
         super().__init__(message)
         self.status = status
         self.message = message
@@ -27,6 +28,16 @@ class ApiError(Exception):
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+def _encodable(s: str) -> str:
+    """Error texts quote what the client sent: lone surrogates become escapes, so the answer
+    can always be written as UTF-8."""
+    try:
+        s.encode("utf-8")
+        return s
+    except UnicodeEncodeError:
+        return s.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def bad_request(message: str, param: str | None = None, code: str | None = "invalid_value") -> ApiError:

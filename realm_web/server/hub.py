@@ -1,7 +1,7 @@
-"""The server's side of the model: admits API requests (tenant limits, context), runs their
-choices as streams over the ModelService (the LLM in this process), keeps metrics, and drains
-on shutdown. HTTP and WebSocket handlers both go through it, so every request shares one
-continuous-batching loop."""
+"""The server's side of the model: admits API requests (tenant limits, queue bounds, context),
+runs their choices as streams over the ModelService (the LLM in this process), keeps metrics,
+times requests out, and drains on shutdown. HTTP and WebSocket handlers both go through it, so
+every request shares one continuous-batching loop and one drain."""
 from __future__ import annotations
 
 import asyncio
@@ -20,9 +20,15 @@ from .protocol import GenRequest, fit_context
 
 log = logging.getLogger("realm_web.server")
 
+RETRY_AFTER_BUSY = "1"  # seconds, for a full queue: slots free up at every step
+RETRY_AFTER_SHUTDOWN = "5"
+
 
 class Job:
-    """One API request: its choices run on the LLM and feed one queue of (choice, delta)."""
+    """One API request: its choices run on the model and feed one queue of (choice, delta).
+
+    `status` is what the metrics and the request log say of it: "ok", "cancelled" (the client
+    went away or cancelled it), "timeout" (it ran past request_timeout_s) or "error"."""
 
     def __init__(self, hub: "Hub", tenant: Tenant, req: GenRequest, endpoint: str, ticket: Ticket) -> None:
         self.hub, self.tenant, self.req, self.endpoint, self.ticket = hub, tenant, req, endpoint, ticket
@@ -34,11 +40,16 @@ class Job:
         self.finish: dict[int, str | None] = {}
         self.status = "ok"
         self.service: ModelService | None = None
+        self.timer: asyncio.TimerHandle | None = None
         self._closed = False
 
-    def start(self) -> None:
+    @property
+    def timed_out(self) -> bool:
+        return self.status == "timeout"
+
+    def start(self, timeout_s: float) -> None:
         """Submit every choice (a ValueError here, such as a SchedulerError, means the request
-        can never run)."""
+        can never run) and arm the request timeout."""
         service = self.service = self.hub.model
         try:
             for index, ids, params in self.req.choices:
@@ -48,6 +59,8 @@ class Job:
             self.status = "error"
             self.close()
             raise bad_request(str(e)) from None
+        if timeout_s > 0:
+            self.timer = asyncio.get_running_loop().call_later(timeout_s, self.expire)
 
     def _sink(self, index: int, out: RequestOutput) -> None:
         self.queue.put_nowait((index, out))
@@ -77,7 +90,7 @@ class Job:
                     self.finish[index] = d.finish_reason
                 yield index, d
         except (asyncio.CancelledError, GeneratorExit):
-            self.status = "cancelled"
+            self.abandon()
             raise
         except BaseException:
             self.status = "error"
@@ -91,10 +104,25 @@ class Job:
             assert self.service is not None  # set by start(), before any rid
             self.service.abort(rid)
 
+    def abandon(self) -> None:
+        """The client cancelled the request, or went away: it counts as cancelled."""
+        if self.status == "ok" and not self._closed:
+            self.status = "cancelled"
+        self.cancel()
+
+    def expire(self) -> None:
+        """It ran past request_timeout_s: its choices end now."""
+        if self.status == "ok" and not self._closed:
+            self.status = "timeout"
+            self.hub.metrics.refusals.labels("request_timeout").inc()
+        self.cancel()
+
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
+        if self.timer is not None:
+            self.timer.cancel()
         self.cancel()
         self.hub._finished(self)
 
@@ -119,7 +147,8 @@ class Hub:
     def model(self) -> ModelService:
         """The served model; ApiError 503 while it loads, failed to load, or the server drains."""
         if self.draining:
-            raise ApiError(503, "the server is shutting down", code="shutting_down")
+            raise ApiError(503, "the server is shutting down", code="shutting_down",
+                           headers={"Retry-After": RETRY_AFTER_SHUTDOWN})
         if self.service is None:
             msg = f"the model failed to load: {self.load_error}" if self.load_error else "the model is loading"
             raise ApiError(503, msg, code="model_not_ready", headers={"Retry-After": "2"})
@@ -142,21 +171,35 @@ class Hub:
             raise ApiError(404, f"The model '{model}' does not exist or you do not have access to it.",
                            code="model_not_found", param="model")
 
+    def _check_queue(self, service: ModelService, tenant: Tenant) -> None:
+        """Bounded waiting: beyond max_queue requests waiting for a slot (all tenants, then this
+        tenant's own bound) a new request is refused at once instead of waiting for minutes."""
+        cfg = self.config
+        if cfg.max_queue and service.stats().waiting >= cfg.max_queue:
+            raise ApiError(503, f"the server is at capacity: {cfg.max_queue} requests are waiting for a slot; "
+                                "retry shortly", code="server_overloaded", headers={"Retry-After": RETRY_AFTER_BUSY})
+        if tenant.max_queue:
+            mine = [r for j in self.jobs if j.tenant.name == tenant.name for r in j.rids]
+            if service.waiting(mine) >= tenant.max_queue:
+                raise ApiError(429, f"tenant {tenant.name!r} has {tenant.max_queue} requests waiting for a slot, "
+                                    "its limit", code="queue_full", headers={"Retry-After": RETRY_AFTER_BUSY})
+
     def submit(self, tenant: Tenant, req: GenRequest, endpoint: str) -> Job:
-        """Admit and start a request, or raise ApiError (400 context, 404 model, 429 limits, 503)."""
-        info = self.model.info
+        """Admit and start a request, or raise ApiError (400 context, 404 model, 429 limits and
+        the tenant's queue, 503 the server's queue or shutdown)."""
+        service = self.model
         self.check_model(tenant, req.model)
-        fit_context(req, info.max_length, tenant.max_tokens)
+        fit_context(req, service.info.max_length, tenant.max_tokens)
+        self._check_queue(service, tenant)
         cost = req.prompt_tokens() * req.n + len(req.prompts) * req.n * req.params.max_tokens
         try:
             ticket = self.limiter.admit(tenant, cost, time.monotonic())
         except LimitExceeded as e:
-            self.metrics.requests.labels(endpoint, "429").inc()
             raise ApiError(429, str(e), code="rate_limit_exceeded",
                            headers={"Retry-After": str(int(e.retry_after_s + 0.999))}) from None
         job = Job(self, tenant, req, endpoint, ticket)
         self.jobs.add(job)
-        job.start()  # on a SchedulerError it closes itself (refunding the ticket) and raises a 400
+        job.start(self.config.request_timeout_s)  # on a ValueError it closes itself (refunding the ticket): 400
         return job
 
     def _finished(self, job: Job) -> None:
@@ -182,15 +225,16 @@ class Hub:
             "duration_ms": round((t1 - job.t0) * 1e3, 1)}})
 
     async def drain(self, grace_s: float) -> None:
-        """Refuse new requests, let running ones finish for `grace_s`, then abort the rest (their
-        streams end cleanly with finish_reason "abort")."""
+        """Refuse new requests (503 shutting_down) and let running ones finish for `grace_s`,
+        then abort the rest: their streams, HTTP and WebSocket alike, end cleanly with
+        finish_reason "abort" (and their final event or frame)."""
         self.draining = True
         deadline = time.monotonic() + grace_s
         while self.jobs and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.02)
         for job in list(self.jobs):
             job.cancel()
-        for _ in range(100):  # the consumers write their last chunk
+        for _ in range(50):  # the consumers write their last chunk or frame
             if not self.jobs:
                 break
             await asyncio.sleep(0.02)

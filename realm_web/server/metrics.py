@@ -25,6 +25,10 @@ class Metrics:
         self.per_token = Histogram("realm_time_per_output_token_seconds", "Decode time per output token after the first",
                                    buckets=_PER_TOKEN, registry=r)
         self.e2e = Histogram("realm_request_duration_seconds", "Request duration", buckets=_LATENCY, registry=r)
+        self.refusals = Counter("realm_refusals", "Requests refused, or stopped before their end, by reason (the "
+                                "error code: invalid_json, queue_full, server_overloaded, rate_limit_exceeded, "
+                                "shutting_down, header_timeout, body_timeout, request_timeout, ...)",
+                                ["reason"], registry=r)
         self.running = Gauge("realm_requests_running", "Requests holding a KV slot", registry=r)
         self.waiting = Gauge("realm_requests_waiting", "Requests queued for a slot", registry=r)
         self.kv_usage = Gauge("realm_kv_cache_usage_ratio", "KV tokens in use / KV capacity", registry=r)
@@ -36,6 +40,11 @@ class Metrics:
         self.waiting.set_function(lambda: stats().waiting)
         self.kv_tokens.set_function(lambda: stats().kv_used)
         self.kv_usage.set_function(lambda: (lambda s: s.kv_used / max(1, s.kv_capacity))(stats()))
+
+    def refused(self, endpoint: str, status: int, reason: str | None) -> None:
+        """One request answered with an error (HTTP status, or the WebSocket's error frame)."""
+        self.requests.labels(endpoint, str(status)).inc()
+        self.refusals.labels(reason or "error").inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -66,6 +66,42 @@ _COMPLETION = _COMMON | {"prompt", "logprobs", "echo", "best_of", "suffix"}
 _ROLES = {"system", "developer", "user", "assistant"}
 
 
+# -- the edge: every byte and every string a client sends is checked here, once ---------------------
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def decode_json(data: bytes | str, what: str = "the request body") -> Any:
+    """Parse a request body or a WebSocket frame; anything that is not JSON (bad UTF-8, NaN or
+    Infinity, numbers too long, nesting too deep) is a 400 `invalid_json`."""
+    try:
+        return json.loads(data, parse_constant=_no_constant)
+    except RecursionError:
+        raise bad_request(f"{what} is JSON nested too deeply", None, "invalid_json") from None
+    except ValueError as e:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise bad_request(f"{what} is not valid JSON: {e}", None, "invalid_json") from None
+
+
+def check_text(s: str, field: str) -> str:
+    """Text the model reads: any Unicode but NUL, and no lone surrogates (they have no UTF-8)."""
+    if "\x00" in s:
+        raise bad_request(f"'{field}' contains a NUL character (U+0000)", field, "invalid_text")
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise bad_request(f"'{field}' contains a lone surrogate (U+{ord(s[e.start]):04X}) at index {e.start}: "
+                          "text must be valid Unicode", field, "invalid_text") from None
+    return s
+
+
+def check_name(s: str, field: str) -> str:
+    """An identifier (model, adapter, request id): valid text without control characters."""
+    check_text(s, field)
+    if any(c < " " or "\x7f" <= c < "\xa0" for c in s):
+        raise bad_request(f"'{field}' contains a control character", field, "invalid_text")
+    return s
+
+
 def _get(body: Mapping[str, Any], key: str, types: tuple[type, ...], default: Any = None, *,
          what: str = "") -> Any:
     v = body.get(key, default)
@@ -75,6 +111,8 @@ def _get(body: Mapping[str, Any], key: str, types: tuple[type, ...], default: An
         raise bad_request(f"'{key}' must be {what or types[0].__name__}, got {v!r}", key, "invalid_type")
     if not isinstance(v, types):
         raise bad_request(f"'{key}' must be {what or types[0].__name__}, got {type(v).__name__}", key, "invalid_type")
+    if isinstance(v, str):
+        check_text(v, key)
     return v
 
 
@@ -82,6 +120,14 @@ def _check_fields(body: Mapping[str, Any], allowed: set[str]) -> None:
     for k in body:
         if k not in allowed:
             raise bad_request(f"Unrecognized request argument supplied: {k}", k, "unknown_parameter")
+    # accepted for compatibility and ignored, but still of the right type
+    _get(body, "user", (str,), what="a string")
+    _get(body, "service_tier", (str,), what="a string")
+    _get(body, "store", (bool,), what="a boolean")
+    _get(body, "parallel_tool_calls", (bool,), what="a boolean")
+    meta = _get(body, "metadata", (dict,), {}, what="an object of strings")
+    if any(not isinstance(v, str) for v in meta.values()):
+        raise bad_request("'metadata' values must be strings", "metadata", "invalid_type")
 
 
 def _sampling(body: Mapping[str, Any], default_max: int | None) -> SamplingParams:
@@ -113,6 +159,8 @@ def _sampling(body: Mapping[str, Any], default_max: int | None) -> SamplingParam
         stops = list(stop)
     else:
         raise bad_request("'stop' must be a string or a list of strings", "stop", "invalid_type")
+    for s in stops:
+        check_text(s, "stop")
     if len(stops) > MAX_STOP or any(not s for s in stops):
         raise bad_request(f"'stop' takes up to {MAX_STOP} non-empty strings", "stop")
     seed = _get(body, "seed", (int,), None, what="an integer")
@@ -153,7 +201,7 @@ def _model(body: Mapping[str, Any]) -> str:
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise bad_request("'model' is required: a model id from GET /v1/models", "model", "missing_required_parameter")
-    return model
+    return check_name(model, "model")
 
 
 def _content(m: Mapping[str, Any], i: int) -> str:
@@ -163,14 +211,14 @@ def _content(m: Mapping[str, Any], i: int) -> str:
             return ""
         raise bad_request(f"messages[{i}].content is required", f"messages[{i}].content")
     if isinstance(c, str):
-        return c
+        return check_text(c, f"messages[{i}].content")
     if isinstance(c, list):
         parts = []
         for j, part in enumerate(c):
             if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
                 raise bad_request(f"messages[{i}].content[{j}]: only text parts are supported",
                                   f"messages[{i}].content", "unsupported_content")
-            parts.append(part["text"])
+            parts.append(check_text(part["text"], f"messages[{i}].content[{j}].text"))
         return "".join(parts)
     raise bad_request(f"messages[{i}].content must be a string or a list of text parts", f"messages[{i}].content",
                       "invalid_type")
@@ -190,11 +238,15 @@ def parse_chat(body: Any, model: Model) -> GenRequest:
         if not isinstance(m, dict):
             raise bad_request(f"messages[{i}] must be an object", f"messages[{i}]", "invalid_type")
         role = m.get("role")
-        if role not in _ROLES:
+        if not isinstance(role, str) or role not in _ROLES:
             raise bad_request(f"messages[{i}].role must be one of {sorted(_ROLES)}, got {role!r}", f"messages[{i}].role")
         clean.append({"role": "system" if role == "developer" else role, "content": _content(m, i)})
     if body.get("tools"):
         raise bad_request("'tools' are not supported by this model", "tools", "unsupported_parameter")
+    choice = body.get("tool_choice")
+    if choice is not None and choice not in ("none", "auto"):
+        raise bad_request("'tool_choice' may only be 'none' or 'auto' (no tools are served)", "tool_choice",
+                          "unsupported_parameter")
     rf = _get(body, "response_format", (dict,), {}, what="an object")
     if rf and rf.get("type") != "text":
         raise bad_request("only response_format {'type': 'text'} is supported", "response_format",
@@ -207,7 +259,7 @@ def parse_chat(body: Any, model: Model) -> GenRequest:
     stream, usage = _stream_opts(body)
     try:
         ids = model.encode_prompt(clean)
-    except ValueError as e:
+    except (ValueError, TypeError) as e:
         raise bad_request(str(e), "messages") from None
     given = body.get("max_tokens") is not None or body.get("max_completion_tokens") is not None
     return GenRequest("chat", name, [ids], replace(params, logprobs=logprobs), n=_n(body), stream=stream,
@@ -235,7 +287,10 @@ def parse_completion(body: Any, model: Model, vocab_size: int) -> GenRequest:
         if isinstance(x, str):
             if not x:
                 raise bad_request("'prompt' must not be empty", "prompt")
-            prompts.append(model.encode_prompt(x, raw=True))
+            try:
+                prompts.append(model.encode_prompt(check_text(x, "prompt"), raw=True))
+            except (ValueError, TypeError) as e:
+                raise bad_request(str(e), "prompt") from None
             echo.append(x)
         else:
             if not x or not all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < vocab_size for t in x):
@@ -259,6 +314,8 @@ def parse_completion(body: Any, model: Model, vocab_size: int) -> GenRequest:
 
 def _adapter(body: Mapping[str, Any]) -> str | None:
     a = _get(body, "adapter", (str,), None, what="a string")
+    if a is not None:
+        check_name(a, "adapter")
     if a is not None:
         raise bad_request("LoRA adapters are not served yet", "adapter", "unsupported_parameter")
     return None
@@ -308,6 +365,11 @@ def envelope(kind: str, rid: str, model: str, created: int | None = None, chunk:
     obj = ("chat.completion.chunk" if chunk else "chat.completion") if kind == "chat" else "text_completion"
     return {"id": rid, "object": obj, "created": created or int(time.time()), "model": model,
             "system_fingerprint": None}
+
+
+def timeout_error(limit_s: float) -> ApiError:
+    return ApiError(408, f"the request ran longer than the server's request timeout ({limit_s:g} s) and was "
+                         "stopped; ask for fewer tokens", code="request_timeout")
 
 
 def sse(obj: Any) -> bytes:

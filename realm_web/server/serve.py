@@ -1,4 +1,7 @@
-"""`realm-web serve`: uvicorn around create_app, with JSON logs and a graceful drain on SIGINT/SIGTERM."""
+"""`realm-web serve`: uvicorn around create_app, with JSON logs, a deadline for each request's
+headers (slowloris), and a graceful drain on SIGINT/SIGTERM: new requests get 503 while the
+running ones finish (HTTP and WebSocket alike) for at most the grace, and the process exits
+within it."""
 from __future__ import annotations
 
 import asyncio
@@ -8,12 +11,59 @@ import signal
 import socket
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .app import create_app
 from .config import ServerConfig, load_config
 
 log = logging.getLogger("realm_web.server")
+EXIT_MARGIN_S = 0.75  # of the grace, kept for ending the streams left and stopping the server
+
+
+def guarded_http(header_timeout_s: float, on_timeout: Callable[[], None]) -> type:
+    """uvicorn's httptools protocol with a deadline: a connection must send a request's headers
+    within `header_timeout_s` of opening (or of the request's first byte, on a kept-alive
+    connection), else it gets 408 and is closed. uvicorn has no such limit of its own."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    class GuardedHttp(HttpToolsProtocol):
+        _header_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def _arm(self) -> None:
+            if self._header_timer is None:
+                self._header_timer = self.loop.call_later(header_timeout_s, self._headers_too_slow)
+
+        def _disarm(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._arm()
+
+        def on_headers_complete(self) -> None:
+            self._disarm()
+            super().on_headers_complete()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _headers_too_slow(self) -> None:
+            self._header_timer = None
+            if self.transport.is_closing():
+                return
+            on_timeout()
+            self.transport.write(b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain\r\n"
+                                 b"content-length: 28\r\nconnection: close\r\n\r\nthe request headers were late")
+            self.transport.close()
+
+    return GuardedHttp
 
 
 class JsonFormatter(logging.Formatter):
@@ -62,16 +112,26 @@ def serve(*, host: str = "127.0.0.1", port: int = 8000, model: str | None = None
     web_dir = Path(web) if web else default_web_dir()
     app = create_app(load, cfg, web_dir=web_dir, model_dir=model_dir or default_model_dir())
     hub = app.state.hub
-    ucfg = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                          ws_max_size=cfg.max_body_bytes, timeout_graceful_shutdown=int(cfg.shutdown_grace_s) + 5,
-                          lifespan="on")
+    metrics = app.state.metrics
+    http = guarded_http(cfg.header_timeout_s, lambda: metrics.refused("(headers)", 408, "header_timeout"))
+    ucfg = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, http=http,
+                          ws_max_size=cfg.max_body_bytes, timeout_graceful_shutdown=2, lifespan="on")
 
     class Server(uvicorn.Server):
-        def handle_exit(self, sig: int, frame: Any) -> None:  # first signal: drain, then stop
-            if not hub.draining:
-                loop = asyncio.get_event_loop()
-                loop.call_soon_threadsafe(lambda: loop.create_task(hub.drain(cfg.shutdown_grace_s)))
-            super().handle_exit(sig, frame)
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            """First signal: drain (the listener stays open and answers 503), then stop. A
+            second signal stops at once."""
+            if hub.draining or self.should_exit:
+                super().handle_exit(sig, frame)
+                return
+            self._captured_signals.append(sig)
+            log.info("draining", extra={"fields": {"grace_s": cfg.shutdown_grace_s, "running": len(hub.jobs)}})
+            loop = asyncio.get_event_loop()
+            loop.call_soon_threadsafe(lambda: loop.create_task(self.drain()))
+
+        async def drain(self) -> None:
+            await hub.drain(max(0.0, cfg.shutdown_grace_s - EXIT_MARGIN_S))
+            self.should_exit = True
 
     mode = "open: no API keys, loopback only" if cfg.open else f"{len(cfg.tenants)} tenants with API keys"
     print(f"realm-web: serving on http://{host}:{port} ({mode}); the model loads in the background, "
