@@ -114,8 +114,11 @@ def serve(*, host: str = "127.0.0.1", port: int = 8000, model: str | None = None
     hub = app.state.hub
     metrics = app.state.metrics
     http = guarded_http(cfg.header_timeout_s, lambda: metrics.refused("(headers)", 408, "header_timeout"))
+    # Frames over max_body_bytes get an error frame from the app, the socket stays open; only a
+    # frame beyond 16x that (at least 16 MiB) makes the WebSocket layer close the connection.
     ucfg = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, http=http,
-                          ws_max_size=cfg.max_body_bytes, timeout_graceful_shutdown=2, lifespan="on")
+                          ws_max_size=max(16 * cfg.max_body_bytes, 16 << 20), timeout_graceful_shutdown=2,
+                          lifespan="on")
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: Any) -> None:

@@ -104,7 +104,11 @@ class Session:
             if msg.get("bytes") is not None:
                 raise bad_request("binary frames are not part of the protocol: send JSON text frames", None,
                                   "binary_frame")
-            frame = P.decode_json(msg.get("text") or "", "the frame")
+            text = msg.get("text") or ""
+            if len(text) > self.config.max_body_bytes:  # characters: at least as many bytes
+                raise ApiError(413, f"the frame is larger than {self.config.max_body_bytes} bytes",
+                               code="frame_too_large")
+            frame = P.decode_json(text, "the frame")
             if not isinstance(frame, dict):
                 raise bad_request("a frame is a JSON object", None, "invalid_frame")
             raw_id = frame.get("id")
