@@ -18,6 +18,7 @@ from .errors import ApiError, bad_request
 
 MAX_N = 8
 MAX_STOP = 4
+COMPLETION_DEFAULT_MAX = 16
 
 
 class Model(Protocol):
@@ -38,7 +39,7 @@ class GenRequest:
     logprobs: bool = False
     echo: list[str] = field(default_factory=list)  # completions: prompt text to put before each choice
     adapter: str | None = None
-    max_tokens_given: bool = True  # else fit_context fills in what the context leaves
+    max_tokens_given: bool = True  # else fit_context fills in the default (what fits, and the key allows)
 
     @property
     def choices(self) -> list[tuple[int, list[int], SamplingParams]]:
@@ -304,12 +305,13 @@ def parse_completion(body: Any, model: Model, vocab_size: int) -> GenRequest:
     lp = _get(body, "logprobs", (int,), None, what="an integer")
     if lp is not None and lp != 0:
         raise bad_request("'logprobs' may only be 0 (the sampled token's logprob)", "logprobs", "unsupported_parameter")
-    params = _sampling(body, 16)
+    params = _sampling(body, COMPLETION_DEFAULT_MAX)
     stream, usage = _stream_opts(body)
     do_echo = _get(body, "echo", (bool,), False, what="a boolean")
     return GenRequest("completion", name, prompts, replace(params, logprobs=lp is not None), n=_n(body),
                       stream=stream, include_usage=usage, logprobs=lp is not None,
-                      echo=echo if do_echo else [], adapter=_adapter(body))
+                      echo=echo if do_echo else [], adapter=_adapter(body),
+                      max_tokens_given=body.get("max_tokens") is not None)
 
 
 def _adapter(body: Mapping[str, Any]) -> str | None:
@@ -330,8 +332,9 @@ def fit_context(req: GenRequest, max_length: int, tenant_max: int = 0) -> None:
                        if req.kind == "chat" else "prompt")
     room = max_length - longest
     p = req.params
-    if not req.max_tokens_given:  # chat without max_tokens: as much as the context (and the key) allows
-        req.params = p = replace(p, max_tokens=min(room, tenant_max) if tenant_max else room)
+    if not req.max_tokens_given:  # chat: as much as the context allows; completions: 16 (OpenAI's default)
+        cap = room if req.kind == "chat" else min(room, COMPLETION_DEFAULT_MAX)
+        req.params = p = replace(p, max_tokens=min(cap, tenant_max) if tenant_max else cap)
         return
     if tenant_max and p.max_tokens > tenant_max:
         raise bad_request(f"'max_tokens' is {p.max_tokens}; this API key allows up to {tenant_max} per request",
