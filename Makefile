@@ -4,7 +4,28 @@ PY      := .venv/bin/python
 STAMP   := .venv/.setup-stamp
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup model web serve test test-node typecheck bench clean
+.PHONY: setup model web serve test test-node typecheck bench clean sysdeps-node sysdeps-test
+
+# System packages: Node.js and npm (Pyodide, onnxruntime-web: `make web`) and, for the tests,
+# Debian's Chromium. Installed with apt-get when run as root; otherwise make stops at once and
+# says what to run, before spending minutes on the rest.
+define need_packages
+	@need=""; for p in $(1); do case $$p in \
+	  nodejs) command -v node >/dev/null || need="$$need nodejs";; \
+	  npm) command -v npm >/dev/null || need="$$need npm";; \
+	  chromium) [ -x /usr/bin/chromium ] || need="$$need chromium";; esac; done; \
+	if [ -n "$$need" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing system packages:$$need"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$need; \
+	  else echo "missing system packages:$$need; run: sudo apt-get install -y$$need" >&2; exit 1; fi; fi
+endef
+
+sysdeps-node:
+	$(call need_packages,nodejs npm)
+
+sysdeps-test:
+	$(call need_packages,nodejs npm chromium)
 
 setup: $(STAMP)
 
@@ -21,7 +42,7 @@ model: setup
 
 # The JavaScript side: Pyodide and onnxruntime-web from npm (package-lock.json), and the core's
 # pure-Python wheel that Pyodide installs.
-web: wasm/node_modules/.stamp wasm/dist/pywheels/.stamp
+web: sysdeps-node wasm/node_modules/.stamp wasm/dist/pywheels/.stamp
 	$(PY) tools/build_core_wheel.py
 	$(PY) tools/build_web.py
 
@@ -48,7 +69,7 @@ test-node: model web
 typecheck: setup
 	$(PY) -m mypy --strict
 
-test: model web test-node
+test: sysdeps-test model web test-node
 	$(PY) -m mypy --strict
 	$(PY) -m pytest -q -ra
 
