@@ -62,10 +62,10 @@ def contract(llm: LLM) -> dict[str, object]:
     def run(*seqs: SeqStep, **kw: object) -> dict[int, list[int]]:
         return eng.run_sync(StepPlan(seqs=list(seqs), **kw)).tokens  # type: ignore[arg-type]
 
-    run(SeqStep(-1, 0, 0, prompt, 1), new_seqs=[NewSeq(-1, spec)])
+    run(SeqStep(-1, 0, 0, prompt, 1), new_seqs=[NewSeq(-1, 0, spec)])
     verify = run(SeqStep(-1, 0, n, g[:7], 7))[-1]  # samples at 7 positions in one step
     back = run(SeqStep(-1, 0, n + 3, g[3:4], 1))[-1]  # rolled back to n + 3
-    copied = run(SeqStep(-2, 1, n - 1, prompt[-1:], 1), new_seqs=[NewSeq(-2, spec)], copies=[KVCopy(0, 1, n - 1)])[-2]
+    copied = run(SeqStep(-2, 1, n - 1, prompt[-1:], 1), new_seqs=[NewSeq(-2, 1, spec)], copies=[KVCopy(0, 1, n - 1)])[-2]
     run(released=[-1, -2])
     return {"verify_same": sum(a == b for a, b in zip(verify, g[1:8])), "verify_of": 7,
             "rollback_same": back == g[4:5], "copy_same": copied == g[:1]}

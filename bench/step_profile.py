@@ -51,7 +51,7 @@ def main() -> int:
         tot = np.full(rows, start + width, np.int64)
         eng._forward(0, ids, tot, np.full((rows, 1), width - 1, np.int64))
 
-    eng.run_sync(StepPlan(seqs=[], new_seqs=[NewSeq(i, SamplingSpec()) for i in range(64)]))
+    eng.run_sync(StepPlan(seqs=[], new_seqs=[NewSeq(i, i, SamplingSpec()) for i in range(64)]))
 
     def prime(rows: int, start: int) -> None:  # slots 0..rows-1 hold `start` tokens
         if start:

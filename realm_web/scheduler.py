@@ -243,7 +243,8 @@ class Scheduler:
         plan = StepPlan(seqs=[self._seq(r, toks) for r, toks in chosen])
         for r, _ in chosen:
             if not r.announced:
-                plan.new_seqs.append(NewSeq(r.request_id, r.spec, r.adapter))
+                assert r.slot is not None
+                plan.new_seqs.append(NewSeq(r.request_id, r.slot, r.spec, r.adapter))
                 r.announced = True
         if len(chosen) < len(self.running):  # rows that hold a cache and sit this step out
             ran = {r.request_id for r, _ in chosen}

@@ -59,9 +59,11 @@ class SamplingSpec:
 
 @dataclass(frozen=True)
 class NewSeq:
-    """A request starting on a slot: what stays the same for every step it runs."""
+    """A request starting on a slot: which slot, and what stays the same for every step it runs.
+    When the plan releases it, the engine may drop that slot's cache."""
 
     seq_id: int
+    slot: int
     sampling: SamplingSpec
     adapter: str | None = None
 

@@ -26,10 +26,13 @@ class ClientResult:
     total_s: float = 0.0
     error: str | None = None
     events: list[Any] = field(default_factory=list)
+    status: int = 0  # HTTP status (101 for a WebSocket that opened)
+    cut: bool = False  # the client hung up on purpose (cut_after)
 
 
 async def http_client(url: str, key: str | None, q: str, max_tokens: int, model: str,
-                      ignore_eos: bool = False) -> ClientResult:
+                      ignore_eos: bool = False, cut_after: int | None = None) -> ClientResult:
+    """One streamed chat over HTTP/SSE; with `cut_after`, hang up after that many text pieces."""
     r = ClientResult("http", q)
     body = {"model": model, "messages": [{"role": "user", "content": q}], "temperature": 0, "max_tokens": max_tokens,
             "stream": True, "stream_options": {"include_usage": True}, "ignore_eos": ignore_eos}
@@ -39,6 +42,7 @@ async def http_client(url: str, key: str | None, q: str, max_tokens: int, model:
         async with httpx.AsyncClient(timeout=300, trust_env=False, verify=False) as c:
             t0 = time.perf_counter()
             async with c.stream("POST", url + "/v1/chat/completions", json=body, headers=headers) as resp:
+                r.status = resp.status_code
                 if resp.status_code != 200:
                     await resp.aread()
                     r.error = f"HTTP {resp.status_code}: {resp.text[:200]}"
@@ -59,6 +63,13 @@ async def http_client(url: str, key: str | None, q: str, max_tokens: int, model:
                             r.ttft_s = time.perf_counter() - t0
                         r.text += piece
                         r.finish_reason = ch.get("finish_reason") or r.finish_reason
+                        if piece:
+                            r.events.append(piece)
+                    if cut_after is not None and len(r.events) >= cut_after:
+                        r.cut = True
+                        break
+                if r.cut:
+                    done = True
                 if not done:
                     r.error = "the stream ended without [DONE]"
     except Exception as e:  # noqa: BLE001 - reported per client
@@ -67,7 +78,9 @@ async def http_client(url: str, key: str | None, q: str, max_tokens: int, model:
     return r
 
 
-async def ws_client(url: str, key: str | None, q: str, max_tokens: int, ignore_eos: bool = False) -> ClientResult:
+async def ws_client(url: str, key: str | None, q: str, max_tokens: int, ignore_eos: bool = False,
+                    cut_after: int | None = None) -> ClientResult:
+    """One generate on its own /ws socket; with `cut_after`, close the socket after that many tokens."""
     from websockets.asyncio.client import connect
 
     r = ClientResult("ws", q)
@@ -75,6 +88,7 @@ async def ws_client(url: str, key: str | None, q: str, max_tokens: int, ignore_e
     t0 = time.perf_counter()
     try:
         async with connect(url.replace("http", "ws", 1) + "/ws", additional_headers=headers, max_size=None) as ws:
+            r.status = 101
             await ws.send(json.dumps({"id": 1, "function": "generate", "params": {
                 "messages": [{"role": "user", "content": q}], "temperature": 0, "max_tokens": max_tokens,
                 "ignore_eos": ignore_eos}}))
@@ -87,6 +101,9 @@ async def ws_client(url: str, key: str | None, q: str, max_tokens: int, ignore_e
                     assert f["data"]["index"] == n, "token frames out of order"
                     n += 1
                     r.text += f["data"]["text"]
+                    if cut_after is not None and n >= cut_after:
+                        r.cut = True
+                        break
                     continue
                 if f["status"] == "complete":
                     r.tokens = f["data"]["tokens_generated"]

@@ -41,7 +41,7 @@ def run(eng: OrtNativeEngine, *seqs: SeqStep, new: list[NewSeq] | None = None, *
 
 def test_samples_at_several_positions_equal_step_by_step_decoding(eng, prompt, greedy) -> None:  # type: ignore[no-untyped-def]
     n = len(prompt)
-    assert run(eng, SeqStep(1, 0, 0, prompt, 1), new=[NewSeq(1, GREEDY)])[1] == greedy[:1]
+    assert run(eng, SeqStep(1, 0, 0, prompt, 1), new=[NewSeq(1, 0, GREEDY)])[1] == greedy[:1]
     # verification: feed the next 7 tokens at once and sample at each of their positions
     assert run(eng, SeqStep(1, 0, n, greedy[:7], 7))[1] == greedy[1:8]
     # roll back: the row is cut to n + 3 by the plan alone, and continues from there
@@ -50,7 +50,7 @@ def test_samples_at_several_positions_equal_step_by_step_decoding(eng, prompt, g
     assert run(eng, SeqStep(1, 0, n + 6, greedy[6:9], 3))[1] == greedy[7:10]
     # several rows, each sampled at several positions, in one padded step
     out = run(eng, SeqStep(2, 1, 0, prompt + greedy[:3], 4), SeqStep(1, 0, 0, prompt + greedy[:5], 3),
-              new=[NewSeq(2, GREEDY)])
+              new=[NewSeq(2, 1, GREEDY)])
     assert out == {2: greedy[:4], 1: greedy[3:6]}
     eng.run_sync(StepPlan(seqs=[], released=[1, 2]))
 
@@ -58,21 +58,21 @@ def test_samples_at_several_positions_equal_step_by_step_decoding(eng, prompt, g
 def test_a_different_token_after_a_rollback_is_computed_afresh(eng, prompt, greedy) -> None:  # type: ignore[no-untyped-def]
     n = len(prompt)
     other = [t for t in (13, 42, 314) if t != greedy[2]][0]
-    run(eng, SeqStep(3, 0, 0, prompt, 1), new=[NewSeq(3, GREEDY)])
+    run(eng, SeqStep(3, 0, 0, prompt, 1), new=[NewSeq(3, 0, GREEDY)])
     run(eng, SeqStep(3, 0, n, greedy[:5], 5))
     after = run(eng, SeqStep(3, 0, n + 2, [other], 1))[3]  # overwrite position n + 2
-    fresh = run(eng, SeqStep(4, 1, 0, prompt + greedy[:2] + [other], 1), new=[NewSeq(4, GREEDY)])[4]
+    fresh = run(eng, SeqStep(4, 1, 0, prompt + greedy[:2] + [other], 1), new=[NewSeq(4, 1, GREEDY)])[4]
     assert after == fresh
     eng.run_sync(StepPlan(seqs=[], released=[3, 4]))
 
 
 def test_a_kv_copy_gives_a_slot_another_slots_prefix(eng, prompt, greedy) -> None:  # type: ignore[no-untyped-def]
     n = len(prompt)
-    run(eng, SeqStep(5, 0, 0, prompt + greedy[:4], 1), new=[NewSeq(5, GREEDY)])
+    run(eng, SeqStep(5, 0, 0, prompt + greedy[:4], 1), new=[NewSeq(5, 0, GREEDY)])
     # slot 2 takes the first n - 1 positions of slot 0, and feeds only the prompt's last token;
     # with a repetition penalty the copied tokens count too
-    out = run(eng, SeqStep(6, 2, n - 1, prompt[-1:], 1), new=[NewSeq(6, PENALTY)], copies=[KVCopy(0, 2, n - 1)])
-    out |= run(eng, SeqStep(7, 3, 0, prompt, 1), new=[NewSeq(7, PENALTY)])
+    out = run(eng, SeqStep(6, 2, n - 1, prompt[-1:], 1), new=[NewSeq(6, 2, PENALTY)], copies=[KVCopy(0, 2, n - 1)])
+    out |= run(eng, SeqStep(7, 3, 0, prompt, 1), new=[NewSeq(7, 3, PENALTY)])
     assert out[6] == out[7]
     out = run(eng, SeqStep(6, 2, n, out[6], 1), SeqStep(7, 3, n, out[7], 1))
     assert out[6] == out[7]
@@ -82,15 +82,15 @@ def test_a_kv_copy_gives_a_slot_another_slots_prefix(eng, prompt, greedy) -> Non
 def test_plans_outside_the_contract_are_refused(eng, prompt) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ValueError, match="announced"):
         run(eng, SeqStep(8, 0, 0, prompt, 1))
-    run(eng, SeqStep(8, 0, 0, prompt, 1), new=[NewSeq(8, GREEDY)])
+    run(eng, SeqStep(8, 0, 0, prompt, 1), new=[NewSeq(8, 0, GREEDY)])
     with pytest.raises(ValueError, match="holds"):
         run(eng, SeqStep(8, 0, len(prompt) + 5, [1], 1))  # a gap after the cache
     with pytest.raises(ValueError, match="empty slots"):  # multi-token rows over a held cache
-        run(eng, SeqStep(8, 0, len(prompt), [1, 2], 1), SeqStep(9, 1, 0, [1, 2], 1), new=[NewSeq(9, GREEDY)])
+        run(eng, SeqStep(8, 0, len(prompt), [1, 2], 1), SeqStep(9, 1, 0, [1, 2], 1), new=[NewSeq(9, 1, GREEDY)])
     with pytest.raises(ValueError, match="context"):
         run(eng, SeqStep(8, 0, len(prompt), [1] * 250, 1))
     with pytest.raises(ValueError, match="copy"):
         run(eng, copies=[KVCopy(0, 1, len(prompt) + 50)])
     with pytest.raises(ValueError, match="adapter"):
-        run(eng, new=[NewSeq(10, GREEDY, adapter="sql")])
+        run(eng, new=[NewSeq(10, 0, GREEDY, adapter="sql")])
     eng.run_sync(StepPlan(seqs=[], released=[8, 9]))

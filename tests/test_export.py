@@ -192,7 +192,7 @@ import ort from "{(root / 'wasm' / 'node_modules' / 'onnxruntime-node' / 'dist' 
 const [file, cfgJson, idsJson] = process.argv.slice(2);
 const b = await Bridge.create(ort, file, {{ ...JSON.parse(cfgJson), threads: 1 }});
 const ids = JSON.parse(idsJson), G = {{ temperature: 0, top_k: 0, top_p: 1, min_p: 0, repetition_penalty: 1, logprobs: false }};
-let out = JSON.parse(await b.step(JSON.stringify({{ seqs: [[0, 0, 0, ids, 1, []]], new: [{{ id: 0, sampling: G }}] }}))).tokens[0];
+let out = JSON.parse(await b.step(JSON.stringify({{ seqs: [[0, 0, 0, ids, 1, []]], new: [{{ id: 0, slot: 0, sampling: G }}] }}))).tokens[0];
 for (let i = 0; i < 11; i++)
   out.push(...JSON.parse(await b.step(JSON.stringify({{ seqs: [[0, 0, ids.length + i, [out[i]], 1, []]] }}))).tokens[0]);
 console.log(JSON.stringify(out));

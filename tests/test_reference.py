@@ -82,7 +82,7 @@ def test_incremental_decode_matches_batch_prefill(model_dir: Path) -> None:
     """Feeding the prompt in chunks gives the same next token as one prefill (KV cache is right)."""
     eng = OrtNativeEngine(model_dir, dtype="fp32", max_length=128)
     ids = list(range(300, 340))
-    new = [NewSeq(0, SamplingSpec())]
+    new = [NewSeq(0, 0, SamplingSpec())]
     one = eng.run_sync(StepPlan([SeqStep(0, 0, 0, ids, 1)], new_seqs=new)).tokens[0]
     for a, b in ((0, 13), (13, 30), (30, 39)):
         eng.run_sync(StepPlan([SeqStep(0, 0, a, ids[a:b])]))

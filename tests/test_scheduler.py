@@ -248,6 +248,7 @@ class FakeModel:
         for n in plan.new_seqs:
             assert n.seq_id not in self.known, "announced twice without a release"
             assert n.sampling == self.s.requests[n.seq_id].params.spec()
+            assert n.slot == self.s.requests[n.seq_id].slot
             self.known.add(n.seq_id)
         ran = {q.slot for q in plan.seqs}
         running = {r.slot: r for r in self.s.running}

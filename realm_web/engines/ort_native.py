@@ -22,6 +22,7 @@ the repetition penalty, cut and extended by the plan the same way.
 from __future__ import annotations
 
 import asyncio
+import mmap
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -99,15 +100,22 @@ class OrtNativeEngine:
         self.row_shape = (m.num_kv_heads, self.max_length, m.head_dim)
         self.row_bytes = int(np.prod(self.row_shape)) * np.dtype(self.kv_dtype).itemsize
         shape = (max_slots, *self.row_shape)
-        # CPU: numpy buffers (zero pages are only touched when used). CUDA: device OrtValues.
+        # CPU: numpy arrays over anonymous mmaps of 4 KB pages (not numpy's own allocation, which
+        # asks for transparent huge pages: a write to one position then makes 2 MB resident, and a
+        # server's RSS grew by every slot's full context). Only the positions written take memory,
+        # and a released slot's pages go back to the system. CUDA: device OrtValues.
         self._keep: list[Any] = []
+        self._maps: list[mmap.mmap] = []
         self.cache_ptrs: list[int] = []
+        nbytes = int(np.prod(shape)) * np.dtype(self.kv_dtype).itemsize
         for _ in range(m.num_layers * 2):
             if device == "cuda":
                 buf = ort.OrtValue.ortvalue_from_shape_and_type(shape, self.kv_dtype, "cuda", 0)
                 self.cache_ptrs.append(int(buf.data_ptr()))
             else:
-                buf = np.zeros(shape, dtype=self.kv_dtype)
+                mm = mmap.mmap(-1, nbytes)
+                self._maps.append(mm)
+                buf = np.frombuffer(mm, dtype=self.kv_dtype).reshape(shape)
                 self.cache_ptrs.append(int(buf.ctypes.data))
             self._keep.append(buf)
         self.caps = CAPS
@@ -115,6 +123,7 @@ class OrtNativeEngine:
         g = m.graph
         self._kv_names = [(g.past(i, kv), g.present(i, kv)) for i in range(m.num_layers) for kv in ("key", "value")]
         self._specs: dict[int, SamplingSpec] = {}  # seq id -> its sampling spec (from the plan's new_seqs)
+        self._slot_of: dict[int, int] = {}  # seq id -> the slot it was announced on
         self._tokens: list[list[int]] = [[] for _ in range(max_slots)]  # each slot's tokens (for the penalty)
         self.binding = self.session.io_binding()
         self._span: tuple[int, int] | None = None
@@ -255,9 +264,13 @@ class OrtNativeEngine:
                           f"fit the context of {self.max_length} tokens")
 
     def _learn(self, plan: StepPlan) -> None:
-        """The plan's news: requests gone, requests new (their constants), prefix copies."""
+        """The plan's news: requests gone (their slots' memory is given back), requests new
+        (their constants), prefix copies."""
         for sid in plan.released:
             self._specs.pop(sid, None)
+            slot = self._slot_of.pop(sid, None)
+            if slot is not None and slot not in self._slot_of.values():
+                self._drop_slot(slot)
         for n in plan.new_seqs:
             self._announce(n)
         for c in plan.copies:
@@ -266,7 +279,21 @@ class OrtNativeEngine:
     def _announce(self, n: NewSeq) -> None:
         if n.adapter is not None:
             raise ValueError(f"sequence {n.seq_id}: this engine serves no LoRA adapters (asked for {n.adapter!r})")
+        if not 0 <= n.slot < self.max_slots:
+            raise ValueError(f"sequence {n.seq_id}: slot {n.slot} is not in [0, {self.max_slots})")
         self._specs[n.seq_id] = n.sampling
+        self._slot_of[n.seq_id] = n.slot
+
+    def _drop_slot(self, slot: int) -> None:
+        """A slot nobody holds: its tokens are forgotten and, on the CPU, its cache pages given
+        back (they read as zeros until written again)."""
+        self._tokens[slot].clear()
+        page = mmap.PAGESIZE
+        lo = -(-slot * self.row_bytes // page) * page  # the whole pages inside the slot's rows
+        hi = (slot + 1) * self.row_bytes // page * page
+        if hi > lo:
+            for mm in self._maps:
+                mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
 
     def _copy(self, c: KVCopy) -> None:
         """Positions [0, length) of slot src's cache (and tokens) become those of slot dst."""
@@ -411,10 +438,10 @@ class OrtNativeEngine:
         """The first run of a graph id warms up, the next captures it."""
         for _ in range(2):
             plan = StepPlan(seqs=[SeqStep(seq_id=-1, slot=rows - 1, start=0, tokens=[self.pad_id], num_samples=1)],
-                            new_seqs=[NewSeq(-1, SamplingSpec())])
+                            new_seqs=[NewSeq(-1, rows - 1, SamplingSpec())])
             self._learn(plan)
             self._static_decode(plan, rows)
-            self._specs.pop(-1)
+            self._learn(StepPlan(seqs=[], released=[-1]))
 
     def _forward(self, lo: int, ids: np.ndarray, totals: np.ndarray, index: np.ndarray) -> Any:
         """One run over slots lo..lo+rows-1; returns the logits OrtValue (rows, k, vocab)."""

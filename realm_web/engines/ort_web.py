@@ -50,7 +50,7 @@ class OrtWebEngine:
         msg: dict[str, Any] = {"seqs": [[q.seq_id, q.slot, q.start, q.tokens, q.num_samples, q.draws]
                                         for q in plan.seqs]}
         if plan.new_seqs:
-            msg["new"] = [{"id": n.seq_id, "sampling": n.sampling.to_json(), "adapter": n.adapter}
+            msg["new"] = [{"id": n.seq_id, "slot": n.slot, "sampling": n.sampling.to_json(), "adapter": n.adapter}
                           for n in plan.new_seqs]
         if plan.released:
             msg["released"] = plan.released

@@ -20,8 +20,8 @@
 // several positions, WebGPU) run one session.run each, all within the one awaited step.
 //
 // The plan message (realm_web/engines/ort_web.py): {seqs: [[seqId, slot, start, tokens,
-// numSamples, draws], ...], new?: [{id, sampling, adapter}], released?: [seqId], copies?:
-// [[src, dst, length]]}. The answer: {tokens: {seqId: [id, ...]}, logprobs: {seqId: [lp, ...]}}.
+// numSamples, draws], ...], new?: [{id, slot, sampling, adapter}], released?: [seqId], copies?:
+// [[src, dst, length]]}, each new entry {id, slot, sampling, adapter}. The answer: {tokens: {seqId: [id, ...]}, logprobs: {seqId: [lp, ...]}}.
 
 const EMPTY = { float32: () => new Float32Array(0), float16: () => new Uint16Array(0) };
 
@@ -47,9 +47,9 @@ export class Bridge {
     this.cfg = cfg;
     this.names = graphNames(cfg);
     this.slots = new Map(); // slot -> {past: {name: Tensor}, row, rows}: row `row` of a batch of `rows`
-    this.owner = new Map(); // slot -> the seq id that last ran on it
+    this.owner = new Map(); // slot -> the seq id announced on it
     this.tokens = new Map(); // slot -> the tokens in its cache (for the repetition penalty)
-    this.seqs = new Map(); // seq id -> its sampling spec (sent once, when it is announced)
+    this.seqs = new Map(); // seq id -> {spec, slot} (sent once, when it is announced)
     this.batching = cfg.batching ?? cfg.backend !== "webgpu";
     // onnxruntime-web 1.30's WebGPU GroupQueryAttention returns wrong values for a step of 32 or
     // more new tokens (checked against WASM on a 2-layer model: equal up to 31, off from 32).
@@ -185,7 +185,7 @@ export class Bridge {
   /** The row's tokens at its sampled positions, from row b of logits (batch, k, vocab). */
   sample(q, logits, b, out) {
     if (!q.numSamples) { out.tokens[q.seqId] = []; return; }
-    const spec = this.seqs.get(q.seqId);
+    const { spec } = this.seqs.get(q.seqId);
     const [, K, V] = logits.dims;
     const rows = Array.from({ length: q.numSamples }, (_, j) =>
       toFloat32({ type: logits.type, data: logits.data.subarray((b * K + j) * V, (b * K + j + 1) * V) }));
@@ -224,14 +224,16 @@ export class Bridge {
     const tEnter = performance.now();
     let tRun0 = tEnter, tRun1 = tEnter;
     const plan = JSON.parse(planJson);
-    for (const id of plan.released || []) {
-      const spec = this.seqs.get(id);
+    for (const id of plan.released || []) { // their slots' tensors are freed (GPU memory at once)
+      const seq = this.seqs.get(id);
       this.seqs.delete(id);
-      if (spec && this.owner.get(spec.slot) === id) { this.release(spec.slot); this.owner.delete(spec.slot); }
+      if (seq && this.owner.get(seq.slot) === id) { this.release(seq.slot); this.owner.delete(seq.slot); this.tokens.delete(seq.slot); }
     }
     for (const n of plan.new || []) {
       if (n.adapter != null) throw new Error(`sequence ${n.id}: this engine serves no LoRA adapters (asked for ${n.adapter})`);
-      this.seqs.set(n.id, { ...n.sampling, slot: null });
+      if (!Number.isInteger(n.slot) || n.slot < 0) throw new Error(`sequence ${n.id}: no slot given`);
+      this.seqs.set(n.id, { spec: n.sampling, slot: n.slot });
+      this.owner.set(n.slot, n.id);
     }
     for (const [src, dst, length] of plan.copies || []) await this.copy(src, dst, length);
     const rows = plan.seqs.map(([seqId, slot, start, tokens, numSamples, draws]) => ({ seqId, slot, start, tokens, numSamples, draws }));
@@ -259,8 +261,9 @@ export class Bridge {
   take(rows) {
     const width = this.prefillWidth ?? Infinity;
     for (const q of rows) {
-      const spec = this.seqs.get(q.seqId);
-      if (!spec) throw new Error(`sequence ${q.seqId} runs without having been announced`);
+      const seq = this.seqs.get(q.seqId);
+      if (!seq) throw new Error(`sequence ${q.seqId} runs without having been announced`);
+      if (seq.slot !== q.slot) throw new Error(`sequence ${q.seqId} was announced on slot ${seq.slot}, not ${q.slot}`);
       if (q.tokens.length === 0 || q.tokens.length > width) throw new Error(`sequence ${q.seqId}: ${q.tokens.length} tokens in one step (at most ${width} on ${this.cfg.backend})`);
       if (q.numSamples > q.tokens.length || (q.draws.length && q.draws.length !== q.numSamples))
         throw new Error(`sequence ${q.seqId}: ${q.numSamples} samples and ${q.draws.length} draws for ${q.tokens.length} tokens`);
@@ -269,8 +272,6 @@ export class Bridge {
       if (q.start > t.length) throw new Error(`slot ${q.slot} holds ${t.length} tokens but the step starts at ${q.start}`);
       t.length = q.start;
       for (const id of q.tokens) t.push(id);
-      spec.slot = q.slot;
-      this.owner.set(q.slot, q.seqId);
     }
   }
 

@@ -38,7 +38,7 @@ before(async () => {
   P = prompt;
   n = P.length;
   // ten greedy tokens, one decode step at a time
-  g = (await step({ seqs: [[0, 0, 0, P, 1, []]], new: [{ id: 0, sampling: GREEDY }] }))[0];
+  g = (await step({ seqs: [[0, 0, 0, P, 1, []]], new: [{ id: 0, slot: 0, sampling: GREEDY }] }))[0];
   for (let i = 0; i < 9; i++) g.push(...(await step({ seqs: [[0, 0, n + i, [g[i]], 1, []]] }))[0]);
   await step({ released: [0] });
 });
@@ -46,7 +46,7 @@ before(async () => {
 after(async () => { await bridge?.dispose(); });
 
 test("samples at several positions equal step-by-step decoding, and the plan rolls a row back", async () => {
-  assert.deepEqual((await step({ seqs: [[1, 0, 0, P, 1, []]], new: [{ id: 1, sampling: GREEDY }] }))[1], g.slice(0, 1));
+  assert.deepEqual((await step({ seqs: [[1, 0, 0, P, 1, []]], new: [{ id: 1, slot: 0, sampling: GREEDY }] }))[1], g.slice(0, 1));
   assert.deepEqual((await step({ seqs: [[1, 0, n, g.slice(0, 7), 7, []]] }))[1], g.slice(1, 8));
   assert.deepEqual((await step({ seqs: [[1, 0, n + 3, [g[3]], 1, []]] }))[1], g.slice(4, 5)); // back to n + 3
   assert.deepEqual((await step({ seqs: [[1, 0, n + 4, g.slice(4, 6), 2, []]] }))[1], g.slice(5, 7));
@@ -54,7 +54,7 @@ test("samples at several positions equal step-by-step decoding, and the plan rol
 });
 
 test("a batched decode rolls one of its rows back inside the shared cache", async () => {
-  const news = [{ id: 2, sampling: GREEDY }, { id: 3, sampling: GREEDY }];
+  const news = [{ id: 2, slot: 0, sampling: GREEDY }, { id: 3, slot: 1, sampling: GREEDY }];
   await step({ seqs: [[2, 0, 0, P, 1, []], [3, 1, 0, P, 1, []]], new: news });
   const runs0 = bridge.timings.batchedRuns;
   let out = await step({ seqs: [[2, 0, n, [g[0]], 1, []], [3, 1, n, [g[0]], 1, []]] });
@@ -68,9 +68,9 @@ test("a batched decode rolls one of its rows back inside the shared cache", asyn
 });
 
 test("a KV copy gives a slot another slot's prefix (and its tokens, for the penalty)", async () => {
-  await step({ seqs: [[4, 0, 0, [...P, ...g.slice(0, 4)], 1, []]], new: [{ id: 4, sampling: GREEDY }] });
-  const a = await step({ seqs: [[5, 2, n - 1, P.slice(-1), 1, []]], new: [{ id: 5, sampling: PENALTY }], copies: [[0, 2, n - 1]] });
-  const b = await step({ seqs: [[6, 3, 0, P, 1, []]], new: [{ id: 6, sampling: PENALTY }] });
+  await step({ seqs: [[4, 0, 0, [...P, ...g.slice(0, 4)], 1, []]], new: [{ id: 4, slot: 0, sampling: GREEDY }] });
+  const a = await step({ seqs: [[5, 2, n - 1, P.slice(-1), 1, []]], new: [{ id: 5, slot: 2, sampling: PENALTY }], copies: [[0, 2, n - 1]] });
+  const b = await step({ seqs: [[6, 3, 0, P, 1, []]], new: [{ id: 6, slot: 3, sampling: PENALTY }] });
   assert.deepEqual(a[5], b[6]);
   const c = await step({ seqs: [[5, 2, n, a[5], 1, []], [6, 3, n, b[6], 1, []]] });
   assert.deepEqual(c[5], c[6]);
@@ -79,9 +79,9 @@ test("a KV copy gives a slot another slot's prefix (and its tokens, for the pena
 
 test("plans outside the contract are refused with a clear error", async () => {
   await assert.rejects(step({ seqs: [[7, 0, 0, P, 1, []]] }), /announced/);
-  await step({ seqs: [[7, 0, 0, P, 1, []]], new: [{ id: 7, sampling: GREEDY }] });
+  await step({ seqs: [[7, 0, 0, P, 1, []]], new: [{ id: 7, slot: 0, sampling: GREEDY }] });
   await assert.rejects(step({ seqs: [[7, 0, n + 5, [1], 1, []]] }), /holds/);
   await assert.rejects(step({ copies: [[0, 1, n + 50]] }), /cannot copy/);
-  await assert.rejects(step({ new: [{ id: 8, sampling: GREEDY, adapter: "sql" }] }), /adapter/);
+  await assert.rejects(step({ new: [{ id: 8, slot: 0, sampling: GREEDY, adapter: "sql" }] }), /adapter/);
   assert.deepEqual(JSON.parse(bridge.capabilities()).prefill_width, null);
 });
