@@ -59,3 +59,83 @@ def test_config_parsing_and_errors() -> None:
     ]:
         with pytest.raises(ConfigError, match=msg):
             parse_config(bad)
+
+
+@pytest.mark.parametrize("raw,match", [
+    ({"tenants": [{"name": "a\ud800", "api_keys": ["k" * 10]}]}, "unique non-empty name"),
+    ({"tenants": [{"name": "a", "api_keys": ["k\x00" * 5]}]}, "printable"),
+    ({"tenants": [{"name": "a", "api_keys": ["k" * 10], "models": ["m\n"]}]}, "models"),
+    ({"tenants": [{"name": "a", "api_keys": ["k" * 10], "max_queue": -1}]}, "max_queue"),
+    ({"server": {"max_queue": "lots"}}, "max_queue"),
+    ({"server": {"header_timeout_s": 0}}, "header_timeout_s"),
+    ({"server": {"request_timeout_s": True}}, "request_timeout_s"),
+    ({"server": {"body_timeout_s": 1e9}}, "body_timeout_s"),
+    ({"server": {"metrics_api_key": 5}}, "metrics_api_key"),
+])
+def test_config_refuses_bad_values_naming_them(raw: dict, match: str) -> None:  # type: ignore[type-arg]
+    with pytest.raises(ConfigError, match=match):
+        parse_config(raw)
+
+
+def test_config_files_that_are_not_config(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from realm_web.server.config import load_config
+
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        load_config(deep)
+    for text in ('{"server": NaN', "\xff\xfe", "[[tenants]]\nname = 1 2"):
+        f = tmp_path / ("x.json" if text.startswith("{") else "x.toml")
+        f.write_bytes(text.encode("latin-1"))
+        with pytest.raises(ConfigError):
+            load_config(f)
+    cfg = parse_config({"server": {"max_queue": 0, "request_timeout_s": 0},
+                        "tenants": [{"name": "t", "api_keys": ["k" * 10], "max_queue": 3}]})
+    assert cfg.max_queue == 0 and cfg.request_timeout_s == 0 and cfg.tenants[0].max_queue == 3
+
+
+def test_an_unexpected_error_in_a_frame_is_that_frames_own(model_dir, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Fault injection into the real app (in process, real engine): the frame handler hits an
+    exception nobody planned for; its frame gets internal_error, the socket and a generate
+    already streaming on it carry on."""
+    import json
+
+    from starlette.testclient import TestClient
+
+    from realm_web import LLM
+    from realm_web.server import app as app_module
+    from realm_web.server import protocol
+
+    real = protocol.parse_completion
+
+    def flaky(body, model, vocab):  # type: ignore[no-untyped-def]
+        if body.get("prompt") == "boom":
+            raise ZeroDivisionError("a bug")
+        return real(body, model, vocab)
+
+    monkeypatch.setattr(protocol, "parse_completion", flaky)
+    llm = LLM(model_dir, dtype="int4", max_slots=2, max_length=256)
+    with TestClient(app_module.create_app(lambda: llm)) as client:
+        for _ in range(100):
+            if client.get("/health").status_code == 200:
+                break
+            import time
+            time.sleep(0.1)
+        with client.websocket_connect("/ws") as ws:
+            ws.send_text(json.dumps({"id": "ok", "function": "generate",
+                                     "params": {"prompt": "The capital of France is", "max_tokens": 8, "temperature": 0}}))
+            ws.send_text(json.dumps({"id": "bad", "function": "generate", "params": {"prompt": "boom"}}))
+            frames = []
+            while True:
+                f = ws.receive_json()
+                frames.append(f)
+                if f["id"] == "ok" and f["status"] != "streaming":
+                    break
+            ws.send_text(json.dumps({"id": "after", "function": "health"}))
+            after = ws.receive_json()
+        metrics = client.get("/metrics").text
+    bad = [f for f in frames if f["id"] == "bad"]
+    assert bad and bad[0]["status"] == "error" and bad[0]["error"]["code"] == "internal_error"
+    assert frames[-1]["status"] == "complete" and frames[-1]["data"]["tokens_generated"] == 8
+    assert after["id"] == "after" and after["data"]["status"] == "ok"
+    assert 'realm_refusals_total{reason="internal_error"} 1.0' in metrics

@@ -106,9 +106,11 @@ def load_config(path: str | Path) -> ServerConfig:
     """Read a .toml or .json config; raises ConfigError with the reason if it is malformed."""
     p = Path(path)
     try:
-        text = p.read_text()
+        text = p.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError(f"cannot read config {p}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     try:
         raw: Any = json.loads(text) if p.suffix == ".json" else tomllib.loads(text)
     except RecursionError:
