@@ -325,3 +325,14 @@ def test_sigterm_drains_http_and_websocket_alike(model_dir: Path, tmp_path: Path
         assert len(ws_frames) > 5  # it streamed through the drain
     finally:
         s.stop()
+
+
+def test_metrics_labels_stay_few_whatever_paths_clients_send(server: ServerProcess) -> None:
+    for i in range(30):
+        httpx.get(server.url + f"/v1/no-such-{i}", timeout=10)
+        httpx.get(server.url + f"/v1/models/model-{i}", timeout=10, headers={"Authorization": f"Bearer {ALPHA}"})
+    metrics = httpx.get(server.url + "/metrics", timeout=10).text
+    endpoints = {line.split('endpoint="')[1].split('"')[0] for line in metrics.splitlines()
+                 if line.startswith("realm_requests_total{")}
+    assert "other" in endpoints and "/v1/models/{model}" in endpoints
+    assert not any("no-such" in e or "model-" in e for e in endpoints), endpoints

@@ -9,6 +9,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disa
 
 disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series: scrapes stay small
 
+ENDPOINTS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/models", "/ws", "/health", "/metrics",
+                       "(headers)"})
 _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _PER_TOKEN = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.15, 0.3, 0.6, 1.2)
 
@@ -42,7 +44,12 @@ class Metrics:
         self.kv_usage.set_function(lambda: (lambda s: s.kv_used / max(1, s.kv_capacity))(stats()))
 
     def refused(self, endpoint: str, status: int, reason: str | None) -> None:
-        """One request answered with an error (HTTP status, or the WebSocket's error frame)."""
+        """One request answered with an error (HTTP status, or the WebSocket's error frame).
+        Paths outside the API are counted as "other": labels stay few whatever clients send."""
+        if endpoint.startswith("/v1/models/"):
+            endpoint = "/v1/models/{model}"
+        elif endpoint not in ENDPOINTS:
+            endpoint = "other"
         self.requests.labels(endpoint, str(status)).inc()
         self.refusals.labels(reason or "error").inc()
 
