@@ -1,0 +1,203 @@
+"""LoRA adapters read by the core (realm_web/lora.py, standard library only) against peft, the
+reference: PEFT directories (fp32, fp16, bf16; rslora, rank_pattern, alpha_pattern, any subset of
+targets) and llama.cpp-style GGUF LoRA files give exactly peft's update of every fused group,
+and what realm-web does not serve is refused with an error naming the field."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from conftest import make_tiny_hf_model
+from realm_web.lora import AdapterError, LoraAdapter, group_dims, load_adapter
+
+torch = pytest.importorskip("torch")
+peft = pytest.importorskip("peft")
+ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+ARCH = {"num_layers": 2, "hidden_size": 64, "intermediate_size": 128, "num_heads": 4, "num_kv_heads": 2, "head_dim": 16}
+GROUP_MEMBERS = {"qkv": ["q_proj", "k_proj", "v_proj"], "o": ["o_proj"], "gate_up": ["gate_proj", "up_proj"],
+                 "down": ["down_proj"]}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Path:
+    return make_tiny_hf_model(tmp_path_factory.mktemp("tiny-lora-base"), model_dir, seed=4)
+
+
+def make_adapter(base: Path, out: Path, seed: int = 0, dtype: Any = None, **cfg: Any) -> Any:
+    """A peft LoRA on the tiny model with random (not zero) B, saved as a PEFT directory."""
+    import transformers
+
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    config = peft.LoraConfig(**{"r": 4, "lora_alpha": 8, "target_modules": ALL, "init_lora_weights": False, **cfg})
+    pm = peft.get_peft_model(model, config)
+    if dtype is not None:
+        pm = pm.to(dtype)
+    pm.save_pretrained(out)
+    return pm
+
+
+def peft_group_update(pm: Any, layer: int, group: str, x: np.ndarray) -> np.ndarray:
+    """x -> the group's fused output change, from peft's own modules (scale included)."""
+    layer_mod = pm.base_model.model.model.layers[layer]
+    parts = []
+    for m in GROUP_MEMBERS[group]:
+        mod = getattr(layer_mod.self_attn if m in ("q_proj", "k_proj", "v_proj", "o_proj") else layer_mod.mlp, m)
+        out_features = getattr(mod, "base_layer", mod).out_features
+        if "default" not in getattr(mod, "lora_A", {}):
+            parts.append(np.zeros((x.shape[0], out_features), np.float32))
+            continue
+        a = mod.lora_A["default"].weight.detach().float().numpy()
+        b = mod.lora_B["default"].weight.detach().float().numpy()
+        parts.append((x @ a.T @ b.T) * float(mod.scaling["default"]))
+    return np.concatenate(parts, axis=1)
+
+
+def ours(ad: LoraAdapter, layer: int, group: str, x: np.ndarray) -> np.ndarray:
+    n_in, n_out = group_dims(ARCH)[group]
+    if group not in ad.groups[layer]:
+        return np.zeros((x.shape[0], n_out), np.float32)
+    a, b, r = ad.groups[layer][group]
+    return x @ np.frombuffer(a, np.float32).reshape(n_in, r) @ np.frombuffer(b, np.float32).reshape(r, n_out)
+
+
+def assert_same(pm: Any, ad: LoraAdapter, tol: float = 1e-5) -> None:
+    rng = np.random.default_rng(0)
+    for layer in range(ARCH["num_layers"]):
+        for g, (n_in, _) in group_dims(ARCH).items():
+            x = rng.standard_normal((3, n_in)).astype(np.float32)
+            want, got = peft_group_update(pm, layer, g, x), ours(ad, layer, g, x)
+            assert np.abs(want).max() > 0 or g not in ad.groups[layer]
+            np.testing.assert_allclose(got, want, atol=tol * max(1.0, float(np.abs(want).max())), rtol=0,
+                                       err_msg=f"layer {layer} {g}")
+
+
+@pytest.mark.parametrize("cfg", [
+    {},
+    {"use_rslora": True, "r": 8, "lora_alpha": 4},
+    {"rank_pattern": {"q_proj": 2, "layers.1.mlp.down_proj": 6}, "alpha_pattern": {"v_proj": 3.0}},
+    {"target_modules": ["q_proj", "v_proj", "down_proj"]},
+    {"target_modules": ["k_proj", "up_proj"], "layers_to_transform": [1]},
+], ids=["plain", "rslora", "patterns", "subset", "one-layer"])
+def test_peft_adapters_give_peft_updates(tiny: Path, tmp_path: Path, cfg: dict[str, Any]) -> None:
+    pm = make_adapter(tiny, tmp_path / "a", **cfg)
+    ad = load_adapter(tmp_path / "a", ARCH, name="a")
+    assert_same(pm, ad)
+    targets = cfg.get("target_modules", ALL)
+    assert set(ad.targets) == set(targets)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_adapters(tiny: Path, tmp_path: Path, dtype: str) -> None:
+    pm = make_adapter(tiny, tmp_path / "a", dtype=getattr(torch, dtype))
+    raw = (tmp_path / "a" / "adapter_model.safetensors").read_bytes()
+    header = json.loads(raw[8:8 + int.from_bytes(raw[:8], "little")])
+    assert any(v.get("dtype") == ("F16" if dtype == "float16" else "BF16") for v in header.values() if isinstance(v, dict))
+    assert_same(pm, load_adapter(tmp_path / "a", ARCH), tol=1e-5)  # the same (rounded) numbers, widened exactly
+
+
+def write_gguf_lora(pm: Any, path: Path, alpha: float, dtype: str = "F32") -> None:
+    """The adapter as llama.cpp's convert_lora_to_gguf.py writes it: general.type adapter,
+    adapter.lora.alpha, blk.N.<tensor>.weight.lora_a (r, in) / .lora_b (out, r), q/k lora_b rows in
+    llama.cpp's rotary order."""
+    import gguf
+
+    names = {"q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v", "o_proj": "attn_output",
+             "gate_proj": "ffn_gate", "up_proj": "ffn_up", "down_proj": "ffn_down"}
+
+    def permute(w: np.ndarray, n_head: int) -> np.ndarray:
+        return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_type("adapter")
+    w.add_string("adapter.type", "lora")
+    w.add_float32("adapter.lora.alpha", alpha)
+    for key, t in pm.state_dict().items():
+        if "lora_" not in key:
+            continue
+        layer = int(key.split("layers.")[1].split(".")[0])
+        module = key.split(".lora_")[0].split(".")[-1]
+        arr = t.detach().float().numpy()
+        if ".lora_B." in key and module in ("q_proj", "k_proj"):
+            arr = permute(arr, ARCH["num_heads"] if module == "q_proj" else ARCH["num_kv_heads"])
+        name = f"blk.{layer}.{names[module]}.weight.lora_{'a' if '.lora_A.' in key else 'b'}"
+        if dtype == "F16":
+            w.add_tensor(name, arr.astype(np.float16))
+        elif dtype == "Q8_0":
+            w.add_tensor(name, gguf.quants.quantize(arr, gguf.GGMLQuantizationType.Q8_0),
+                         raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+        else:
+            w.add_tensor(name, arr)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+@pytest.mark.parametrize("dtype,tol", [("F32", 1e-5), ("F16", 5e-3)])
+def test_gguf_lora_gives_the_same_updates(tiny: Path, tmp_path: Path, dtype: str, tol: float) -> None:
+    pm = make_adapter(tiny, tmp_path / "a", r=8, lora_alpha=16)
+    write_gguf_lora(pm, tmp_path / "a.gguf", 16.0, dtype)
+    ad = load_adapter(tmp_path / "a.gguf", ARCH)
+    assert_same(pm, ad, tol=tol)
+    peft_ad = load_adapter(tmp_path / "a", ARCH)
+    if dtype == "F32":  # bit for bit the PEFT directory's
+        for layer in range(2):
+            for g, (a, b, r) in peft_ad.groups[layer].items():
+                assert ad.groups[layer][g] == (a, b, r)
+
+
+def test_q8_0_gguf_lora(tiny: Path, tmp_path: Path) -> None:
+    pm = make_adapter(tiny, tmp_path / "a", r=32, lora_alpha=32, target_modules=["q_proj", "down_proj"])
+    write_gguf_lora(pm, tmp_path / "a.gguf", 32.0, "Q8_0")
+    assert_same(pm, load_adapter(tmp_path / "a.gguf", ARCH), tol=3e-2)
+
+
+def test_what_is_not_served_is_refused_by_name(tiny: Path, tmp_path: Path) -> None:
+    def refused(path: Path, field: str, **kw: Any) -> None:
+        with pytest.raises(AdapterError) as e:
+            load_adapter(path, kw.pop("arch", ARCH), **kw)
+        assert e.value.field == field, (e.value.field, str(e.value))
+
+    make_adapter(tiny, tmp_path / "dora", use_dora=True)
+    refused(tmp_path / "dora", "use_dora")
+    make_adapter(tiny, tmp_path / "save", modules_to_save=["lm_head"])
+    refused(tmp_path / "save", "modules_to_save")
+    make_adapter(tiny, tmp_path / "emb", target_modules=["embed_tokens", "q_proj"])
+    refused(tmp_path / "emb", "target_modules")
+    make_adapter(tiny, tmp_path / "ok")
+    refused(tmp_path / "ok", "hidden_size", arch={**ARCH, "hidden_size": 128, "head_dim": 32})
+    refused(tmp_path / "ok", "num_layers", arch={**ARCH, "num_layers": 1})
+    refused(tmp_path / "ok", "r", max_rank=2)
+    # files that are missing, empty, truncated, or not what they claim
+    refused(tmp_path / "missing", "path")
+    bad = tmp_path / "bad"
+    shutil.copytree(tmp_path / "ok", bad)
+    w = bad / "adapter_model.safetensors"
+    w.write_bytes(w.read_bytes()[: len(w.read_bytes()) // 2])
+    with pytest.raises(AdapterError, match="truncated or corrupt|not a safetensors"):
+        load_adapter(bad, ARCH)
+    w.write_bytes(b"\x00" * 3)
+    refused(bad, "adapter_model.safetensors")
+    (bad / "adapter_config.json").write_text("{not json")
+    refused(bad, "adapter_config.json")
+    (bad / "adapter_config.json").unlink()
+    refused(bad, "adapter_config.json")
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"GGUF" + b"\xff" * 40)
+    refused(junk, "path")
+    base_gguf = tmp_path / "base.gguf"
+    import gguf
+
+    g = gguf.GGUFWriter(str(base_gguf), "llama")
+    g.add_tensor("token_embd.weight", np.zeros((4, 4), np.float32))
+    g.write_header_to_file()
+    g.write_kv_data_to_file()
+    g.write_tensors_to_file()
+    g.close()
+    refused(base_gguf, "general.type")
