@@ -63,12 +63,41 @@ class _Graph:
         return self.const(name, np.asarray(arr, dtype=np_type))
 
 
+LORA_GROUPS = ("qkv", "o", "gate_up", "down")
+LORA_FORMS = ("gather", "masked")
+
+
+@dataclass(frozen=True)
+class LoraLayout:
+    """Per-row LoRA in the graph: adapter tables with `slots` entries (slot 0 all zeros: no
+    adapter) of `ranks[group]` columns, a `lora_slot` (batch,) input naming each row's entry.
+
+    form "gather": a (slots, in, R), b (slots, R, out); each row gathers its entry's tables and
+    multiplies them (weights copied per row). form "masked": a (in, slots*R), b (slots*R, out);
+    every row multiplies by all entries' A, the columns of other entries are masked to zero, then
+    one matmul by B (no weights move; compute grows with the slots)."""
+
+    form: str
+    slots: int
+    ranks: dict[str, int]
+
+
+def lora_dims(cfg: ModelConfig) -> dict[str, tuple[int, int]]:
+    q, kv = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+    return {"qkv": (cfg.hidden_size, q + 2 * kv), "o": (q, cfg.hidden_size),
+            "gate_up": (cfg.hidden_size, 2 * cfg.intermediate_size), "down": (cfg.intermediate_size, cfg.hidden_size)}
+
+
 class _Builder:
     def __init__(self, cfg: ModelConfig, weights: dict[str, Weight], dtype: str, max_length: int,
-                 spec: GraphSpec) -> None:
+                 spec: GraphSpec, lora: LoraLayout | None = None) -> None:
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, not {dtype!r}")
-        self.cfg, self.w, self.dtype, self.spec = cfg, weights, dtype, spec
+        if lora is not None and lora.form not in LORA_FORMS:
+            raise ValueError(f"LoRA form must be one of {LORA_FORMS}, not {lora.form!r}")
+        self.cfg, self.w, self.dtype, self.spec, self.lora_layout = cfg, weights, dtype, spec, lora
+        self.lora_inputs: list[onnx.ValueInfoProto] = []
+        self.lora_masks: dict[int, str] = {}
         self.bits = {"int4": 4, "int8": 8}.get(dtype)
         self.max_length = max_length
         self.g = _Graph(TensorProto.FLOAT16 if dtype == "fp16" else TensorProto.FLOAT)
@@ -116,6 +145,44 @@ class _Builder:
             r = g.node("Reshape", [x, self.consts["block_shape"]])[0]
             self.block_sums[x] = g.node("ReduceSum", [r, self.consts["axes_last"]], keepdims=0)[0]
         return self.block_sums[x]
+
+    def lora(self, x: str, y: str, layer: int, group: str) -> str:
+        """y + x @ A[row's entry] @ B[row's entry] (see LoraLayout); y itself with no LoRA."""
+        lay = self.lora_layout
+        if lay is None or not lay.ranks.get(group):
+            return y
+        g, ft = self.g, self.g.float_type
+        n_in, n_out = lora_dims(self.cfg)[group]
+        r = lay.ranks[group]
+        a, b = f"lora.{layer}.{group}.a", f"lora.{layer}.{group}.b"
+        if lay.form == "gather":
+            self.lora_inputs += [helper.make_tensor_value_info(a, ft, [lay.slots, n_in, r]),
+                                 helper.make_tensor_value_info(b, ft, [lay.slots, r, n_out])]
+            h = g.node("MatMul", [x, g.node("Gather", [a, "lora_slot"], axis=0)[0]])[0]
+            d = g.node("MatMul", [h, g.node("Gather", [b, "lora_slot"], axis=0)[0]])[0]
+        else:
+            self.lora_inputs += [helper.make_tensor_value_info(a, ft, [n_in, lay.slots * r]),
+                                 helper.make_tensor_value_info(b, ft, [lay.slots * r, n_out])]
+            h = g.node("Mul", [g.node("MatMul", [x, a])[0], self.lora_mask(r)])[0]
+            d = g.node("MatMul", [h, b])[0]
+        return g.node("Add", [y, d], [y + "/lora"])[0]
+
+    def lora_mask(self, r: int) -> str:
+        """(batch, 1, slots*r): 1 on the r columns of each row's entry, 0 elsewhere."""
+        if r not in self.lora_masks:
+            g, lay = self.g, self.lora_layout
+            assert lay is not None
+            if not self.lora_masks:
+                slots = g.const("lora_slot_range", np.arange(lay.slots, dtype=np.int64)[None, :])
+                hot = g.node("Equal", [g.node("Unsqueeze", ["lora_slot", g.const("axes_1b", np.array([1], np.int64))])[0],
+                                       slots])[0]
+                self.lora_hot = g.node("Unsqueeze", [g.node("Cast", [hot], to=g.float_type)[0],
+                                                     g.const("axes_2b", np.array([2], np.int64))])[0]  # (batch, slots, 1)
+            ones = g.floats(f"lora_ones_{r}", np.ones((1, 1, r)))
+            wide = g.node("Mul", [self.lora_hot, ones])[0]  # (batch, slots, r)
+            self.lora_masks[r] = g.node("Reshape", [wide, g.const(f"lora_mask_shape_{r}",
+                                                                  np.array([0, 1, lay.slots * r], np.int64))])[0]
+        return self.lora_masks[r]
 
     def norm_weight(self, name: str) -> str:
         return self.g.floats(name, dense(self.w[name]))
@@ -204,22 +271,23 @@ class _Builder:
                    ["/layers.0/input_layernorm/output"], axis=-1, epsilon=cfg.rms_norm_eps, stash_type=1)[0]
         for i in range(cfg.num_layers):
             p = f"model.layers.{i}."
-            qkv = self.linear(x, [p + f"self_attn.{n}_proj.weight" for n in "qkv"], f"/layers.{i}/attn/qkv",
-                              [p + f"self_attn.{n}_proj.bias" for n in "qkv"])
+            qkv = self.lora(x, self.linear(x, [p + f"self_attn.{n}_proj.weight" for n in "qkv"], f"/layers.{i}/attn/qkv",
+                                           [p + f"self_attn.{n}_proj.bias" for n in "qkv"]), i, "qkv")
             attn = g.node("GroupQueryAttention",
                           [qkv, "", "", spec.past(i, "key"), spec.past(i, "value"), seqlens_k, total, cos, sin],
                           [f"/layers.{i}/attn/output", spec.present(i, "key"), spec.present(i, "value")], domain=MS,
                           num_heads=cfg.num_heads, kv_num_heads=cfg.num_kv_heads, do_rotary=1, rotary_interleaved=0,
                           scale=float(1.0 / np.sqrt(cfg.head_dim)))[0]
-            o = self.linear(attn, [p + "self_attn.o_proj.weight"], f"/layers.{i}/attn/o_proj")
+            o = self.lora(attn, self.linear(attn, [p + "self_attn.o_proj.weight"], f"/layers.{i}/attn/o_proj"), i, "o")
             x, _, _, residual = g.node(
                 "SkipSimplifiedLayerNormalization", [o, residual, self.norm_weight(p + "post_attention_layernorm.weight")],
                 [f"/layers.{i}/post_attention_layernorm/output", "", "", f"/layers.{i}/residual_attn"],
                 domain=MS, epsilon=cfg.rms_norm_eps)
-            gu = self.linear(x, [p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"], f"/layers.{i}/mlp/gate_up")
+            gu = self.lora(x, self.linear(x, [p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"], f"/layers.{i}/mlp/gate_up"),
+                           i, "gate_up")
             gate, up = g.node("Split", [gu, g.const(g.name("split"), np.array([cfg.intermediate_size] * 2, np.int64))], 2, axis=-1)
             act = g.node("Mul", [g.node("Mul", [gate, g.node("Sigmoid", [gate])[0]])[0], up])[0]
-            down = self.linear(act, [p + "mlp.down_proj.weight"], f"/layers.{i}/mlp/down_proj")
+            down = self.lora(act, self.linear(act, [p + "mlp.down_proj.weight"], f"/layers.{i}/mlp/down_proj"), i, "down")
             nxt = f"model.layers.{i + 1}.input_layernorm.weight" if i + 1 < cfg.num_layers else "model.norm.weight"
             x, _, _, residual = g.node(
                 "SkipSimplifiedLayerNormalization", [down, residual, self.norm_weight(nxt)],
@@ -231,6 +299,8 @@ class _Builder:
         idx = g.node("Unsqueeze", [spec.logits_index, g.const("axes_2", np.array([2], np.int64))])[0]
         x = g.node("GatherND", [x, idx], batch_dims=1)[0]
         self.lm_head(x, spec.logits)
+        if self.lora_layout is not None:
+            inputs += [helper.make_tensor_value_info("lora_slot", TensorProto.INT64, ["batch_size"]), *self.lora_inputs]
         graph = helper.make_graph(g.nodes, "realm_web_decoder", inputs, outputs, g.inits)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid(MS, 1)],
                                   producer_name="realm-web")
@@ -239,9 +309,10 @@ class _Builder:
 
 
 def build_decoder(cfg: ModelConfig, weights: dict[str, Weight], dtype: str, max_length: int | None = None,
-                  spec: GraphSpec | None = None) -> onnx.ModelProto:
-    """The decoder graph for `dtype` (fp32, fp16, int8, int4), with the names of `spec`."""
-    return _Builder(cfg, weights, dtype, max_length or cfg.max_position_embeddings, spec or graph_spec()).build()
+                  spec: GraphSpec | None = None, lora: LoraLayout | None = None) -> onnx.ModelProto:
+    """The decoder graph for `dtype` (fp32, fp16, int8, int4), with the names of `spec`; with
+    `lora`, per-row LoRA inputs too (see LoraLayout)."""
+    return _Builder(cfg, weights, dtype, max_length or cfg.max_position_embeddings, spec or graph_spec(), lora).build()
 
 
 def graph_spec() -> GraphSpec:

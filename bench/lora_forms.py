@@ -1,0 +1,140 @@
+"""Which per-row LoRA form to export: decode steps of the default model with LoRA tables, each
+form against the graph without LoRA, in one run.
+
+Forms (realm_web/export/graph.py, LoraLayout): "gather" (each row gathers its adapter's A and B,
+then batched matmuls: weights move per row) and "masked" (every row multiplies by all slots' A,
+other slots' columns masked to zero, one matmul by B: no weights move, compute grows with the
+slots). A decode step of --rows rows at --past positions, all seven targets, --slots table
+entries (entry 0 = no adapter), rows spread over L distinct adapters.
+
+    .venv/bin/python bench/lora_forms.py [--dtype int4] [--rows 16] [--ranks 8,16] [--device cpu]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def build(work: Path, dtype: str, form: str | None, rank: int, slots: int, max_length: int) -> Path:
+    from realm_web.export.graph import LORA_GROUPS, LoraLayout, build_decoder
+    from realm_web.export.load import load_source
+    from realm_web.export.pull import default_gguf_path
+
+    out = work / f"{dtype}-{form or 'base'}-r{rank}-s{slots}.onnx"
+    if not out.exists():
+        src = load_source(default_gguf_path())
+        mult = {"qkv": 3, "o": 1, "gate_up": 2, "down": 1}
+        lay = LoraLayout(form, slots, {g: mult[g] * rank for g in LORA_GROUPS}) if form else None
+        model = build_decoder(src.config, src.weights, dtype, max_length, lora=lay)
+        out.write_bytes(model.SerializeToString())
+        print(f"built {out.name}", file=sys.stderr)
+    return out
+
+
+def step_time(path: Path, a: Any, rank: int, lora_rows: list[int] | None, threads: int) -> float:
+    """Median seconds of one decode step: `rows` rows at `past` positions (KV bound in place)."""
+    import onnx
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.log_severity_level = 3
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if a.device == "cuda" else ["CPUExecutionProvider"]
+    sess = ort.InferenceSession(str(path), so, providers=providers)
+    graph = onnx.load(str(path), load_external_data=False).graph
+    ins = {i.name: i for i in graph.input}
+    ft = np.float16 if a.dtype == "fp16" else np.float32
+    dev = "cuda" if a.device == "cuda" else "cpu"
+    B, L, P = a.rows, a.max_length, a.past
+    kv = [ort.OrtValue.ortvalue_from_numpy(np.zeros((B, 3, L, 64), ft), dev, 0) for _ in range(60)]
+    bnd = sess.io_binding()
+    rng = np.random.default_rng(0)
+    keep = []
+    for n, name in enumerate([f"past_key_values.{i}.{k}" for i in range(30) for k in ("key", "value")]):
+        bnd.bind_ortvalue_input(name, kv[n])
+        bnd.bind_ortvalue_output(name.replace("past_key_values", "present"), kv[n])
+    feeds = {"input_ids": np.full((B, 1), 100, np.int64),
+             "attention_mask": np.ones((B, P + 1), np.int64), "logits_index": np.zeros((B, 1), np.int64)}
+    if "lora_slot" in ins:
+        feeds["lora_slot"] = np.array(lora_rows, np.int64)
+        for name, vi in ins.items():
+            if name.startswith("lora.") :
+                shape = [d.dim_value for d in vi.type.tensor_type.shape.dim]
+                t = (rng.standard_normal(shape) * 0.01).astype(ft)
+                if a_form(name, shape) == "gather":
+                    t[0] = 0
+                keep.append(ort.OrtValue.ortvalue_from_numpy(t, dev, 0))
+                bnd.bind_ortvalue_input(name, keep[-1])
+    for k, v in feeds.items():
+        keep.append(ort.OrtValue.ortvalue_from_numpy(v, dev, 0))
+        bnd.bind_ortvalue_input(k, keep[-1])
+    bnd.bind_output("logits", dev)
+    for _ in range(3):
+        sess.run_with_iobinding(bnd)
+    ts = []
+    for _ in range(a.reps):
+        t = time.perf_counter()
+        sess.run_with_iobinding(bnd)
+        bnd.synchronize_outputs()
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts)
+
+
+def a_form(name: str, shape: list[int]) -> str:
+    return "gather" if len(shape) == 3 else "masked"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dtype", default="int4")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--rows", type=int, default=16)
+    ap.add_argument("--past", type=int, default=64)
+    ap.add_argument("--max-length", type=int, default=128)
+    ap.add_argument("--ranks", default="8,16")
+    ap.add_argument("--slots", type=int, default=9)
+    ap.add_argument("--forms", default="gather,masked")
+    ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "realm-lora-forms"))
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "lora_forms.json"))
+    a = ap.parse_args()
+    work = Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+    rows: dict[str, Any] = {}
+    base = step_time(build(work, a.dtype, None, 0, a.slots, a.max_length), a, 0, None, a.threads)
+    rows["base graph"] = {"ms": round(base * 1e3, 2), "vs_base": 1.0}
+    for rank in [int(r) for r in a.ranks.split(",")]:
+        for form in a.forms.split(","):
+            path = build(work, a.dtype, form, rank, a.slots, a.max_length)
+            for distinct in (0, 1, 4, 8):
+                lr = [0] * a.rows if distinct == 0 else [1 + (i % distinct) for i in range(a.rows)]
+                t = step_time(path, a, rank, lr, a.threads)
+                key = f"{form} r={rank} adapters={distinct}"
+                rows[key] = {"ms": round(t * 1e3, 2), "vs_base": round(base / t, 3)}
+                print(f"{key:32} {t * 1e3:8.2f} ms  {base / t:6.3f}x of base", file=sys.stderr)
+    print(f"\nLoRA forms: {a.dtype} on {a.device}, decode {a.rows} rows at {a.past} positions, {a.slots} slots, "
+          f"all 7 targets, {a.threads} threads; load {os.getloadavg()[0]:.1f}")
+    print(f"{'':34} {'ms/step':>8} {'throughput vs base':>19}")
+    for k, v in rows.items():
+        print(f"{k:34} {v['ms']:8.2f} {v['vs_base']:18.3f}x")
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"env": vars(a), "rows": rows}, indent=1))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
