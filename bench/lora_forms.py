@@ -2,10 +2,14 @@
 form against the graph without LoRA, in one run.
 
 Forms (realm_web/export/graph.py, LoraLayout): "gather" (each row gathers its adapter's A and B,
-then batched matmuls: weights move per row) and "masked" (every row multiplies by all slots' A,
+then batched matmuls: weights move per row), "masked" (every row multiplies by all slots' A,
 other slots' columns masked to zero, one matmul by B: no weights move, compute grows with the
-slots). A decode step of --rows rows at --past positions, all seven targets, --slots table
-entries (entry 0 = no adapter), rows spread over L distinct adapters.
+slots) and "grouped" (rows grouped by adapter through an index, one batched matmul per group
+over the adapters in use, bound as a contiguous range of the table: no weights move, each row
+computed for its own adapter only). A decode step of --rows rows at --past positions, all seven
+targets, --slots table entries (entry 0 = no adapter), rows spread over L distinct adapters.
+Every configuration's session is made first, then steps are timed round robin (drift and other
+load hit every row alike), medians of --reps.
 
     .venv/bin/python bench/lora_forms.py [--dtype int4] [--rows 16] [--ranks 8,16] [--device cpu]
 """
@@ -42,14 +46,15 @@ def build(work: Path, dtype: str, form: str | None, rank: int, slots: int, max_l
     return out
 
 
-def step_time(path: Path, a: Any, rank: int, lora_rows: list[int] | None, threads: int) -> float:
-    """Median seconds of one decode step: `rows` rows at `past` positions (KV bound in place)."""
+def runner(path: Path, a: Any, lora_rows: list[int] | None, threads: int) -> Any:
+    """A function that runs one decode step: `rows` rows at `past` positions (KV bound in place)."""
     import onnx
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.log_severity_level = 3
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # many sessions, one machine
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if a.device == "cuda" else ["CPUExecutionProvider"]
     sess = ort.InferenceSession(str(path), so, providers=providers)
     graph = onnx.load(str(path), load_external_data=False).graph
@@ -66,11 +71,24 @@ def step_time(path: Path, a: Any, rank: int, lora_rows: list[int] | None, thread
         bnd.bind_ortvalue_output(name.replace("past_key_values", "present"), kv[n])
     feeds = {"input_ids": np.full((B, 1), 100, np.int64),
              "attention_mask": np.ones((B, P + 1), np.int64), "logits_index": np.zeros((B, 1), np.int64)}
-    if "lora_slot" in ins:
-        feeds["lora_slot"] = np.array(lora_rows, np.int64)
+    entries = a.slots
+    if "lora_order" in ins:  # rows grouped by the adapters in use (table entries 1..d), padded with the zero row
+        used = sorted({s for s in lora_rows if s}) or [1]
+        entries = len(used)
+        groups = [[r for r, s in enumerate(lora_rows) if s == e] for e in used]
+        n = max(1, max(len(gr) for gr in groups))
+        feeds["lora_order"] = np.array([gr + [B] * (n - len(gr)) for gr in groups], np.int64)
+        inv = np.full(B, entries * n, np.int64)  # the zero row of the results
+        for k, gr in enumerate(groups):
+            for j, r in enumerate(gr):
+                inv[r] = k * n + j
+        feeds["lora_inverse"] = inv
+    if "lora_slot" in ins or "lora_order" in ins:
+        if "lora_slot" in ins:
+            feeds["lora_slot"] = np.array(lora_rows, np.int64)
         for name, vi in ins.items():
             if name.startswith("lora.") :
-                shape = [d.dim_value for d in vi.type.tensor_type.shape.dim]
+                shape = [d.dim_value or entries for d in vi.type.tensor_type.shape.dim]
                 t = (rng.standard_normal(shape) * 0.01).astype(ft)
                 if a_form(name, shape) == "gather":
                     t[0] = 0
@@ -80,15 +98,15 @@ def step_time(path: Path, a: Any, rank: int, lora_rows: list[int] | None, thread
         keep.append(ort.OrtValue.ortvalue_from_numpy(v, dev, 0))
         bnd.bind_ortvalue_input(k, keep[-1])
     bnd.bind_output("logits", dev)
-    for _ in range(3):
-        sess.run_with_iobinding(bnd)
-    ts = []
-    for _ in range(a.reps):
-        t = time.perf_counter()
+
+    def run() -> None:
         sess.run_with_iobinding(bnd)
         bnd.synchronize_outputs()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
+
+    for _ in range(3):
+        run()
+    run.keep = (sess, kv, keep)  # type: ignore[attr-defined]
+    return run
 
 
 def a_form(name: str, shape: list[int]) -> str:
@@ -104,7 +122,7 @@ def main() -> int:
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--ranks", default="8,16")
     ap.add_argument("--slots", type=int, default=9)
-    ap.add_argument("--forms", default="gather,masked")
+    ap.add_argument("--forms", default="gather,masked,grouped")
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "realm-lora-forms"))
@@ -112,18 +130,24 @@ def main() -> int:
     a = ap.parse_args()
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
-    rows: dict[str, Any] = {}
-    base = step_time(build(work, a.dtype, None, 0, a.slots, a.max_length), a, 0, None, a.threads)
-    rows["base graph"] = {"ms": round(base * 1e3, 2), "vs_base": 1.0}
+    runs: dict[str, Any] = {"base graph": runner(build(work, a.dtype, None, 0, a.slots, a.max_length), a, None, a.threads)}
     for rank in [int(r) for r in a.ranks.split(",")]:
         for form in a.forms.split(","):
             path = build(work, a.dtype, form, rank, a.slots, a.max_length)
             for distinct in (0, 1, 4, 8):
                 lr = [0] * a.rows if distinct == 0 else [1 + (i % distinct) for i in range(a.rows)]
-                t = step_time(path, a, rank, lr, a.threads)
-                key = f"{form} r={rank} adapters={distinct}"
-                rows[key] = {"ms": round(t * 1e3, 2), "vs_base": round(base / t, 3)}
-                print(f"{key:32} {t * 1e3:8.2f} ms  {base / t:6.3f}x of base", file=sys.stderr)
+                runs[f"{form} r={rank} adapters={distinct}"] = runner(path, a, lr, a.threads)
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    for _ in range(a.reps):  # round robin: whatever else slows the machine slows every row alike
+        for k, run in runs.items():
+            t = time.perf_counter()
+            run()
+            times[k].append(time.perf_counter() - t)
+    base = statistics.median(times["base graph"])
+    rows: dict[str, Any] = {}
+    for k, ts in times.items():
+        t = statistics.median(ts)
+        rows[k] = {"ms": round(t * 1e3, 2), "vs_base": round(base / t, 3)}
     print(f"\nLoRA forms: {a.dtype} on {a.device}, decode {a.rows} rows at {a.past} positions, {a.slots} slots, "
           f"all 7 targets, {a.threads} threads; load {os.getloadavg()[0]:.1f}")
     print(f"{'':34} {'ms/step':>8} {'throughput vs base':>19}")

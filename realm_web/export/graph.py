@@ -64,7 +64,7 @@ class _Graph:
 
 
 LORA_GROUPS = ("qkv", "o", "gate_up", "down")
-LORA_FORMS = ("gather", "masked")
+LORA_FORMS = ("gather", "masked", "grouped")
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,12 @@ class LoraLayout:
     form "gather": a (slots, in, R), b (slots, R, out); each row gathers its entry's tables and
     multiplies them (weights copied per row). form "masked": a (in, slots*R), b (slots*R, out);
     every row multiplies by all entries' A, the columns of other entries are masked to zero, then
-    one matmul by B (no weights move; compute grows with the slots)."""
+    one matmul by B (no weights move; compute grows with the slots). form "grouped": a (slots, in,
+    R), b (slots, R, out) as in "gather", but the rows are grouped by entry: `lora_order` (slots,
+    n) lists each entry's rows (flattened batch x positions; the index rows x positions points at a
+    zero row), the groups go through one batched matmul each by A and B, and `lora_inverse`
+    (rows x positions,) picks each row's result back (rows x positions... for no adapter: a zero
+    row). No weights move, and each row is computed for its own adapter only."""
 
     form: str
     slots: int
@@ -155,7 +160,18 @@ class _Builder:
         n_in, n_out = lora_dims(self.cfg)[group]
         r = lay.ranks[group]
         a, b = f"lora.{layer}.{group}.a", f"lora.{layer}.{group}.b"
-        if lay.form == "gather":
+        if lay.form == "grouped":  # entries: a contiguous range of the engine's adapter table
+            self.lora_inputs += [helper.make_tensor_value_info(a, ft, ["lora_entries", n_in, r]),
+                                 helper.make_tensor_value_info(b, ft, ["lora_entries", r, n_out])]
+            flat = g.node("Reshape", [x, g.const(f"lora_flat_{n_in}", np.array([-1, n_in], np.int64))])[0]
+            padded = g.node("Concat", [flat, g.floats(f"lora_zero_{n_in}", np.zeros((1, n_in)))], axis=0)[0]
+            xg = g.node("Gather", [padded, "lora_order"], axis=0)[0]  # (slots, n, in)
+            dg = g.node("MatMul", [g.node("MatMul", [xg, a])[0], b])[0]  # (slots, n, out)
+            dflat = g.node("Reshape", [dg, g.const(f"lora_flat_{n_out}", np.array([-1, n_out], np.int64))])[0]
+            dpad = g.node("Concat", [dflat, g.floats(f"lora_zero_{n_out}", np.zeros((1, n_out)))], axis=0)[0]
+            rows = g.node("Gather", [dpad, "lora_inverse"], axis=0)[0]  # (rows x positions, out)
+            d = g.node("Reshape", [rows, g.node("Shape", [y])[0]])[0]
+        elif lay.form == "gather":
             self.lora_inputs += [helper.make_tensor_value_info(a, ft, [lay.slots, n_in, r]),
                                  helper.make_tensor_value_info(b, ft, [lay.slots, r, n_out])]
             h = g.node("MatMul", [x, g.node("Gather", [a, "lora_slot"], axis=0)[0]])[0]
@@ -299,7 +315,11 @@ class _Builder:
         idx = g.node("Unsqueeze", [spec.logits_index, g.const("axes_2", np.array([2], np.int64))])[0]
         x = g.node("GatherND", [x, idx], batch_dims=1)[0]
         self.lm_head(x, spec.logits)
-        if self.lora_layout is not None:
+        if self.lora_layout is not None and self.lora_layout.form == "grouped":
+            inputs += [helper.make_tensor_value_info("lora_order", TensorProto.INT64, ["lora_entries", "lora_rows"]),
+                       helper.make_tensor_value_info("lora_inverse", TensorProto.INT64, ["batch_positions"]),
+                       *self.lora_inputs]
+        elif self.lora_layout is not None:
             inputs += [helper.make_tensor_value_info("lora_slot", TensorProto.INT64, ["batch_size"]), *self.lora_inputs]
         graph = helper.make_graph(g.nodes, "realm_web_decoder", inputs, outputs, g.inits)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid(MS, 1)],
