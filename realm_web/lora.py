@@ -449,3 +449,120 @@ def _q8_0(raw: bytes) -> Floats:
         (d,) = struct.unpack_from("<e", raw, k)
         out.extend(d * q for q in struct.unpack_from("<32b", raw, k + 2))
     return out
+
+
+# -- routing ---------------------------------------------------------------------------------------
+class LoraRouter:
+    """Which loaded adapters sit in the engine's `max_loras` adapter table entries (1..max_loras;
+    entry 0 means no adapter), for the scheduler.
+
+    Theory of operation: adapters are loaded by name into host memory (`load`), any number of
+    them. A running request holds a reference on its adapter's entry, and an entry with
+    references is never evicted, so a request's entry does not change while it runs and a step
+    never has more than `max_loras` distinct adapters. Taking an adapter that is not resident
+    uses a free entry, else evicts the least recently used unreferenced one; the engine is told
+    to upload it (the plan's `adapter_loads`). When every entry is referenced, a request for
+    another adapter waits (requests behind it that need no new entry go on: no head-of-line
+    blocking). To keep it from starving, once it has waited a while (the scheduler's
+    STARVE_STEPS) the router closes one entry: the resident adapter with the fewest references
+    (then the least recently used) takes no new requests until its last one ends, and its entry
+    is then reserved for the adapter that waited.
+    """
+
+    def __init__(self, max_loras: int) -> None:
+        if max_loras < 1:
+            raise ValueError("max_loras must be >= 1")
+        self.max_loras = max_loras
+        self.adapters: dict[str, LoraAdapter] = {}  # loaded (host memory)
+        self.entry: dict[str, int] = {}  # resident adapter -> its table entry
+        self.refs: dict[str, int] = {}
+        self._clock = 0
+        self._used: dict[str, int] = {}  # resident adapter -> when it was last taken
+        self.closing: str | None = None  # takes no new requests: its entry goes to `waiting_for`
+        self.waiting_for: str | None = None
+        self._reserved: int | None = None  # a freed entry kept for `waiting_for`
+
+    # -- adapters ----------------------------------------------------------------------------
+    def load(self, name: str, adapter: LoraAdapter) -> None:
+        if name in self.adapters and self.refs.get(name):
+            raise AdapterError(f"adapter {name!r} is in use; unload it when its requests end", "name")
+        self.adapters[name] = adapter
+        self._evict(name)  # a new version: upload again when next taken
+
+    def unload(self, name: str) -> None:
+        if name not in self.adapters:
+            raise AdapterError(f"no adapter {name!r} is loaded", "name")
+        if self.refs.get(name):
+            raise AdapterError(f"adapter {name!r} is in use by {self.refs[name]} requests", "name")
+        del self.adapters[name]
+        self._evict(name)
+
+    def _evict(self, name: str) -> None:
+        self.entry.pop(name, None)
+        self.refs.pop(name, None)
+        self._used.pop(name, None)
+        if self.closing == name:
+            self.closing = self.waiting_for = None
+
+    # -- entries -----------------------------------------------------------------------------
+    def can_take(self, name: str) -> bool:
+        """Whether a new request for `name` can get an entry now."""
+        if name in self.entry:
+            return name != self.closing
+        if self._reserved is not None and name == self.waiting_for:
+            return True
+        return self._free_entry() is not None or self._victim() is not None
+
+    def take(self, name: str) -> tuple[int, bool]:
+        """A reference on `name`'s entry: (entry, True if the engine must upload it there)."""
+        assert self.can_take(name), name
+        self._clock += 1
+        self._used[name] = self._clock
+        self.refs[name] = self.refs.get(name, 0) + 1
+        if name in self.entry:
+            return self.entry[name], False
+        if self._reserved is not None and name == self.waiting_for:
+            e, self._reserved, self.waiting_for = self._reserved, None, None
+        else:
+            free = self._free_entry()
+            if free is None:  # the least recently used adapter nobody holds leaves its entry
+                victim = self._victim()
+                assert victim is not None
+                free = self.entry[victim]
+                self._evict(victim)
+            e = free
+        self.entry[name] = e
+        return e, True
+
+    def drop(self, name: str) -> None:
+        """A request on `name` ended (or was preempted)."""
+        self.refs[name] -= 1
+        if self.refs[name] == 0 and name == self.closing:
+            self._reserved = self.entry[name]
+            self.closing = None
+            self._evict(name)
+
+    def want(self, name: str) -> None:
+        """A request for `name` waits because every entry is referenced: close one (see above)."""
+        if self.closing is not None or self._reserved is not None or name in self.entry:
+            return
+        busy = [n for n in self.entry if self.refs.get(n)]
+        if not busy:
+            return
+        self.closing = min(busy, key=lambda n: (self.refs[n], self._used[n]))
+        self.waiting_for = name
+
+    def release_wait(self) -> None:
+        """Nobody waits any more for the adapter an entry is being closed for: reopen it."""
+        if self.closing is not None:
+            self.closing = self.waiting_for = None
+        elif self._reserved is not None:
+            self._reserved = self.waiting_for = None
+
+    def _free_entry(self) -> int | None:
+        used = set(self.entry.values()) | ({self._reserved} if self._reserved is not None else set())
+        return next((e for e in range(1, self.max_loras + 1) if e not in used), None)
+
+    def _victim(self) -> str | None:
+        idle = [n for n in self.entry if not self.refs.get(n) and n != self.closing]
+        return min(idle, key=lambda n: self._used[n]) if idle else None

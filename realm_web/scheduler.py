@@ -58,11 +58,17 @@ import bisect
 import heapq
 import itertools
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from typing import Any, Protocol, Sequence
 
+from .lora import AdapterError, LoraRouter
 from .sampling import SamplingParams, draw, random_seed
-from .step import EngineCaps, NewSeq, SamplingSpec, SeqStep, StepPlan, StepResult
+from .step import AdapterLoad, EngineCaps, NewSeq, SamplingSpec, SeqStep, StepPlan, StepResult
 from .stream import IncrementalDetokenizer, StopStrings
+
+
+# A request that waits this many steps for an adapter entry gets one closed for it (lora.LoraRouter):
+# until then requests of resident adapters behind it go first.
+STARVE_STEPS = 16
 
 
 class SchedulerError(ValueError):
@@ -106,6 +112,8 @@ class Request:
     preemptions: int = 0
     spec: SamplingSpec = field(default_factory=SamplingSpec)  # params.spec(), made once
     announced: bool = False  # the engine has had this request's NewSeq for its current slot
+    adapter_entry: int = 0  # the adapter table entry it holds while running (0: no adapter)
+    blocked_since: int | None = None  # the step it began waiting for an adapter entry
 
     def __post_init__(self) -> None:
         self.spec = self.params.spec()
@@ -156,7 +164,7 @@ class Scheduler:
 
     def __init__(self, tokenizer: _Tok, *, eos_token_ids: Sequence[int], max_slots: int = 1,
                  max_length: int = 2048, max_tokens_per_step: int = 512, kv_capacity: int | None = None,
-                 caps: EngineCaps | None = None) -> None:
+                 caps: EngineCaps | None = None, max_loras: int = 8) -> None:
         if max_slots < 1 or max_tokens_per_step < 1 or max_length < 2:
             raise ValueError("max_slots and max_tokens_per_step must be >= 1, max_length >= 2")
         self.tokenizer = tokenizer
@@ -177,6 +185,9 @@ class Scheduler:
         self._arrivals = itertools.count()
         self._finals: list[RequestOutput] = []  # last deltas of requests finished outside update()
         self._released: list[int] = []
+        self.router = LoraRouter(max_loras)  # adapters: loaded, and which sit in the engine's table
+        self._loads: list[AdapterLoad] = []
+        self._steps = 0
         self._last_kind = "prefill"
         self.num_preemptions = 0
 
@@ -192,6 +203,8 @@ class Scheduler:
             raise SchedulerError(f"the prompt has {len(ids)} tokens; the context holds {self.max_length}")
         if not isinstance(priority, int) or isinstance(priority, bool):
             raise SchedulerError(f"priority must be an integer, got {priority!r}")
+        if adapter is not None and adapter not in self.router.adapters:
+            raise SchedulerError(f"no adapter {adapter!r} is loaded")
         rid = next(self._ids)
         seed = params.seed if params.seed is not None else random_seed()
         req = Request(rid, ids, params, seed, adapter, priority, next(self._arrivals),
@@ -217,8 +230,25 @@ class Scheduler:
             self._finish_now(req, reason)
         return len(live)
 
+    # -- adapters ------------------------------------------------------------------------------
+    def load_adapter(self, name: str, adapter: Any) -> None:
+        """Make a LoRA adapter (a realm_web.lora.LoraAdapter) available to requests by `name`;
+        a new one under a loaded name replaces it (refused while requests use it)."""
+        self._check_unused(name, "replace")
+        self.router.load(name, adapter)
+
+    def unload_adapter(self, name: str) -> None:
+        """Forget an adapter; refused (AdapterError) while any request, running or queued, uses it."""
+        self._check_unused(name, "unload")
+        self.router.unload(name)
+
+    def _check_unused(self, name: str, what: str) -> None:
+        users = sum(1 for r in self.requests.values() if r.adapter == name)
+        if users:
+            raise AdapterError(f"cannot {what} adapter {name!r}: {users} requests use it", "name")
+
     def has_work(self) -> bool:
-        return bool(self.waiting or self.running or self._finals or self._released)
+        return bool(self.waiting or self.running or self._finals or self._released or self._loads)
 
     def kv_used(self) -> int:
         """Tokens the running requests hold once their pending tokens are in (the capacity measure)."""
@@ -244,27 +274,47 @@ class Scheduler:
         for r, _ in chosen:
             if not r.announced:
                 assert r.slot is not None
-                plan.new_seqs.append(NewSeq(r.request_id, r.slot, r.spec, r.adapter))
+                plan.new_seqs.append(NewSeq(r.request_id, r.slot, r.spec, r.adapter, r.adapter_entry))
                 r.announced = True
         if len(chosen) < len(self.running):  # rows that hold a cache and sit this step out
             ran = {r.request_id for r, _ in chosen}
             plan.idle = {r.slot: r.num_computed for r in self.running
                          if r.num_computed and r.request_id not in ran and r.slot is not None}
         plan.released, self._released = self._released, []
+        plan.adapter_loads, self._loads = self._loads, []
         return plan
 
     def _admit(self) -> None:
-        while self.waiting:
-            req = self.waiting[0]
+        """Take waiting requests in order while slots and capacity last. One whose adapter has no
+        table entry to get waits without holding up those behind it (see lora.LoraRouter)."""
+        router, i = self.router, 0
+        self._steps += 1
+        while i < len(self.waiting):
+            req = self.waiting[i]
+            if req.adapter is not None and not router.can_take(req.adapter):
+                if req.blocked_since is None:
+                    req.blocked_since = self._steps
+                elif self._steps - req.blocked_since >= STARVE_STEPS:
+                    router.want(req.adapter)  # it has waited long enough: an entry is closed for it
+                i += 1
+                continue
             if not (self.free_slots and self.kv_used() + req.length <= self.kv_capacity):
                 victims = [r for r in self.running if r.priority < req.priority]
                 if not victims:
-                    return
+                    break
                 self._preempt(max(victims, key=lambda r: r.rank))
                 continue
-            self.waiting.pop(0)
+            self.waiting.pop(i)
             req.slot = heapq.heappop(self.free_slots)
+            req.blocked_since = None
+            if req.adapter is not None:
+                entry, upload = router.take(req.adapter)
+                req.adapter_entry = entry
+                if upload:
+                    self._loads.append(AdapterLoad(entry, req.adapter, router.adapters[req.adapter]))
             self.running.append(req)
+        if router.waiting_for is not None and not any(r.adapter == router.waiting_for for r in self.waiting):
+            router.release_wait()  # whoever waited for it is gone
 
     def _prefill_step(self, prefillers: list[Request]) -> list[tuple[Request, list[int]]]:
         """Prompt chunks for this step. Chunk boundaries never depend on the company a request
@@ -399,6 +449,9 @@ class Scheduler:
     def _release(self, req: Request) -> None:
         if req in self.running:
             self.running.remove(req)
+            if req.adapter is not None:
+                self.router.drop(req.adapter)
+                req.adapter_entry = 0
         if req.slot is not None:
             heapq.heappush(self.free_slots, req.slot)
             req.slot = None

@@ -15,7 +15,9 @@ Who owns what:
   sampling spec and adapter); `released` lists the requests that gave their slot up since the
   last plan (finished, aborted or preempted), whose state the engine may drop. A request that
   comes back after a preemption is announced again.
-* `copies` copy a prefix of one slot's cache into another before the step runs.
+* `copies` copy a prefix of one slot's cache into another before the step runs, and
+  `adapter_loads` put a LoRA adapter into an entry of the engine's adapter table (see
+  realm_web/lora.py's LoraRouter).
 * An engine says what it can run (`EngineCaps`); the scheduler plans within that.
 """
 from __future__ import annotations
@@ -59,13 +61,26 @@ class SamplingSpec:
 
 @dataclass(frozen=True)
 class NewSeq:
-    """A request starting on a slot: which slot, and what stays the same for every step it runs.
-    When the plan releases it, the engine may drop that slot's cache."""
+    """A request starting on a slot: which slot, and what stays the same for every step it runs
+    (its sampling spec; its adapter, by name and by the table entry it sits in: 0 for none, and
+    the entry does not change while the request runs). When the plan releases it, the engine
+    may drop that slot's cache."""
 
     seq_id: int
     slot: int
     sampling: SamplingSpec
     adapter: str | None = None
+    adapter_entry: int = 0
+
+
+@dataclass(frozen=True)
+class AdapterLoad:
+    """Before the step: upload `adapter` (a realm_web.lora.LoraAdapter) into table entry `entry`
+    (whatever adapter sat there is no longer used by any request)."""
+
+    entry: int
+    name: str
+    adapter: Any
 
 
 @dataclass(frozen=True)
@@ -96,6 +111,7 @@ class StepPlan:
     released: list[int] = field(default_factory=list)  # seq ids that left their slot since the last plan
     idle: dict[int, int] = field(default_factory=dict)  # slot -> valid length, for held slots feeding nothing
     copies: list[KVCopy] = field(default_factory=list)
+    adapter_loads: list[AdapterLoad] = field(default_factory=list)
 
     @property
     def num_tokens(self) -> int:
@@ -104,7 +120,7 @@ class StepPlan:
     @property
     def empty(self) -> bool:
         """Nothing for an engine to do or to learn."""
-        return not (self.seqs or self.new_seqs or self.released or self.copies)
+        return not (self.seqs or self.new_seqs or self.released or self.copies or self.adapter_loads)
 
 
 @dataclass(slots=True)

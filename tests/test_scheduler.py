@@ -239,17 +239,26 @@ class FakeModel:
     def __init__(self, s: Scheduler) -> None:
         self.s = s
         self.kv: dict[int, list[int]] = {i: [] for i in range(s.max_slots)}
-        self.known: set[int] = set()  # announced and not released
+        self.known: dict[int, int] = {}  # announced and not released -> its adapter entry
+        self.table: dict[int, str] = {}  # adapter entry -> the adapter uploaded there
+        self.max_distinct = 0
 
     def run(self, plan):  # type: ignore[no-untyped-def]
         for sid in plan.released:
             assert sid in self.known, "released a request that was never announced"
-            self.known.discard(sid)
+            del self.known[sid]
+        for load in plan.adapter_loads:  # never over an entry that a running request holds
+            assert 1 <= load.entry <= self.s.router.max_loras
+            assert all(e != load.entry for e in self.known.values()), "an adapter in use was replaced"
+            self.table[load.entry] = load.name
         for n in plan.new_seqs:
             assert n.seq_id not in self.known, "announced twice without a release"
-            assert n.sampling == self.s.requests[n.seq_id].params.spec()
-            assert n.slot == self.s.requests[n.seq_id].slot
-            self.known.add(n.seq_id)
+            req = self.s.requests[n.seq_id]
+            assert n.sampling == req.params.spec()
+            assert n.slot == req.slot
+            assert (n.adapter, n.adapter_entry != 0) == (req.adapter, req.adapter is not None)
+            assert n.adapter is None or self.table[n.adapter_entry] == n.adapter
+            self.known[n.seq_id] = n.adapter_entry
         ran = {q.slot for q in plan.seqs}
         running = {r.slot: r for r in self.s.running}
         for slot, n in plan.idle.items():  # idle rows: held caches of running requests that sit out
@@ -274,6 +283,9 @@ class FakeModel:
                 assert all(q.start == 0 for q in plan.seqs) and not any(lo <= s <= hi for s in plan.idle)
             assert width == 1 or all(q.start + len(q.tokens) <= len(self.s.requests[q.seq_id].all_ids)
                                      for q in plan.seqs)
+        entries = {self.known[q.seq_id] for q in plan.seqs if q.seq_id in self.known} - {0}
+        assert len(entries) <= self.s.router.max_loras
+        self.max_distinct = max(self.max_distinct, len(entries))
         for q in plan.seqs:
             assert q.seq_id in self.known, "a request ran without being announced"
             if q.start == 0:
@@ -281,7 +293,9 @@ class FakeModel:
             assert q.start == len(self.kv[q.slot]), "a step must continue exactly where the cache ends"
             self.kv[q.slot] += q.tokens
             assert len(q.draws) == (q.num_samples if not self.s.requests[q.seq_id].spec.greedy else 0)
-            tokens[q.seq_id] = [self.next_token(self.kv[q.slot])] if q.num_samples else []
+            entry = self.known[q.seq_id]
+            salt = [sum(map(ord, self.table[entry]))] if entry else []  # the adapter changes the token
+            tokens[q.seq_id] = [self.next_token(salt + self.kv[q.slot])] if q.num_samples else []
         assert self.s.kv_used() <= self.s.kv_capacity
         return StepResult(tokens=tokens)
 
@@ -296,26 +310,32 @@ class FakeModel:
 @pytest.mark.parametrize("caps", [EngineCaps(), EngineCaps(padded_span=False, prefill_batch="any"),
                                   EngineCaps(padded_span=False, prefill_batch="any", prefill_width=16),
                                   EngineCaps(padded_span=False, prefill_batch="none"),
-                                  EngineCaps(padded_span=True, prefill_batch="none", prefill_width=8)],
-                         ids=["native", "bridge", "webgpu", "one-prompt", "padded-one-prompt"])
+                                  EngineCaps(padded_span=True, prefill_batch="none", prefill_width=8),
+                                  EngineCaps(adapters=True), EngineCaps(padded_span=False, prefill_batch="any", adapters=True)],
+                         ids=["native", "bridge", "webgpu", "one-prompt", "padded-one-prompt", "native-lora", "bridge-lora"])
 def test_random_traffic_matches_each_request_alone(tok, caps: EngineCaps) -> None:  # type: ignore[no-untyped-def]
     import random
 
     rng = random.Random(7)
     specs = [([rng.randrange(3, 500) for _ in range(rng.randrange(1, 60))], rng.randrange(1, 40),
               rng.choice([0, 0, 1, 2]), rng.randrange(0, 120)) for _ in range(60)]
+    names = ["sql", "poet", "pirate", "legal", "kid"]  # 5 adapters over 2 table entries, and the base
+    adapters = [rng.choice([None, None, *names]) if caps.adapters else None for _ in specs]
 
-    def alone(prompt: list[int], n: int) -> list[int]:
+    def alone(prompt: list[int], n: int, adapter: str | None = None) -> list[int]:
         seq, out = list(prompt), []
+        salt = [sum(map(ord, adapter))] if adapter else []
         for _ in range(n):
-            t = FakeModel.next_token(seq)
+            t = FakeModel.next_token(salt + seq)
             out.append(t)
             seq.append(t)
         return out
 
     for slots, budget, cap in ((1, 512, None), (4, 16, None), (8, 64, 200), (16, 37, 120)):
         s = Scheduler(tok, eos_token_ids=[1], max_slots=slots, max_length=120, max_tokens_per_step=budget,
-                      kv_capacity=cap, caps=caps)
+                      kv_capacity=cap, caps=caps, max_loras=2)
+        for name in names:
+            s.load_adapter(name, object())
         fake = FakeModel(s)
         rids: dict[int, int] = {}
         got: dict[int, list[int]] = {}
@@ -325,7 +345,8 @@ def test_random_traffic_matches_each_request_alone(tok, caps: EngineCaps) -> Non
         while len(rids) < len(specs) or s.has_work():
             for i, (prompt, n, prio, at) in enumerate(specs):
                 if at == step:
-                    rids[i] = s.add(prompt, SamplingParams(max_tokens=n, ignore_eos=True), priority=prio)
+                    rids[i] = s.add(prompt, SamplingParams(max_tokens=n, ignore_eos=True), priority=prio,
+                                    adapter=adapters[i])
             if step % 13 == 5 and s.running:
                 victim = s.running[rng.randrange(len(s.running))]
                 aborted.add(victim.request_id)
@@ -343,9 +364,77 @@ def test_random_traffic_matches_each_request_alone(tok, caps: EngineCaps) -> Non
             ids = got.get(rid, [])
             if rid in aborted:
                 assert reasons[rid] == "abort"
-                assert ids == alone(prompt, n)[: len(ids)]
+                assert ids == alone(prompt, n, adapters[i])[: len(ids)]
             else:
-                assert ids == alone(prompt, min(n, 120 - len(prompt))), (slots, budget, cap, i)
+                assert ids == alone(prompt, min(n, 120 - len(prompt)), adapters[i]), (slots, budget, cap, i)
+        if caps.adapters and slots > 2:
+            assert fake.max_distinct == 2  # the table was full at times
         if cap is not None:
             assert s.num_preemptions > 0  # the capacity limit really was exercised
         assert sorted(s.free_slots) == list(range(slots)) and not s.running and not s.waiting
+
+
+def _lora_sched(tok, slots: int = 4, max_loras: int = 1, names=("x", "y")):  # type: ignore[no-untyped-def]
+    s = Scheduler(tok, eos_token_ids=[EOS], max_slots=slots, max_length=256, caps=EngineCaps(adapters=True),
+                  max_loras=max_loras)
+    for n in names:
+        s.load_adapter(n, object())
+    return s
+
+
+def test_a_request_waiting_for_an_adapter_entry_does_not_hold_up_the_queue(tok) -> None:  # type: ignore[no-untyped-def]
+    s = _lora_sched(tok)
+    fake = FakeModel(s)
+    long_x = s.add([1, 2], SamplingParams(max_tokens=50, ignore_eos=True), adapter="x")  # takes the one entry
+    s.update(plan := s.schedule(), fake.run(plan))
+    y = s.add([3], SamplingParams(max_tokens=3), adapter="y")  # needs the entry: waits
+    base = s.add([4], SamplingParams(max_tokens=3))  # behind it, needs no entry
+    x2 = s.add([5], SamplingParams(max_tokens=3), adapter="x")  # behind it, the entry it needs is resident
+    plan = s.schedule()
+    running = {r.request_id for r in s.running}
+    assert base in running and x2 in running and y not in running and long_x in running
+    assert [r.request_id for r in s.waiting] == [y]
+    assert not plan.adapter_loads  # x was uploaded once, for long_x
+
+
+def test_a_rare_adapter_is_not_starved_by_a_busy_one(tok) -> None:  # type: ignore[no-untyped-def]
+    """x is used by a stream of requests that always keep its entry referenced; y waits. The
+    router closes x's entry to new requests, its running ones finish, and y gets the entry."""
+    s = _lora_sched(tok, slots=4)
+    fake = FakeModel(s)
+    got: dict[int, list[int]] = {}
+    rid_y = None
+    for step in range(400):
+        if step % 3 == 0:  # a new x request every 3 steps, 6 tokens each: x is never idle
+            s.add([7, step % 50 + 3], SamplingParams(max_tokens=6, ignore_eos=True), adapter="x")
+        if step == 5:
+            rid_y = s.add([9, 9], SamplingParams(max_tokens=4, ignore_eos=True), adapter="y")
+        plan = s.schedule()
+        for o in s.update(plan, fake.run(plan)):
+            got.setdefault(o.request_id, []).extend(o.token_ids)
+        if rid_y is not None and rid_y not in s.requests:
+            break
+    assert rid_y is not None and len(got[rid_y]) == 4, "y starved"
+    assert step < 60, step  # it waited for x's running requests only, not for the stream to end
+
+
+def test_adapters_cannot_be_unloaded_or_used_wrongly(tok) -> None:  # type: ignore[no-untyped-def]
+    from realm_web.lora import AdapterError
+
+    s = _lora_sched(tok)
+    with pytest.raises(SchedulerError, match="no adapter 'z'"):
+        s.add([1], SamplingParams(), adapter="z")
+    rid = s.add([1, 2], SamplingParams(max_tokens=2), adapter="x")
+    with pytest.raises(AdapterError, match="requests use it"):
+        s.unload_adapter("x")  # queued
+    fake = FakeModel(s)
+    s.update(plan := s.schedule(), fake.run(plan))
+    with pytest.raises(AdapterError, match="requests use it"):
+        s.unload_adapter("x")  # running
+    while rid in s.requests:
+        s.update(plan := s.schedule(), fake.run(plan))
+    s.unload_adapter("x")
+    with pytest.raises(SchedulerError):
+        s.add([1], SamplingParams(), adapter="x")
+    with pytest.raises(AdapterError, match="no adapter"):
+        s.unload_adapter("x")
