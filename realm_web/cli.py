@@ -26,7 +26,7 @@ def _cmd_export(a: argparse.Namespace) -> None:
     if not src.exists():
         raise CliError(f"{src}: no such file or directory")
     m = export_model(src, a.output, a.dtype or ["fp32"], max_length=a.max_length,
-                     progress=None if a.quiet else _progress)
+                     progress=None if a.quiet else _progress, lora_rank=a.lora_rank)
     print(m.directory)
 
 
@@ -90,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", required=True, help="model directory to write")
     s.add_argument("--dtype", action="append", choices=["fp32", "fp16", "int8", "int4"], help="repeatable; default fp32")
     s.add_argument("--max-length", type=int, default=None, help="context length (default: the model's)")
+    s.add_argument("--lora-rank", type=int, default=16,
+                   help="also write LoRA-capable graphs for adapters up to this rank (default 16; 0: none)")
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(func=_cmd_export)
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Mapping, Protocol, Sequence, Union
 
 from .chat import ChatTemplate, load_chat_template
+from .lora import AdapterError, load_adapter as read_adapter
 from .manifest import Manifest, Variant, load_manifest
 from .sampling import SamplingParams
 from .scheduler import RequestOutput, Scheduler
@@ -136,7 +137,8 @@ class LLM:
         self.scheduler = Scheduler(self.tokenizer, eos_token_ids=self.manifest.eos_token_ids,
                                    max_slots=engine.max_slots, max_length=engine.max_length,
                                    max_tokens_per_step=max_tokens_per_step or (4096 if engine.device == "cuda" else 512),
-                                   kv_capacity=kv_capacity or engine.kv_capacity, caps=engine.caps)
+                                   kv_capacity=kv_capacity or engine.kv_capacity, caps=engine.caps,
+                                   max_loras=getattr(engine, "max_loras", 8))
         if warmup if warmup is not None else engine.device == "cuda":  # see OrtNativeEngine.warmup
             warm = getattr(engine, "warmup", None)
             if callable(warm):
@@ -170,6 +172,29 @@ class LLM:
         assert self.chat_template is not None
         text = self.chat_template.render(messages, add_generation_prompt=True)
         return self.tokenizer.encode(text)
+
+    # -- adapters -------------------------------------------------------------------------------
+    def load_adapter(self, name: str, path: str | os.PathLike[str]) -> None:
+        """Load a LoRA adapter (a PEFT directory or a GGUF LoRA file) for requests to name with
+        `adapter=name`. Raises AdapterError (naming the field) for one it cannot serve, and
+        UnsupportedError when the export has no LoRA-capable graph."""
+        if not self.engine.caps.adapters:
+            raise UnsupportedError("this export has no LoRA-capable graph: export it again (realm-web pull, or "
+                                   "realm-web export --lora-rank 16)")
+        if not isinstance(name, str) or not name:
+            raise ValueError("an adapter needs a non-empty name")
+        contract = self.manifest.graph.lora
+        adapter = read_adapter(path, self.manifest.architecture, name=name,
+                               max_rank=contract.max_rank if contract else None)
+        self.scheduler.load_adapter(name, adapter)
+
+    def unload_adapter(self, name: str) -> None:
+        """Forget an adapter; AdapterError while requests (running or queued) use it."""
+        self.scheduler.unload_adapter(name)
+
+    def adapters(self) -> list[str]:
+        """The names of the loaded adapters."""
+        return sorted(self.scheduler.router.adapters)
 
     def token_texts(self, ids: Sequence[int]) -> list[str]:
         """Each token's text on its own (bytes that are not valid UTF-8 alone are replaced)."""
@@ -229,11 +254,12 @@ class LLM:
     # -- synchronous batch API -------------------------------------------------------------------
     def generate(self, prompts: Prompt | Sequence[Prompt],
                  params: SamplingParams | Sequence[SamplingParams] | None = None, *,
-                 raw: bool = False, system: str | None = None, adapter: str | None = None,
+                 raw: bool = False, system: str | None = None, adapter: str | Sequence[str | None] | None = None,
                  **kw: Any) -> list[Completion]:
         """Run prompts together through the scheduler (continuous batching); results come back in
         order. `params` may be one SamplingParams for all prompts or one per prompt; keyword
-        arguments (temperature=, max_tokens=, seed=, stop=, ...) build one for all. If the
+        arguments (temperature=, max_tokens=, seed=, stop=, ...) build one for all. `adapter`: a
+        loaded adapter's name for all prompts, or one per prompt (None: the base model). If the
         engine fails, its exception is raised and none of these requests is left behind."""
         items = _prompt_list(prompts)
         if isinstance(params, Sequence):
@@ -244,13 +270,15 @@ class LLM:
             plist = [self._params(params, kw)] * len(items)
         if self._loop_task is not None and not self._loop_task.done():
             raise RuntimeError("generate() cannot run while streams are being served: await llm.stream() instead")
-        self._check_adapter(adapter)
+        alist = _adapter_list(adapter, len(items))
+        for a in alist:
+            self._check_adapter(a)
         t0 = time.perf_counter()
         cols = [_Collector(self.encode_prompt(x, raw=raw, system=system), t0=t0) for x in items]
         rids: list[int] = []
         try:
-            for c, p in zip(cols, plist):
-                rids.append(self._add(c.prompt_ids, p, c, adapter=adapter))
+            for c, p, a in zip(cols, plist, alist):
+                rids.append(self._add(c.prompt_ids, p, c, adapter=a))
             while self.scheduler.has_work():
                 self.step()
         except BaseException:
@@ -261,13 +289,15 @@ class LLM:
         return [c.completion() for c in cols]
 
     async def agenerate(self, prompts: Prompt | Sequence[Prompt], params: SamplingParams | None = None, *,
-                        raw: bool = False, system: str | None = None, adapter: str | None = None,
-                        **kw: Any) -> list[Completion]:
+                        raw: bool = False, system: str | None = None,
+                        adapter: str | Sequence[str | None] | None = None, **kw: Any) -> list[Completion]:
         """`generate` for event loops (and the only form on asynchronous engines such as the web
         one): the prompts stream concurrently over the shared loop; results come back in order."""
         p = self._params(params, kw)
-        ids = [self.encode_prompt(x, raw=raw, system=system) for x in _prompt_list(prompts)]
-        return list(await asyncio.gather(*(self.collect(x, p, adapter=adapter) for x in ids)))
+        items = _prompt_list(prompts)
+        alist = _adapter_list(adapter, len(items))
+        ids = [self.encode_prompt(x, raw=raw, system=system) for x in items]
+        return list(await asyncio.gather(*(self.collect(x, p, adapter=a) for x, a in zip(ids, alist))))
 
     async def collect(self, prompt_ids: list[int], params: SamplingParams,
                       on_delta: Callable[[RequestOutput], None] | None = None,
@@ -303,8 +333,13 @@ class LLM:
 
     # -- asynchronous streaming ------------------------------------------------------------------
     def _check_adapter(self, adapter: str | None) -> None:
-        if adapter is not None and not self.engine.caps.adapters:
+        if adapter is None:
+            return
+        if not self.engine.caps.adapters:
             raise UnsupportedError(f"adapter {adapter!r}: this engine does not serve LoRA adapters")
+        if adapter not in self.scheduler.router.adapters:
+            raise AdapterError(f"no adapter {adapter!r} is loaded (loaded: {', '.join(self.adapters()) or 'none'})",
+                               "adapter")
 
     def _add(self, prompt_ids: Sequence[int], params: SamplingParams, sink: Sink, *, priority: int = 0,
              adapter: str | None = None) -> int:
@@ -384,6 +419,16 @@ class LLM:
         close = getattr(self.engine, "close", None)
         if callable(close):
             close()
+
+
+def _adapter_list(adapter: str | Sequence[str | None] | None, n: int) -> list[str | None]:
+    """One adapter (or None) for all n prompts, or one per prompt."""
+    if adapter is None or isinstance(adapter, str):
+        return [adapter] * n
+    out = list(adapter)
+    if len(out) != n or not all(a is None or isinstance(a, str) for a in out):
+        raise TypeError(f"adapter= takes a name, or one name (or None) per prompt: {n} prompts, {len(out)} given")
+    return out
 
 
 def _prompt_list(prompts: Prompt | Sequence[Prompt]) -> list[Prompt]:

@@ -24,6 +24,49 @@ _OUTPUT_ROLES = ("logits", "present_key", "present_value")
 LAYOUTS = ("gqa-v1",)
 
 
+LORA_FORM = "grouped-t"
+
+
+@dataclass(frozen=True)
+class LoraContract:
+    """How the LoRA-capable graphs (a variant's `lora_file`) take adapters, form "grouped-t":
+    inputs `lora.{i}.{g}.a` (entries, ranks[g], in) = A^T and `.b` (entries, out, ranks[g]) =
+    B^T for each layer i and group g (qkv, o, gate_up, down) hold the adapters of a contiguous
+    range of the engine's adapter table; `order` (entries, n >= 2) lists the flattened (row,
+    position) indices of each entry's rows (rows x positions: a zero row, for padding);
+    `inverse` (rows x positions) picks each one's result (entries x n: a zero row, for rows
+    without an adapter)."""
+
+    form: str = LORA_FORM
+    max_rank: int = 16
+    ranks: tuple[tuple[str, int], ...] = ()  # (group, table columns): members x max_rank
+    order: str = "lora_order"
+    inverse: str = "lora_inverse"
+    a: str = "lora.{i}.{g}.a"
+    b: str = "lora.{i}.{g}.b"
+
+    def rank(self, group: str) -> int:
+        return dict(self.ranks)[group]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"form": self.form, "max_rank": self.max_rank, "ranks": dict(self.ranks),
+                "names": {"order": self.order, "inverse": self.inverse, "a": self.a, "b": self.b}}
+
+    @classmethod
+    def from_json(cls, raw: Any, where: str) -> "LoraContract | None":
+        """The contract, or None when its form is not this version's (the LoRA graphs are then
+        not used: export again to serve adapters)."""
+        if not isinstance(raw, dict) or raw.get("form") != LORA_FORM:
+            return None
+        try:
+            names = raw.get("names", {})
+            return cls(form=LORA_FORM, max_rank=int(raw["max_rank"]),
+                       ranks=tuple((str(g), int(r)) for g, r in raw["ranks"].items()),
+                       **{k: str(names[k]) for k in ("order", "inverse", "a", "b") if k in names})
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ModelDirError(f"{where}: malformed graph lora contract ({e})") from None
+
+
 @dataclass(frozen=True)
 class GraphSpec:
     """The decoder graph's contract, as the exporter wrote it: the name of each input and output
@@ -47,6 +90,7 @@ class GraphSpec:
     present_value: str = "present.{i}.value"
     kv_share_buffer: bool = True
     lm_head_refine: int = 0  # quantized exports: lm_head candidates recomputed exactly
+    lora: LoraContract | None = None  # how the variants' lora_file graphs take adapters
 
     def past(self, layer: int, kv: str) -> str:
         """`past_key_values.{layer}.{kv}` under this graph's names (kv: "key" or "value")."""
@@ -71,6 +115,7 @@ class GraphSpec:
             "position_ids": "implicit",  # positions follow from the mask (GroupQueryAttention rotary)
             "logits_index": True,  # (batch, k) positions of this step to compute logits for
             "lm_head_refine": self.lm_head_refine,
+            **({"lora": self.lora.to_json()} if self.lora is not None else {}),
         }
 
     @classmethod
@@ -100,9 +145,10 @@ class GraphSpec:
         for r in ("past_key", "past_value", "present_key", "present_value"):
             if "{i}" not in names[r]:
                 raise ModelDirError(f"{where}: graph name {r} {names[r]!r} has no '{{i}}' for the layer")
+        lora = LoraContract.from_json(raw["lora"], where) if raw.get("lora") is not None else None
         return cls(layout=layout, **{r: names[r] for r in _INPUT_ROLES + _OUTPUT_ROLES},
                    kv_share_buffer=bool(raw.get("kv_share_buffer", False)),
-                   lm_head_refine=int(raw.get("lm_head_refine", 0)))
+                   lm_head_refine=int(raw.get("lm_head_refine", 0)), lora=lora)
 
 
 @dataclass
@@ -114,6 +160,8 @@ class Variant:
     bytes: int
     kv_dtype: str
     preferred_by: list[str] = field(default_factory=list)
+    lora_file: str | None = None  # the same graph with per-row LoRA inputs (GraphSpec.lora)
+    lora_bytes: int = 0
 
 
 @dataclass

@@ -201,3 +201,142 @@ def test_what_is_not_served_is_refused_by_name(tiny: Path, tmp_path: Path) -> No
     g.write_tensors_to_file()
     g.close()
     refused(base_gguf, "general.type")
+
+
+# -- serving: the LoRA-capable graph on the native engine ------------------------------------------
+IDS = [1, 9690, 198, 2683, 359, 253, 5356, 30, 504, 3575]
+
+
+@pytest.fixture(scope="module")
+def tiny_export(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from realm_web.export import export_model
+
+    out = tmp_path_factory.mktemp("tiny-lora-export")
+    export_model(tiny, out, ["fp32"], progress=None, lora_rank=8)
+    return out
+
+
+def strong(pm: Any, factor: float = 20.0) -> Any:
+    """Scale B up so the adapter clearly changes what the tiny model says."""
+    with torch.no_grad():
+        for n, p in pm.named_parameters():
+            if "lora_B" in n:
+                p.mul_(factor)
+    return pm
+
+
+def serve(tiny: Path, tmp: Path, name: str, seed: int, **cfg: Any) -> Any:
+    pm = make_adapter(tiny, tmp / name, seed=seed, **{"r": 8, "lora_alpha": 16, **cfg})
+    strong(pm).save_pretrained(tmp / name)
+    return pm
+
+
+@pytest.mark.parametrize("cfg", [{}, {"use_rslora": True, "lora_alpha": 4},
+                                 {"rank_pattern": {"q_proj": 2, "down_proj": 6}, "alpha_pattern": {"v_proj": 3.0}},
+                                 {"target_modules": ["v_proj", "gate_proj"]}],
+                         ids=["plain", "rslora", "patterns", "subset"])
+def test_served_adapters_match_peft(tiny: Path, tiny_export: Path, tmp_path: Path, cfg: dict[str, Any]) -> None:
+    from realm_web import LLM
+    from realm_web.step import AdapterLoad, StepPlan
+
+    pm = serve(tiny, tmp_path, "a", 1, **cfg)
+    llm = LLM(tiny_export, dtype="fp32", max_length=128, max_slots=4)
+    llm.load_adapter("a", tmp_path / "a")
+    llm.engine.run_sync(StepPlan(seqs=[], adapter_loads=[AdapterLoad(1, "a", llm.scheduler.router.adapters["a"])]))
+    ours = llm.engine.prompt_logits(IDS, 0, adapter_entry=1)
+    with torch.no_grad():
+        ref = pm(torch.tensor([IDS])).logits[0].numpy()
+        gen = pm.merge_and_unload().generate(torch.tensor([IDS]), max_new_tokens=16, do_sample=False,
+                                             eos_token_id=None, pad_token_id=0)[0, len(IDS):].tolist()
+    assert np.abs(ours - ref).max() < 1e-4, np.abs(ours - ref).max()
+    assert llm.generate(IDS, max_tokens=16, ignore_eos=True, adapter="a")[0].token_ids == gen
+    assert llm.generate(IDS, max_tokens=16, ignore_eos=True)[0].token_ids != gen  # the adapter matters
+
+
+def test_a_gguf_lora_serves_the_same_tokens(tiny: Path, tiny_export: Path, tmp_path: Path) -> None:
+    from realm_web import LLM
+
+    pm = serve(tiny, tmp_path, "a", 2)
+    write_gguf_lora(pm, tmp_path / "a.gguf", 16.0)
+    llm = LLM(tiny_export, dtype="fp32", max_length=128, max_slots=4)
+    llm.load_adapter("peft", tmp_path / "a")
+    llm.load_adapter("gguf", tmp_path / "a.gguf")
+    out = llm.generate([IDS, IDS], max_tokens=16, ignore_eos=True, adapter=["peft", "gguf"])
+    assert out[0].token_ids == out[1].token_ids
+
+
+def test_mixed_batches_equal_each_request_alone(tiny: Path, tiny_export: Path, tmp_path: Path) -> None:
+    """32 staggered requests over 4 adapters and the base (greedy and seeded), on 2 adapter
+    entries: every request's tokens equal its tokens alone; base rows equal an engine that never
+    loaded an adapter."""
+    from realm_web import LLM, SamplingParams
+
+    for k in range(4):
+        serve(tiny, tmp_path, f"a{k}", 10 + k)
+    llm = LLM(tiny_export, dtype="fp32", max_length=128, max_slots=8, max_tokens_per_step=64)
+    for k in range(4):
+        llm.load_adapter(f"a{k}", tmp_path / f"a{k}")
+    plain = LLM(tiny_export, dtype="fp32", max_length=128, max_slots=8, max_tokens_per_step=64)
+    rng = np.random.default_rng(3)
+    prompts = [[int(t) for t in rng.integers(3, 40000, size=int(rng.integers(2, 20)))] for _ in range(32)]
+    adapters = [None if i % 5 == 4 else f"a{i % 4}" for i in range(32)]
+    params = [SamplingParams(max_tokens=int(4 + i % 9), ignore_eos=True, **({"temperature": 0.9, "seed": i}
+                                                                          if i % 2 else {})) for i in range(32)]
+    alone = [llm.generate(p, q, adapter=a)[0].token_ids for p, q, a in zip(prompts, params, adapters)]
+    s = llm.scheduler
+    got: dict[int, list[int]] = {}
+    rids: dict[int, int] = {}
+    arrive = [(i * 5) % 23 for i in range(32)]
+    step = 0
+    while len(rids) < 32 or s.has_work():
+        for i, at in enumerate(arrive):
+            if at == step:
+                rids[i] = s.add(prompts[i], params[i], adapter=adapters[i])
+        plan = s.schedule()
+        for o in s.update(plan, llm.engine.run_sync(plan)):
+            got.setdefault(o.request_id, []).extend(o.token_ids)
+        step += 1
+    bad = [i for i in range(32) if got[rids[i]] != alone[i]]
+    assert not bad, [(i, adapters[i], params[i].temperature) for i in bad]
+    base = [i for i in range(32) if adapters[i] is None]
+    assert [plain.generate(prompts[i], params[i])[0].token_ids for i in base] == [alone[i] for i in base]
+    assert len({tuple(alone[i]) for i in range(32)}) > 20
+
+
+def test_adapters_load_and_unload_while_requests_run(tiny: Path, tiny_export: Path, tmp_path: Path) -> None:
+    import asyncio
+
+    from realm_web import LLM
+    from realm_web.lora import AdapterError
+
+    serve(tiny, tmp_path, "a", 5)
+    serve(tiny, tmp_path, "b", 6)
+    make_adapter(tiny, tmp_path / "big", r=16, lora_alpha=16)
+    llm = LLM(tiny_export, dtype="fp32", max_length=128, max_slots=4)
+    llm.load_adapter("a", tmp_path / "a")
+    want_a = llm.generate(IDS, max_tokens=40, ignore_eos=True, adapter="a")[0].token_ids
+    want_base = llm.generate(IDS, max_tokens=40, ignore_eos=True)[0].token_ids
+
+    async def main() -> tuple[list[int], list[int]]:
+        async def run(adapter: str | None) -> list[int]:
+            return [t async for d in llm.stream(IDS, max_tokens=40, ignore_eos=True, adapter=adapter) for t in d.token_ids]
+
+        ta = asyncio.ensure_future(run("a"))
+        tb = asyncio.ensure_future(run(None))
+        await asyncio.sleep(0.05)
+        llm.load_adapter("b", tmp_path / "b")  # while they run
+        with pytest.raises(AdapterError, match="use it"):
+            llm.unload_adapter("a")
+        return await ta, await tb
+
+    a, b = asyncio.run(main())
+    assert a == want_a and b == want_base
+    llm.unload_adapter("a")
+    assert llm.adapters() == ["b"]
+    with pytest.raises(AdapterError, match="no adapter 'a'"):
+        llm.generate(IDS, max_tokens=2, adapter="a")
+    with pytest.raises(AdapterError) as e:
+        llm.load_adapter("big", tmp_path / "big")  # rank 16 > the export's 8
+    assert e.value.field == "r"
+    with pytest.raises(TypeError):
+        llm.generate([IDS, IDS], adapter=["b"])

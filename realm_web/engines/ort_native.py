@@ -26,6 +26,7 @@ import mmap
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ import numpy as np
 
 from ..manifest import Manifest, load_manifest
 from ..step import EngineCaps, KVCopy, NewSeq, SamplingSpec, SeqStep, StepPlan, StepResult
+from .ort_lora import LoraTables
 from .sampler import sample_positions
 
 # A padded batch over a contiguous span of slots; onnxruntime's GroupQueryAttention runs a
@@ -56,7 +58,7 @@ class OrtNativeEngine:
     def __init__(self, model_dir: str | os.PathLike[str], *, dtype: str | None = None, device: str = "cpu",
                  threads: int | None = None, max_slots: int = 1, max_length: int | None = None,
                  bucket_shapes: bool | None = None, step_thread: bool = True, cuda_graph: bool | None = None,
-                 static_decode: bool | None = None) -> None:
+                 static_decode: bool | None = None, max_loras: int = 8) -> None:
         import onnxruntime as ort
 
         self.manifest: Manifest = load_manifest(model_dir)
@@ -118,7 +120,15 @@ class OrtNativeEngine:
                 buf = np.frombuffer(mm, dtype=self.kv_dtype).reshape(shape)
                 self.cache_ptrs.append(int(buf.ctypes.data))
             self._keep.append(buf)
-        self.caps = CAPS
+        # LoRA: the variant's LoRA-capable twin graph, made a session when the first adapter comes
+        self.max_loras = max_loras
+        self._lora_file = Path(m.directory, self.variant.lora_file) if self.variant.lora_file else None
+        has_lora = self._lora_file is not None and self._lora_file.exists() and m.graph.lora is not None
+        self.caps = replace(CAPS, adapters=has_lora)
+        self._so, self._providers = so, providers
+        self._lora: Any = None  # (session, binding, LoraTables), made by the first adapter load
+        self._lora_span: tuple[int, int] | None = None
+        self._entry_of: dict[int, int] = {}  # slot -> the adapter entry of the request on it
         self.graph = m.graph
         g = m.graph
         self._kv_names = [(g.past(i, kv), g.present(i, kv)) for i in range(m.num_layers) for kv in ("key", "value")]
@@ -203,7 +213,8 @@ class OrtNativeEngine:
         if not seqs:
             return StepResult(tokens={})
         lo, hi, width, k = self._take(plan)
-        if self.static_decode and width == 1:
+        lora = any(self._entry_of.get(q.slot) for q in seqs)
+        if self.static_decode and width == 1 and not lora:
             return self._static_decode(plan, hi)
         if self.bucket_shapes:
             lo, hi, width = self._bucketed(plan, lo, hi, width)
@@ -221,7 +232,12 @@ class OrtNativeEngine:
             index[r, :] = n - 1  # the sampled positions first, the last one repeated after them
             if q.num_samples > 1:
                 index[r, : q.num_samples] = np.arange(n - q.num_samples, n)
-        logits = self._forward(lo, ids, totals, index)
+        entries = None
+        if lora:  # rows on adapters: the LoRA graph (rows with none add exactly 0.0)
+            entries = np.zeros(hi - lo, np.int64)
+            for q in seqs:
+                entries[q.slot - lo] = self._entry_of.get(q.slot, 0)
+        logits = self._forward(lo, ids, totals, index, entries)
         return self._sample(plan, lo, logits)
 
     def _take(self, plan: StepPlan) -> tuple[int, int, int, int]:
@@ -264,25 +280,44 @@ class OrtNativeEngine:
                           f"fit the context of {self.max_length} tokens")
 
     def _learn(self, plan: StepPlan) -> None:
-        """The plan's news: requests gone (their slots' memory is given back), requests new
-        (their constants), prefix copies."""
+        """The plan's news: requests gone (their slots' memory is given back), adapters to
+        upload, requests new (their constants), prefix copies."""
         for sid in plan.released:
             self._specs.pop(sid, None)
             slot = self._slot_of.pop(sid, None)
             if slot is not None and slot not in self._slot_of.values():
                 self._drop_slot(slot)
+                self._entry_of.pop(slot, None)
+        for load in plan.adapter_loads:
+            self._lora_graph()[2].upload(load.entry, load.adapter)
         for n in plan.new_seqs:
             self._announce(n)
         for c in plan.copies:
             self._copy(c)
 
     def _announce(self, n: NewSeq) -> None:
-        if n.adapter is not None:
-            raise ValueError(f"sequence {n.seq_id}: this engine serves no LoRA adapters (asked for {n.adapter!r})")
+        if n.adapter is not None and not self.caps.adapters:
+            raise ValueError(f"sequence {n.seq_id}: this export has no LoRA graph (asked for adapter {n.adapter!r})")
         if not 0 <= n.slot < self.max_slots:
             raise ValueError(f"sequence {n.seq_id}: slot {n.slot} is not in [0, {self.max_slots})")
+        if not 0 <= n.adapter_entry <= self.max_loras or (n.adapter_entry == 0) != (n.adapter is None):
+            raise ValueError(f"sequence {n.seq_id}: adapter entry {n.adapter_entry} for adapter {n.adapter!r}")
         self._specs[n.seq_id] = n.sampling
         self._slot_of[n.seq_id] = n.slot
+        self._entry_of[n.slot] = n.adapter_entry
+
+    def _lora_graph(self) -> tuple[Any, Any, LoraTables]:
+        """The LoRA-capable session, its binding and the adapter tables (made on first use)."""
+        if self._lora is None:
+            if not self.caps.adapters:
+                raise ValueError("this export has no LoRA graph: export it again with --lora-rank")
+            m = self.manifest
+            sess = self.ort.InferenceSession(str(self._lora_file), self._so, providers=self._providers)
+            assert m.graph.lora is not None
+            tables = LoraTables(m.graph.lora, m.architecture, m.num_layers, self.max_loras, self.kv_dtype, self.ort,
+                                self.device)
+            self._lora = (sess, sess.io_binding(), tables)
+        return self._lora  # type: ignore[no-any-return]
 
     def _drop_slot(self, slot: int) -> None:
         """A slot nobody holds: its tokens are forgotten and, on the CPU, its cache pages given
@@ -443,31 +478,59 @@ class OrtNativeEngine:
             self._static_decode(plan, rows)
             self._learn(StepPlan(seqs=[], released=[-1]))
 
-    def _forward(self, lo: int, ids: np.ndarray, totals: np.ndarray, index: np.ndarray) -> Any:
-        """One run over slots lo..lo+rows-1; returns the logits OrtValue (rows, k, vocab)."""
+    def _forward(self, lo: int, ids: np.ndarray, totals: np.ndarray, index: np.ndarray,
+                 entries: np.ndarray | None = None) -> Any:
+        """One run over slots lo..lo+rows-1; returns the logits OrtValue (rows, k, vocab). With
+        `entries` (each row's adapter entry, 0: none) it runs the LoRA-capable graph."""
         if int(totals.max()) > self.max_length:
             raise ValueError(f"a step of width {ids.shape[1]} exceeds the context of {self.max_length} tokens")
         mask = (np.arange(int(totals.max()))[None, :] < totals[:, None]).astype(np.int64)
-        self._bind_span(lo, lo + ids.shape[0])
-        bnd, g = self.binding, self.graph
-        if self._logits_k != index.shape[1]:  # a new logits shape: onnxruntime allocates the output anew
+        g = self.graph
+        if entries is None:
+            self._bind_span(lo, lo + ids.shape[0])
+            bnd, sess = self.binding, self.session
+            if self._logits_k != index.shape[1]:  # a new logits shape: onnxruntime allocates the output anew
+                bnd.bind_output(g.logits, self.ort_device)
+                self._logits_k = index.shape[1]
+        else:
+            sess, bnd, tables = self._lora_graph()
+            self._bind_lora_span(bnd, lo, lo + ids.shape[0])
             bnd.bind_output(g.logits, self.ort_device)
-            self._logits_k = index.shape[1]
+            e_lo, e_hi, order, inverse = LoraTables.groups(entries, ids.shape[1])
+            tables.bind(bnd, e_lo, e_hi)
+            assert g.lora is not None
+            bnd.bind_cpu_input(g.lora.order, order)
+            bnd.bind_cpu_input(g.lora.inverse, inverse)
         bnd.bind_cpu_input(g.input_ids, ids)
         bnd.bind_cpu_input(g.attention_mask, mask)
         bnd.bind_cpu_input(g.logits_index, index)
-        self.session.run_with_iobinding(bnd, self._plain_options)
+        sess.run_with_iobinding(bnd, self._plain_options)
         return bnd.get_outputs()[0]
 
-    def prompt_logits(self, token_ids: list[int], slot: int = 0) -> np.ndarray:
-        """Logits (len, vocab) at every position of `token_ids`, run from an empty cache in `slot`
-        (which it overwrites): for parity checks and tools, not for serving."""
-        return self._on_worker(self._prompt_logits, token_ids, slot)  # type: ignore[no-any-return]
+    def _bind_lora_span(self, bnd: Any, lo: int, hi: int) -> None:
+        """The LoRA session's binding of the same cache rows (see _bind_span)."""
+        if self._lora_span == (lo, hi):
+            return
+        shape = [hi - lo, *self.row_shape]
+        bnd.clear_binding_outputs()
+        bnd.bind_output(self.graph.logits, self.ort_device)  # output 0
+        for (past, present), base in zip(self._kv_names, self.cache_ptrs):
+            ptr = base + lo * self.row_bytes
+            bnd.bind_input(past, self.ort_device, 0, self.kv_dtype, shape, ptr)
+            bnd.bind_output(present, self.ort_device, 0, self.kv_dtype, shape, ptr)
+        self._lora_span = (lo, hi)
 
-    def _prompt_logits(self, token_ids: list[int], slot: int) -> np.ndarray:
+    def prompt_logits(self, token_ids: list[int], slot: int = 0, adapter_entry: int = 0) -> np.ndarray:
+        """Logits (len, vocab) at every position of `token_ids`, run from an empty cache in `slot`
+        (which it overwrites), with the adapter in table entry `adapter_entry` (0: none): for
+        parity checks and tools, not for serving."""
+        return self._on_worker(self._prompt_logits, token_ids, slot, adapter_entry)  # type: ignore[no-any-return]
+
+    def _prompt_logits(self, token_ids: list[int], slot: int, adapter_entry: int = 0) -> np.ndarray:
         n = len(token_ids)
         logits = self._forward(slot, np.array([token_ids], np.int64), np.array([n], np.int64),
-                               np.arange(n, dtype=np.int64)[None])
+                               np.arange(n, dtype=np.int64)[None],
+                               np.array([adapter_entry], np.int64) if adapter_entry else None)
         self._tokens[slot] = list(token_ids)
         return np.array(logits.numpy()[0], dtype=np.float32)  # a copy: the output buffer is reused
 

@@ -13,7 +13,7 @@ from typing import Callable
 
 from ..manifest import Manifest, Variant
 from .config import UnsupportedModelError
-from .graph import DTYPES, build_decoder, graph_spec
+from .graph import DTYPES, build_decoder, graph_spec, lora_layout
 from .load import detect_format, load_source
 from .source import Source
 
@@ -53,10 +53,20 @@ def _preferred_by(dtypes: list[str]) -> dict[str, list[str]]:
     return out
 
 
+def _write(model: object, path: Path, say: Progress) -> None:
+    tmp = path.with_suffix(".onnx.tmp")
+    say(f"writing {path.name}")
+    with open(tmp, "wb") as f:
+        f.write(model.SerializeToString())  # type: ignore[attr-defined]
+    os.replace(tmp, path)
+
+
 def export_model(src: str | os.PathLike[str], out_dir: str | os.PathLike[str], dtypes: list[str] | None = None,
                  *, max_length: int | None = None, progress: Progress | None = _stderr,
-                 name: str | None = None) -> Manifest:
-    """Export `src` into `out_dir` for each dtype; returns the manifest written there."""
+                 name: str | None = None, lora_rank: int = 16) -> Manifest:
+    """Export `src` into `out_dir` for each dtype; returns the manifest written there. With
+    `lora_rank` (default 16; 0 for none) each dtype also gets a LoRA-capable graph that serves
+    per-row adapters up to that rank (realm.json's graph.lora)."""
     say = progress or (lambda _m: None)
     dtypes = list(dict.fromkeys(dtypes or ["fp32"]))
     for d in dtypes:
@@ -72,24 +82,22 @@ def export_model(src: str | os.PathLike[str], out_dir: str | os.PathLike[str], d
     out.mkdir(parents=True, exist_ok=True)
     variants: dict[str, Variant] = {}
     prefs = _preferred_by(dtypes)
-    spec = graph_spec()
+    spec = graph_spec(lora_rank)
     timings: dict[str, float] = {"read_s": round(time.perf_counter() - t0, 2)}
     for d in dtypes:
         t = time.perf_counter()
         say(f"building {d} graph ({cfg.num_layers} layers, hidden {cfg.hidden_size}, vocab {cfg.vocab_size})")
-        model = build_decoder(cfg, source.weights, d, max_len, spec)
         path = out / variant_file(d)
-        tmp = path.with_suffix(".onnx.tmp")
-        say(f"writing {path.name}")
-        with open(tmp, "wb") as f:
-            f.write(model.SerializeToString())
-        os.replace(tmp, path)
+        _write(build_decoder(cfg, source.weights, d, max_len, spec), path, say)
         size = path.stat().st_size
         variants[d] = Variant(dtype=d, file=path.name, bytes=size, kv_dtype="fp16" if d == "fp16" else "fp32",
                               preferred_by=prefs[d])
+        if spec.lora is not None:
+            lora_path = out / variant_file(d).replace(".onnx", "_lora.onnx")
+            _write(build_decoder(cfg, source.weights, d, max_len, spec, lora_layout(spec)), lora_path, say)
+            variants[d].lora_file, variants[d].lora_bytes = lora_path.name, lora_path.stat().st_size
         timings[f"{d}_s"] = round(time.perf_counter() - t, 2)
         say(f"{d}: {size / 1e6:.1f} MB in {timings[f'{d}_s']:.1f} s")
-        del model
     (out / "tokenizer.json").write_text(json.dumps(source.tokenizer_json, ensure_ascii=False))
     specials = dict(source.special_tokens)
     tok_cfg = {f"{k}_token": v for k, v in specials.items()}

@@ -27,7 +27,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..manifest import GraphSpec
+from ..manifest import GraphSpec, LoraContract
 from .config import ModelConfig
 from .quantize import NBits, concat_rows, quantize
 from .weights import BLOCK, Weight, dense
@@ -159,17 +159,24 @@ class _Builder:
         g, ft = self.g, self.g.float_type
         n_in, n_out = lora_dims(self.cfg)[group]
         r = lay.ranks[group]
-        a, b = f"lora.{layer}.{group}.a", f"lora.{layer}.{group}.b"
+        names = self.spec.lora
+        a = (names.a if names else "lora.{i}.{g}.a").format(i=layer, g=group)
+        b = (names.b if names else "lora.{i}.{g}.b").format(i=layer, g=group)
+        order, inverse = (names.order, names.inverse) if names else ("lora_order", "lora_inverse")
         if lay.form == "grouped":  # entries: a contiguous range of the engine's adapter table
-            self.lora_inputs += [helper.make_tensor_value_info(a, ft, ["lora_entries", n_in, r]),
-                                 helper.make_tensor_value_info(b, ft, ["lora_entries", r, n_out])]
+            # Transposed (A^T: (entries, R, in), B^T: (entries, out, R)) so that the matmuls' M
+            # is the fixed R or out and the rows are columns: a column's result is the same
+            # whatever else is in its group (onnxruntime's CPU MatMul, checked; n >= 2).
+            self.lora_inputs += [helper.make_tensor_value_info(a, ft, ["lora_entries", r, n_in]),
+                                 helper.make_tensor_value_info(b, ft, ["lora_entries", n_out, r])]
             flat = g.node("Reshape", [x, g.const(f"lora_flat_{n_in}", np.array([-1, n_in], np.int64))])[0]
             padded = g.node("Concat", [flat, g.floats(f"lora_zero_{n_in}", np.zeros((1, n_in)))], axis=0)[0]
-            xg = g.node("Gather", [padded, "lora_order"], axis=0)[0]  # (slots, n, in)
-            dg = g.node("MatMul", [g.node("MatMul", [xg, a])[0], b])[0]  # (slots, n, out)
+            xg = g.node("Transpose", [g.node("Gather", [padded, order], axis=0)[0]], perm=[0, 2, 1])[0]  # (entries, in, n)
+            dt = g.node("MatMul", [b, g.node("MatMul", [a, xg])[0]])[0]  # (entries, out, n)
+            dg = g.node("Transpose", [dt], perm=[0, 2, 1])[0]  # (entries, n, out)
             dflat = g.node("Reshape", [dg, g.const(f"lora_flat_{n_out}", np.array([-1, n_out], np.int64))])[0]
             dpad = g.node("Concat", [dflat, g.floats(f"lora_zero_{n_out}", np.zeros((1, n_out)))], axis=0)[0]
-            rows = g.node("Gather", [dpad, "lora_inverse"], axis=0)[0]  # (rows x positions, out)
+            rows = g.node("Gather", [dpad, inverse], axis=0)[0]  # (rows x positions, out)
             d = g.node("Reshape", [rows, g.node("Shape", [y])[0]])[0]
         elif lay.form == "gather":
             self.lora_inputs += [helper.make_tensor_value_info(a, ft, [lay.slots, n_in, r]),
@@ -316,8 +323,11 @@ class _Builder:
         x = g.node("GatherND", [x, idx], batch_dims=1)[0]
         self.lm_head(x, spec.logits)
         if self.lora_layout is not None and self.lora_layout.form == "grouped":
-            inputs += [helper.make_tensor_value_info("lora_order", TensorProto.INT64, ["lora_entries", "lora_rows"]),
-                       helper.make_tensor_value_info("lora_inverse", TensorProto.INT64, ["batch_positions"]),
+            lc = spec.lora
+            inputs += [helper.make_tensor_value_info(lc.order if lc else "lora_order", TensorProto.INT64,
+                                                     ["lora_entries", "lora_rows"]),
+                       helper.make_tensor_value_info(lc.inverse if lc else "lora_inverse", TensorProto.INT64,
+                                                     ["batch_positions"]),
                        *self.lora_inputs]
         elif self.lora_layout is not None:
             inputs += [helper.make_tensor_value_info("lora_slot", TensorProto.INT64, ["batch_size"]), *self.lora_inputs]
@@ -335,7 +345,19 @@ def build_decoder(cfg: ModelConfig, weights: dict[str, Weight], dtype: str, max_
     return _Builder(cfg, weights, dtype, max_length or cfg.max_position_embeddings, spec or graph_spec(), lora).build()
 
 
-def graph_spec() -> GraphSpec:
-    """The contract of the graphs this builder makes (written to realm.json)."""
-    return GraphSpec(layout="gqa-v1", kv_share_buffer=True, lm_head_refine=REFINE)
+GROUP_MEMBERS = {"qkv": 3, "o": 1, "gate_up": 2, "down": 1}
+
+
+def graph_spec(lora_rank: int = 0) -> GraphSpec:
+    """The contract of the graphs this builder makes (written to realm.json); with `lora_rank`,
+    of their LoRA-capable twins too (adapters up to that rank)."""
+    lora = LoraContract(max_rank=lora_rank, ranks=tuple((g, m * lora_rank) for g, m in GROUP_MEMBERS.items())) \
+        if lora_rank else None
+    return GraphSpec(layout="gqa-v1", kv_share_buffer=True, lm_head_refine=REFINE, lora=lora)
+
+
+def lora_layout(spec: GraphSpec) -> LoraLayout:
+    """The builder's layout for the contract's LoRA graphs."""
+    assert spec.lora is not None
+    return LoraLayout("grouped", 0, dict(spec.lora.ranks))
 

@@ -58,9 +58,11 @@ def pull(dtypes: list[str] | None = None, force: bool = False) -> Path:
         try:
             m = load_manifest(out)
             have = [d for d, v in m.variants.items() if (out / v.file).exists()]
+            lora = m.graph.lora is not None and all(
+                m.variants[d].lora_file and (out / str(m.variants[d].lora_file)).exists() for d in want if d in m.variants)
         except ValueError:
-            have = []
-        if all(d in have for d in want):
+            have, lora = [], False
+        if all(d in have for d in want) and lora:  # (exports from before LoRA graphs are made again)
             return out
     gguf = fetch_gguf()
     export_model(gguf, out, list(dict.fromkeys(have + want)), name="smollm2-135m-instruct")
