@@ -154,22 +154,32 @@ def test_collect_cancels_a_request_still_waiting_for_a_slot(model_dir: Path) -> 
     assert q.timings["total_s"] < long.timings["total_s"]  # it did not wait for the slot
 
 
-def test_an_adapter_is_refused_until_an_engine_serves_them(llm: LLM) -> None:
+def test_adapters_that_are_not_there_are_typed_errors(llm: LLM, tiny_hf_dir: Path, tmp_path: Path) -> None:
     from realm_web.engine import UnsupportedError
+    from realm_web.export import export_model
+    from realm_web.lora import AdapterError
 
-    assert not llm.engine.caps.adapters
-    with pytest.raises(UnsupportedError, match="adapter"):
+    assert llm.engine.caps.adapters  # the pulled exports carry a LoRA-capable twin
+    with pytest.raises(AdapterError, match="no adapter 'sql'"):
         llm.generate("What is the capital of France?", max_tokens=4, adapter="sql")
 
     async def stream() -> None:
         async for _ in llm.stream("What is the capital of France?", max_tokens=4, adapter="sql"):
             pass
 
-    with pytest.raises(UnsupportedError):
+    with pytest.raises(AdapterError):
         asyncio.run(stream())
-    with pytest.raises(UnsupportedError):
+    with pytest.raises(AdapterError):
         asyncio.run(llm.agenerate("Hi", max_tokens=2, adapter="sql"))
     assert not llm.scheduler.requests  # nothing was queued
+    # an export without LoRA graphs says how to get them
+    export_model(tiny_hf_dir, tmp_path / "plain", ["fp32"], progress=None, lora_rank=0)
+    plain = LLM(tmp_path / "plain", dtype="fp32", max_length=64)
+    assert not plain.engine.caps.adapters
+    with pytest.raises(UnsupportedError, match="export it again"):
+        plain.load_adapter("sql", tmp_path / "nowhere")
+    with pytest.raises(UnsupportedError):
+        plain.generate([1, 2, 3], max_tokens=2, adapter="sql")
 
 
 def test_web_stop_racing_a_new_stream_stops_the_old_one(llm: LLM) -> None:

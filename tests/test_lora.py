@@ -318,15 +318,21 @@ def test_adapters_load_and_unload_while_requests_run(tiny: Path, tiny_export: Pa
     want_base = llm.generate(IDS, max_tokens=40, ignore_eos=True)[0].token_ids
 
     async def main() -> tuple[list[int], list[int]]:
+        started = asyncio.Event()
+
         async def run(adapter: str | None) -> list[int]:
-            return [t async for d in llm.stream(IDS, max_tokens=40, ignore_eos=True, adapter=adapter) for t in d.token_ids]
+            out = []
+            async for d in llm.stream(IDS, max_tokens=40, ignore_eos=True, adapter=adapter):
+                out += d.token_ids
+                started.set()
+                if adapter == "a" and len(out) == 1:  # while both run: load one, try to unload the busy one
+                    llm.load_adapter("b", tmp_path / "b")
+                    with pytest.raises(AdapterError, match="use it"):
+                        llm.unload_adapter("a")
+            return out
 
         ta = asyncio.ensure_future(run("a"))
         tb = asyncio.ensure_future(run(None))
-        await asyncio.sleep(0.05)
-        llm.load_adapter("b", tmp_path / "b")  # while they run
-        with pytest.raises(AdapterError, match="use it"):
-            llm.unload_adapter("a")
         return await ta, await tb
 
     a, b = asyncio.run(main())
