@@ -72,17 +72,12 @@ def runner(path: Path, a: Any, lora_rows: list[int] | None, threads: int) -> Any
     feeds = {"input_ids": np.full((B, 1), 100, np.int64),
              "attention_mask": np.ones((B, P + 1), np.int64), "logits_index": np.zeros((B, 1), np.int64)}
     entries = a.slots
-    if "lora_order" in ins:  # rows grouped by the adapters in use (table entries 1..d), padded with the zero row
-        used = sorted({s for s in lora_rows if s}) or [1]
-        entries = len(used)
-        groups = [[r for r, s in enumerate(lora_rows) if s == e] for e in used]
-        n = max(1, max(len(gr) for gr in groups))
-        feeds["lora_order"] = np.array([gr + [B] * (n - len(gr)) for gr in groups], np.int64)
-        inv = np.full(B, entries * n, np.int64)  # the zero row of the results
-        for k, gr in enumerate(groups):
-            for j, r in enumerate(gr):
-                inv[r] = k * n + j
-        feeds["lora_inverse"] = inv
+    if "lora_order" in ins:  # rows grouped by the adapters in use (table entries lo..hi), as the engine does
+        from realm_web.engines.ort_lora import LoraTables
+
+        lo, hi, order, inverse = LoraTables.groups(np.array([s or 0 for s in lora_rows], np.int64), 1)
+        entries = hi - lo + 1
+        feeds["lora_order"], feeds["lora_inverse"] = order, inverse
     if "lora_slot" in ins or "lora_order" in ins:
         if "lora_slot" in ins:
             feeds["lora_slot"] = np.array(lora_rows, np.int64)
@@ -110,7 +105,7 @@ def runner(path: Path, a: Any, lora_rows: list[int] | None, threads: int) -> Any
 
 
 def a_form(name: str, shape: list[int]) -> str:
-    return "gather" if len(shape) == 3 else "masked"
+    return {3: "gather", 4: "grouped"}.get(len(shape), "masked")
 
 
 def main() -> int:

@@ -54,18 +54,22 @@ def _cmd_generate(a: argparse.Namespace) -> None:
 
         model = pull()
     llm = LLM(model, dtype=a.dtype, device=a.device, threads=a.threads)
+    adapter = None
+    if a.lora:
+        llm.load_adapter("lora", a.lora)
+        adapter = "lora"
     if a.stream and not a.json:
         import asyncio
 
         async def go() -> None:
-            async for out in llm.stream(a.prompt, params, raw=a.raw, system=a.system):
+            async for out in llm.stream(a.prompt, params, raw=a.raw, system=a.system, adapter=adapter):
                 sys.stdout.write(out.text)
                 sys.stdout.flush()
             sys.stdout.write("\n")
 
         asyncio.run(go())
         return
-    c = llm.generate(a.prompt, params, raw=a.raw, system=a.system)[0]
+    c = llm.generate(a.prompt, params, raw=a.raw, system=a.system, adapter=adapter)[0]
     if a.json:
         print(json.dumps({"text": c.text, "token_ids": c.token_ids, "prompt_token_ids": c.prompt_token_ids,
                           "finish_reason": c.finish_reason, "usage": c.usage, "timings": c.timings,
@@ -113,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--raw", action="store_true", help="no chat template: the prompt is fed as is")
     s.add_argument("--stream", action="store_true", help="print tokens as they are made")
     s.add_argument("--json", action="store_true", help="print one JSON object")
+    s.add_argument("--lora", help="a LoRA adapter to answer with: a PEFT directory or a GGUF LoRA file")
     s.set_defaults(func=_cmd_generate)
 
     s = sub.add_parser("serve", help="the OpenAI-compatible HTTP + WebSocket server")
@@ -128,6 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"],
                    help="info logs one JSON line per request")
     s.add_argument("--web", help="directory of the web page to serve at / (default: build/web of a checkout, made by `make web`)")
+    s.add_argument("--lora-modules", nargs="+", metavar="NAME=PATH", default=[],
+                   help="LoRA adapters to serve, each as model NAME (a PEFT directory or a GGUF LoRA file)")
+    s.add_argument("--lora-root", help="admin tenants may load adapters from under this directory at run time")
+    s.add_argument("--max-loras", type=int, default=8, help="adapters in use at once (default 8)")
     s.set_defaults(func=_cmd_serve)
     return p
 
@@ -145,12 +154,46 @@ def _cmd_serve(a: argparse.Namespace) -> int:
         raise CliError(f"{a.model}: not a realm-web model directory (no realm.json)")
     if not 0 < a.port < 65536:
         raise CliError(f"--port must be in 1..65535, got {a.port}")
+    modules: dict[str, str] = {}
+    for m in a.lora_modules:
+        name, eq, path = m.partition("=")
+        if not eq or not name or not path:
+            raise CliError(f"--lora-modules takes NAME=PATH, got {m!r}")
+        if not Path(path).exists():
+            raise CliError(f"--lora-modules {name}: {path}: no such adapter")
+        modules[name] = path
+    if a.lora_root is not None and not Path(a.lora_root).is_dir():
+        raise CliError(f"--lora-root {a.lora_root}: not a directory")
+    if a.max_loras < 1:
+        raise CliError(f"--max-loras must be >= 1, got {a.max_loras}")
+    if modules:
+        _check_adapters(Path(a.model) if a.model else None, modules)
     try:
         return serve(host=a.host, port=a.port, model=a.model, config=a.config, device=a.device, dtype=a.dtype,
                      threads=a.threads, max_slots=a.max_slots, max_length=a.max_length, log_level=a.log_level,
-                     web=a.web)
+                     web=a.web, lora_modules=modules, lora_root=a.lora_root, max_loras=a.max_loras)
     except ConfigError as e:
         raise CliError(str(e)) from None
+
+
+def _check_adapters(model: Path | None, modules: dict[str, str]) -> None:
+    """Read each adapter against the model before the server starts: a bad one is a CLI error,
+    not a server that comes up without its model."""
+    from .lora import AdapterError, load_adapter
+    from .manifest import load_manifest
+    from .paths import default_model_dir
+
+    manifest = load_manifest(model or default_model_dir())
+    if manifest.graph.lora is None:
+        raise CliError(f"{manifest.directory}: this export has no LoRA-capable graph: export it again "
+                       "(realm-web pull, or realm-web export --lora-rank 16)")
+    for name, path in modules.items():
+        if name == manifest.name:
+            raise CliError(f"--lora-modules {name}: an adapter cannot take the base model's name")
+        try:
+            load_adapter(path, manifest.architecture, name=name, max_rank=manifest.graph.lora.max_rank)
+        except AdapterError as e:
+            raise CliError(f"--lora-modules {name}: {e}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

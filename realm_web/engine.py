@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Mapping, Protocol, Sequence, Union
 
 from .chat import ChatTemplate, load_chat_template
-from .lora import AdapterError, load_adapter as read_adapter
+from .lora import AdapterError, AdapterNotFound, load_adapter as read_adapter
 from .manifest import Manifest, Variant, load_manifest
 from .sampling import SamplingParams
 from .scheduler import RequestOutput, Scheduler
@@ -111,7 +111,8 @@ class LLM:
     `LLM()` loads the default model (made by `realm-web pull`); `LLM(model_dir)` any export.
     `max_slots` requests run at once (each owns a KV row of `max_length` tokens; more wait in
     the queue); `max_tokens_per_step` bounds one step's batch (rows x width on the native
-    engine), which is also the prefill chunk size. `warmup` (default: on for CUDA) runs every
+    engine), which is also the prefill chunk size; `max_loras` adapters can be in use at once
+    (their requests run together in one batch; others wait for an entry). `warmup` (default: on for CUDA) runs every
     step shape once at load, so that no request pays a runtime's first-shape cost. `cuda_graph`
     (default: on for CUDA) replays decode steps as CUDA graphs.
 
@@ -122,13 +123,14 @@ class LLM:
                  dtype: str | None = None, device: str = "cpu", threads: int | None = None,
                  max_slots: int = 16, max_length: int | None = None, max_tokens_per_step: int | None = None,
                  kv_capacity: int | None = None, warmup: bool | None = None,
-                 cuda_graph: bool | None = None) -> None:
+                 cuda_graph: bool | None = None, max_loras: int = 8) -> None:
         if engine is None:
             model_dir = Path(model) if model is not None else _default_model()
             from .engines.ort_native import OrtNativeEngine
 
             engine = OrtNativeEngine(model_dir, dtype=dtype, device=device, threads=threads,
-                                     max_slots=max_slots, max_length=max_length, cuda_graph=cuda_graph)
+                                     max_slots=max_slots, max_length=max_length, cuda_graph=cuda_graph,
+                                     max_loras=max_loras)
         self.engine = engine
         self.manifest = engine.manifest
         d = self.manifest.directory
@@ -183,6 +185,8 @@ class LLM:
                                    "realm-web export --lora-rank 16)")
         if not isinstance(name, str) or not name:
             raise ValueError("an adapter needs a non-empty name")
+        if name == self.manifest.name:
+            raise AdapterError(f"an adapter cannot take the base model's name {name!r}", "name")
         contract = self.manifest.graph.lora
         adapter = read_adapter(path, self.manifest.architecture, name=name,
                                max_rank=contract.max_rank if contract else None)
@@ -338,7 +342,7 @@ class LLM:
         if not self.engine.caps.adapters:
             raise UnsupportedError(f"adapter {adapter!r}: this engine does not serve LoRA adapters")
         if adapter not in self.scheduler.router.adapters:
-            raise AdapterError(f"no adapter {adapter!r} is loaded (loaded: {', '.join(self.adapters()) or 'none'})",
+            raise AdapterNotFound(f"no adapter {adapter!r} is loaded (loaded: {', '.join(self.adapters()) or 'none'})",
                                "adapter")
 
     def _add(self, prompt_ids: Sequence[int], params: SamplingParams, sink: Sink, *, priority: int = 0,

@@ -52,6 +52,14 @@ class AdapterError(ValueError):
         self.field = field
 
 
+class AdapterNotFound(AdapterError):
+    """No adapter of that name is loaded."""
+
+
+class AdapterInUse(AdapterError):
+    """The adapter has running or waiting requests: it cannot be unloaded or replaced now."""
+
+
 @dataclass
 class LoraAdapter:
     """One adapter, mapped onto the base model's fused matmuls (see the module docstring)."""
@@ -62,6 +70,8 @@ class LoraAdapter:
     targets: tuple[str, ...]  # the modules it changes (q_proj, ...)
     # layer -> group -> (A (in, R), B (R, out), R), for the groups it changes
     groups: list[dict[str, tuple[Floats, Floats, int]]] = field(default_factory=list)
+    # layer -> group -> each member's rank, in the group's order (0: not targeted); they sum to R
+    splits: list[dict[str, tuple[int, ...]]] = field(default_factory=list)
 
     def group_rank(self, group: str) -> int:
         """The largest R of this group over the layers (what a table must hold)."""
@@ -74,6 +84,11 @@ def dims(arch: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
     q, kv, ff = int(arch["num_heads"]) * hd, int(arch["num_kv_heads"]) * hd, int(arch["intermediate_size"])
     return {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
             "gate_proj": (h, ff), "up_proj": (h, ff), "down_proj": (ff, h)}
+
+
+def group_members(group: str) -> list[str]:
+    """The target modules of a fused group, in the order of its matmul's outputs."""
+    return [m for m, (g, _) in sorted(MODULES.items(), key=lambda kv: kv[1][1]) if g == group]
 
 
 def group_dims(arch: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
@@ -258,24 +273,27 @@ def _assemble(name: str, source: str, modules: dict[tuple[int, str], tuple[Float
     if max_rank is not None and rank > max_rank:
         raise AdapterError(f"{source}: rank {rank} is more than this server's max rank {max_rank}", "r")
     groups: list[dict[str, tuple[Floats, Floats, int]]] = [{} for _ in range(n_layers)]
+    splits: list[dict[str, tuple[int, ...]]] = [{} for _ in range(n_layers)]
     for layer in range(n_layers):
         for g in GROUPS:
             members = [(m, modules[(layer, m)]) for m, (grp, _) in MODULES.items() if grp == g and (layer, m) in modules]
             if members:
                 groups[layer][g] = _fuse(g, members, d, source, layer)
+                splits[layer][g] = tuple(modules[(layer, m)][2] if (layer, m) in modules else 0
+                                         for m in group_members(g))
     layers_seen = {layer for layer, _ in modules}
     if max(layers_seen) >= n_layers:
         raise AdapterError(f"{source}: the adapter has layer {max(layers_seen)}, the base model {n_layers} layers "
                            "(another base model?)", "num_layers")
     return LoraAdapter(name=name, source=source, rank=rank, targets=tuple(sorted({m for _, m in modules})),
-                       groups=groups)
+                       groups=groups, splits=splits)
 
 
 def _fuse(group: str, members: list[tuple[str, tuple[Floats, Floats, int, float]]], d: dict[str, tuple[int, int]],
           source: str, layer: int) -> tuple[Floats, Floats, int]:
     """A_g (in, R): the members' A^T side by side; B_g (R, out): block-diagonal, scales folded in.
     Members of the group that the adapter does not target add no rank (and zero output)."""
-    order = [m for m, (g, _) in sorted(MODULES.items(), key=lambda kv: kv[1][1]) if g == group]
+    order = group_members(group)
     n_in = d[order[0]][0]
     outs = {m: d[m][1] for m in order}
     total_out = sum(outs.values())
@@ -485,15 +503,15 @@ class LoraRouter:
     # -- adapters ----------------------------------------------------------------------------
     def load(self, name: str, adapter: LoraAdapter) -> None:
         if name in self.adapters and self.refs.get(name):
-            raise AdapterError(f"adapter {name!r} is in use; unload it when its requests end", "name")
+            raise AdapterInUse(f"adapter {name!r} is in use; replace it when its requests end", "name")
         self.adapters[name] = adapter
         self._evict(name)  # a new version: upload again when next taken
 
     def unload(self, name: str) -> None:
         if name not in self.adapters:
-            raise AdapterError(f"no adapter {name!r} is loaded", "name")
+            raise AdapterNotFound(f"no adapter {name!r} is loaded", "name")
         if self.refs.get(name):
-            raise AdapterError(f"adapter {name!r} is in use by {self.refs[name]} requests", "name")
+            raise AdapterInUse(f"adapter {name!r} is in use by {self.refs[name]} requests", "name")
         del self.adapters[name]
         self._evict(name)
 

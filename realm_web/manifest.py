@@ -24,18 +24,20 @@ _OUTPUT_ROLES = ("logits", "present_key", "present_value")
 LAYOUTS = ("gqa-v1",)
 
 
-LORA_FORM = "grouped-t"
+LORA_FORM = "grouped-tc"
 
 
 @dataclass(frozen=True)
 class LoraContract:
-    """How the LoRA-capable graphs (a variant's `lora_file`) take adapters, form "grouped-t":
-    inputs `lora.{i}.{g}.a` (entries, ranks[g], in) = A^T and `.b` (entries, out, ranks[g]) =
-    B^T for each layer i and group g (qkv, o, gate_up, down) hold the adapters of a contiguous
-    range of the engine's adapter table; `order` (entries, n >= 2) lists the flattened (row,
-    position) indices of each entry's rows (rows x positions: a zero row, for padding);
-    `inverse` (rows x positions) picks each one's result (entries x n: a zero row, for rows
-    without an adapter)."""
+    """How the LoRA-capable graphs (a variant's `lora_file`) take adapters, form "grouped-tc"
+    (transposed, chunked): for each layer i and group g (qkv, o, gate_up, down), input
+    `lora.{i}.{g}.a` (entries, 1, ranks[g], in) holds A^T of each member (q, k, v; gate, up) in
+    max_rank rows apiece, and `lora.{i}.{g}.b{k}` (entries, 1, out_k, max_rank) member k's B^T
+    (scale folded in), for a contiguous range of the engine's adapter table. `order` (entries,
+    chunks, width) lists the flattened (row, position) indices of each entry's rows (rows x
+    positions: a zero row, for padding); `inverse` (rows x positions) picks each one's result
+    (entries x chunks x width: a zero row, for rows without an adapter). Engines keep width in
+    [2, 16] (results are then the same whatever else a group holds, see export/graph.py)."""
 
     form: str = LORA_FORM
     max_rank: int = 16
@@ -43,7 +45,7 @@ class LoraContract:
     order: str = "lora_order"
     inverse: str = "lora_inverse"
     a: str = "lora.{i}.{g}.a"
-    b: str = "lora.{i}.{g}.b"
+    b: str = "lora.{i}.{g}.b{k}"
 
     def rank(self, group: str) -> int:
         return dict(self.ranks)[group]

@@ -60,7 +60,7 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Sequence
 
-from .lora import AdapterError, LoraRouter
+from .lora import AdapterInUse, LoraRouter
 from .sampling import SamplingParams, draw, random_seed
 from .step import AdapterLoad, EngineCaps, NewSeq, SamplingSpec, SeqStep, StepPlan, StepResult
 from .stream import IncrementalDetokenizer, StopStrings
@@ -245,7 +245,7 @@ class Scheduler:
     def _check_unused(self, name: str, what: str) -> None:
         users = sum(1 for r in self.requests.values() if r.adapter == name)
         if users:
-            raise AdapterError(f"cannot {what} adapter {name!r}: {users} requests use it", "name")
+            raise AdapterInUse(f"cannot {what} adapter {name!r}: {users} requests use it", "name")
 
     def has_work(self) -> bool:
         return bool(self.waiting or self.running or self._finals or self._released or self._loads)

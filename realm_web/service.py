@@ -65,6 +65,18 @@ class ModelService(Protocol):
 
     def stats(self) -> ServiceStats: ...
 
+    def adapters(self) -> list[str]:
+        """The LoRA adapters requests may name."""
+        ...
+
+    def load_adapter(self, name: str, path: str) -> None:
+        """Load (or replace) an adapter; AdapterError for one it cannot serve or while in use."""
+        ...
+
+    def unload_adapter(self, name: str) -> None:
+        """Forget an adapter; AdapterError if unknown or in use."""
+        ...
+
     def waiting(self, request_ids: Sequence[int]) -> int:
         """How many of these requests are still waiting for a slot."""
         ...

@@ -346,3 +346,69 @@ def test_adapters_load_and_unload_while_requests_run(tiny: Path, tiny_export: Pa
     assert e.value.field == "r"
     with pytest.raises(TypeError):
         llm.generate([IDS, IDS], adapter=["b"])
+
+
+# -- the default model ------------------------------------------------------------------------------
+QUESTIONS = ["What is the capital of France?", "Write a haiku about the sea.", "Name three primary colors.",
+             "Explain in one sentence why the sky is blue."]
+
+
+def run_together(llm: Any, reqs: list[tuple[list[int], Any, str | None]]) -> list[tuple[list[int], list[float]]]:
+    """Every request added at once, then stepped to the end: (tokens, logprobs) of each."""
+    s = llm.scheduler
+    rids = [s.add(p, q, adapter=a) for p, q, a in reqs]
+    got: dict[int, tuple[list[int], list[float]]] = {r: ([], []) for r in rids}
+    while s.has_work():
+        plan = s.schedule()
+        for o in s.update(plan, llm.engine.run_sync(plan)):
+            got[o.request_id][0].extend(o.token_ids)
+            got[o.request_id][1].extend(o.logprobs or [])
+    return [got[r] for r in rids]
+
+
+def test_the_default_model_with_an_adapter_answers_as_peft(model_dir: Path, hf_reference: Any, tmp_path: Path) -> None:
+    import copy
+
+    from adapters import write_random_adapter
+    from realm_web import LLM
+    from realm_web.manifest import load_manifest
+
+    write_random_adapter(tmp_path / "a", load_manifest(model_dir).architecture, r=16, alpha=16, seed=5, b_scale=0.08)
+    llm = LLM(model_dir, dtype="fp32", max_slots=4)
+    llm.load_adapter("a", tmp_path / "a")
+    model, _ = hf_reference
+    pm = peft.PeftModel.from_pretrained(copy.deepcopy(model), str(tmp_path / "a")).eval()
+    ours = llm.generate(QUESTIONS, max_tokens=24, temperature=0, adapter="a")
+    base = llm.generate(QUESTIONS, max_tokens=24, temperature=0)
+    for c in ours:
+        with torch.no_grad():
+            ref = pm.generate(torch.tensor([c.prompt_token_ids]), max_new_tokens=24, do_sample=False,
+                              pad_token_id=2)[0, len(c.prompt_token_ids):].tolist()
+        assert c.token_ids == ref[: len(c.token_ids)] and (len(c.token_ids) == 24 or ref[len(c.token_ids) - 1] == 2)
+    assert sum(a.token_ids != b.token_ids for a, b in zip(ours, base)) >= 2  # the adapter matters
+
+
+def test_adapter_rows_are_exact_in_any_batch_of_the_default_model(model_dir: Path, tmp_path: Path) -> None:
+    """The served int4 export: prompts of 5-60 tokens on three adapters and the base, every
+    token and logprob equal whether each runs alone or all prefill and decode together (groups
+    of more than 16 positions per adapter; quantized activations make any difference show)."""
+    from adapters import write_random_adapter
+    from realm_web import LLM, SamplingParams
+    from realm_web.manifest import load_manifest
+
+    arch = load_manifest(model_dir).architecture
+    for k, r in enumerate((16, 8, 4)):
+        write_random_adapter(tmp_path / f"a{k}", arch, r=r, alpha=2 * r, seed=20 + k, b_scale=0.08)
+    llm = LLM(model_dir, dtype="int4", max_slots=8)
+    for k in range(3):
+        llm.load_adapter(f"a{k}", tmp_path / f"a{k}")
+    rng = np.random.default_rng(1)
+    words = "the of and a to in is you that it he was for on are as with his they I at be this".split()
+    prompts = [llm.tokenizer.encode(" ".join(rng.choice(words, size=int(n)))) for n in (4, 60, 33, 17, 45, 9, 52, 25)]
+    adapters = ["a0", "a0", "a0", "a1", "a1", None, "a2", "a0"]
+    params = [SamplingParams(max_tokens=6, ignore_eos=True, logprobs=True,
+                             **({"temperature": 0.8, "seed": i} if i % 2 else {})) for i in range(8)]
+    reqs = list(zip(prompts, params, adapters))
+    alone = [run_together(llm, [r])[0] for r in reqs]
+    assert run_together(llm, reqs) == alone
+    assert run_together(llm, reqs[::-1]) == alone[::-1]

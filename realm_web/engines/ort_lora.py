@@ -1,67 +1,77 @@
 """The native engine's adapter table for the LoRA-capable graph (manifest GraphSpec.lora, form
-"grouped-t"): per layer and group, A^T (entries, R, in) and B^T (entries, out, R), entry e of the
-table at index e - 1 (entry 0 is "no adapter" and has no row). A step's rows are grouped by
-entry; the groups of the contiguous range of entries in use are bound by pointer, so no weights
-move."""
+"grouped-tc"): per layer and group, A^T (entries, 1, members x R, in) and per member B^T
+(entries, 1, out_k, R), entry e of the table at index e - 1 (entry 0 is "no adapter" and has
+no row). A step's rows are grouped by entry, in chunks of at most CHUNK columns; the tables of
+the contiguous range of entries in use are bound by pointer, so no weights move."""
 from __future__ import annotations
 
 from typing import Any
 
 import numpy as np
 
-from ..lora import GROUPS, LoraAdapter, group_dims
+from ..lora import GROUPS, LoraAdapter, dims, group_dims, group_members
 from ..manifest import LoraContract
+
+CHUNK = 16  # columns per matmul: up to 16, onnxruntime's CPU MatMul computes each column alike
 
 
 class LoraTables:
     def __init__(self, contract: LoraContract, arch: dict[str, Any], num_layers: int, entries: int,
                  dtype: Any, ort: Any, device: str) -> None:
         self.contract, self.entries, self.dtype, self.ort, self.device = contract, entries, dtype, ort, device
-        self.dims = group_dims(arch)
-        self.tables: dict[tuple[int, str], tuple[Any, Any]] = {}
+        self.dims, self.member_dims = group_dims(arch), dims(arch)
+        r = contract.max_rank
+        # (layer, group) -> [A^T table, B^T table of each member]
+        self.tables: dict[tuple[int, str], list[Any]] = {}
         for i in range(num_layers):
             for g in GROUPS:
-                n_in, n_out = self.dims[g]
-                r = contract.rank(g)
-                a = np.zeros((entries, r, n_in), dtype)
-                b = np.zeros((entries, n_out, r), dtype)
+                n_in = self.dims[g][0]
+                members = group_members(g)
+                ts = [np.zeros((entries, 1, len(members) * r, n_in), dtype)]
+                ts += [np.zeros((entries, 1, self.member_dims[m][1], r), dtype) for m in members]
                 if device == "cuda":
-                    a = ort.OrtValue.ortvalue_from_numpy(a, "cuda", 0)
-                    b = ort.OrtValue.ortvalue_from_numpy(b, "cuda", 0)
-                self.tables[(i, g)] = (a, b)
+                    ts = [ort.OrtValue.ortvalue_from_numpy(t, "cuda", 0) for t in ts]
+                self.tables[(i, g)] = ts
         self.bound: tuple[int, int] | None = None
 
     def upload(self, entry: int, adapter: LoraAdapter) -> None:
-        """Put `adapter` into table entry `entry` (1-based); groups it does not change are zeros."""
+        """Put `adapter` into table entry `entry` (1-based); what it does not change is zeros."""
         if not 1 <= entry <= self.entries:
             raise ValueError(f"adapter entry {entry} is not in [1, {self.entries}]")
-        for (i, g), (a, b) in self.tables.items():
+        r_cap = self.contract.max_rank
+        for (i, g), ts in self.tables.items():
             n_in, n_out = self.dims[g]
-            r_cap = self.contract.rank(g)
-            ea = np.zeros((r_cap, n_in), self.dtype)
-            eb = np.zeros((n_out, r_cap), self.dtype)
+            members = group_members(g)
+            rows = [np.zeros(t.shape()[1:] if self.device == "cuda" else t.shape[1:], self.dtype) for t in ts]
             got = adapter.groups[i].get(g) if i < len(adapter.groups) else None
             if got is not None:
-                fa, fb, r = got
-                if r > r_cap:
-                    raise ValueError(f"adapter {adapter.name!r}: layer {i} {g} has rank {r}, the graph holds {r_cap}")
-                ea[:r, :] = np.frombuffer(fa, np.float32).reshape(n_in, r).T
-                eb[:, :r] = np.frombuffer(fb, np.float32).reshape(r, n_out).T
-            if self.device == "cuda":
-                ha, hb = a.numpy(), b.numpy()  # the whole table round-trips: loads are rare
-                ha[entry - 1], hb[entry - 1] = ea, eb
-                a.update_inplace(ha)
-                b.update_inplace(hb)
-            else:
-                a[entry - 1], b[entry - 1] = ea, eb
+                fa, fb, total = got
+                a = np.frombuffer(fa, np.float32).reshape(n_in, total)
+                b = np.frombuffer(fb, np.float32).reshape(total, n_out)
+                off, col = 0, 0  # the member's first rank column in A_g / row in B_g, its first output
+                for k, (m, r) in enumerate(zip(members, adapter.splits[i][g])):
+                    out_k = self.member_dims[m][1]
+                    if r > r_cap:
+                        raise ValueError(f"adapter {adapter.name!r}: layer {i} {m} has rank {r}, the graph holds {r_cap}")
+                    rows[0][0, k * r_cap:k * r_cap + r, :] = a[:, off:off + r].T
+                    rows[1 + k][0, :, :r] = b[off:off + r, col:col + out_k].T
+                    off, col = off + r, col + out_k
+            for t, row in zip(ts, rows):
+                if self.device == "cuda":
+                    host = t.numpy()  # the whole table round-trips: loads are rare
+                    host[entry - 1] = row
+                    t.update_inplace(host)
+                else:
+                    t[entry - 1] = row
 
     def bind(self, bnd: Any, lo: int, hi: int) -> None:
         """Bind entries lo..hi (1-based, inclusive) of every table (by pointer: no copy)."""
         if self.bound == (lo, hi):
             return
         c, dev = self.contract, "cuda" if self.device == "cuda" else "cpu"
-        for (i, g), (a, b) in self.tables.items():
-            for name, t in ((c.a.format(i=i, g=g), a), (c.b.format(i=i, g=g), b)):
+        for (i, g), ts in self.tables.items():
+            names = [c.a.format(i=i, g=g, k=0)] + [c.b.format(i=i, g=g, k=k) for k in range(len(ts) - 1)]
+            for name, t in zip(names, ts):
                 shape = list(t.shape()) if self.device == "cuda" else list(t.shape)
                 base = int(t.data_ptr()) if self.device == "cuda" else int(t.ctypes.data)
                 per_entry = int(np.prod(shape[1:])) * np.dtype(self.dtype).itemsize
@@ -71,18 +81,22 @@ class LoraTables:
     @staticmethod
     def groups(entries: np.ndarray, width: int) -> tuple[int, int, np.ndarray, np.ndarray]:
         """For rows with table entries `entries` (0: none) each feeding `width` positions: the
-        range of entries in use (lo, hi), `order` (hi - lo + 1, n) listing each entry's flattened
-        (row, position) indices (padded with rows x width: the zero row) and `inverse` (rows x
-        width) picking each one's result ((hi - lo + 1) x n: the zero result, for no adapter)."""
+        range of entries in use (lo, hi), `order` (hi - lo + 1, chunks, w) listing each entry's
+        flattened (row, position) indices (padded with rows x width: the zero row) and `inverse`
+        (rows x width) picking each one's result ((hi - lo + 1) x chunks x w: the zero result,
+        for no adapter). w is in [2, CHUNK] (see CHUNK; one column takes another path)."""
         used = entries[entries > 0]
         lo, hi = int(used.min()), int(used.max())
         flat = np.repeat(entries, width)  # entry of every (row, position)
         where = [np.flatnonzero(flat == e) for e in range(lo, hi + 1)]
-        n = max(2, max(len(w) for w in where))  # n >= 2: onnxruntime's MatMul takes another path for 1
+        most = max(len(w) for w in where)
+        w = min(max(2, most), CHUNK)
+        chunks = -(-most // w)
+        n = chunks * w
         total = flat.shape[0]
         order = np.full((hi - lo + 1, n), total, np.int64)
         inverse = np.full(total, (hi - lo + 1) * n, np.int64)
         for k, pos in enumerate(where):
             order[k, : len(pos)] = pos
             inverse[pos] = k * n + np.arange(len(pos))
-        return lo, hi, order, inverse
+        return lo, hi, order.reshape(hi - lo + 1, chunks, w), inverse

@@ -43,6 +43,7 @@ class _Graph:
     nodes: list[onnx.NodeProto] = field(default_factory=list)
     inits: list[onnx.TensorProto] = field(default_factory=list)
     counter: int = 0
+    _consts: set[str] = field(default_factory=set)
 
     def name(self, base: str) -> str:
         self.counter += 1
@@ -55,7 +56,10 @@ class _Graph:
         return outputs
 
     def const(self, name: str, arr: np.ndarray) -> str:
-        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(arr), name))
+        """An initializer (a name already made is reused: same name, same value)."""
+        if name not in self._consts:
+            self._consts.add(name)
+            self.inits.append(numpy_helper.from_array(np.ascontiguousarray(arr), name))
         return name
 
     def floats(self, name: str, arr: np.ndarray) -> str:
@@ -85,6 +89,12 @@ class LoraLayout:
     form: str
     slots: int
     ranks: dict[str, int]
+
+
+def lora_member_dims(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Each group's members' output widths, in the fused matmul's order."""
+    q, kv, ff = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim, cfg.intermediate_size
+    return {"qkv": (q, kv, kv), "o": (cfg.hidden_size,), "gate_up": (ff, ff), "down": (cfg.hidden_size,)}
 
 
 def lora_dims(cfg: ModelConfig) -> dict[str, tuple[int, int]]:
@@ -161,34 +171,60 @@ class _Builder:
         r = lay.ranks[group]
         names = self.spec.lora
         a = (names.a if names else "lora.{i}.{g}.a").format(i=layer, g=group)
-        b = (names.b if names else "lora.{i}.{g}.b").format(i=layer, g=group)
+        b = (names.b if names else "lora.{i}.{g}.b{k}").format(i=layer, g=group, k="{k}")
         order, inverse = (names.order, names.inverse) if names else ("lora_order", "lora_inverse")
         if lay.form == "grouped":  # entries: a contiguous range of the engine's adapter table
-            # Transposed (A^T: (entries, R, in), B^T: (entries, out, R)) so that the matmuls' M
-            # is the fixed R or out and the rows are columns: a column's result is the same
-            # whatever else is in its group (onnxruntime's CPU MatMul, checked; n >= 2).
-            self.lora_inputs += [helper.make_tensor_value_info(a, ft, ["lora_entries", r, n_in]),
-                                 helper.make_tensor_value_info(b, ft, ["lora_entries", n_out, r])]
-            flat = g.node("Reshape", [x, g.const(f"lora_flat_{n_in}", np.array([-1, n_in], np.int64))])[0]
-            padded = g.node("Concat", [flat, g.floats(f"lora_zero_{n_in}", np.zeros((1, n_in)))], axis=0)[0]
-            xg = g.node("Transpose", [g.node("Gather", [padded, order], axis=0)[0]], perm=[0, 2, 1])[0]  # (entries, in, n)
-            dt = g.node("MatMul", [b, g.node("MatMul", [a, xg])[0]])[0]  # (entries, out, n)
-            dg = g.node("Transpose", [dt], perm=[0, 2, 1])[0]  # (entries, n, out)
-            dflat = g.node("Reshape", [dg, g.const(f"lora_flat_{n_out}", np.array([-1, n_out], np.int64))])[0]
-            dpad = g.node("Concat", [dflat, g.floats(f"lora_zero_{n_out}", np.zeros((1, n_out)))], axis=0)[0]
-            rows = g.node("Gather", [dpad, inverse], axis=0)[0]  # (rows x positions, out)
-            d = g.node("Reshape", [rows, g.node("Shape", [y])[0]])[0]
+            d = self.lora_grouped(x, y, layer, group, a, b, order, inverse)
         elif lay.form == "gather":
+            b = b.replace("{k}", "")
             self.lora_inputs += [helper.make_tensor_value_info(a, ft, [lay.slots, n_in, r]),
                                  helper.make_tensor_value_info(b, ft, [lay.slots, r, n_out])]
             h = g.node("MatMul", [x, g.node("Gather", [a, "lora_slot"], axis=0)[0]])[0]
             d = g.node("MatMul", [h, g.node("Gather", [b, "lora_slot"], axis=0)[0]])[0]
         else:
+            b = b.replace("{k}", "")
             self.lora_inputs += [helper.make_tensor_value_info(a, ft, [n_in, lay.slots * r]),
                                  helper.make_tensor_value_info(b, ft, [lay.slots * r, n_out])]
             h = g.node("Mul", [g.node("MatMul", [x, a])[0], self.lora_mask(r)])[0]
             d = g.node("MatMul", [h, b])[0]
         return g.node("Add", [y, d], [y + "/lora"])[0]
+
+    def lora_grouped(self, x: str, y: str, layer: int, group: str, a: str, b: str, order: str, inverse: str) -> str:
+        """Form "grouped" (the contract's "grouped-tc"): the (row, position)s of each entry in
+        use, in chunks of at most 16 columns, through A^T then each member's B^T.
+
+        Transposed and chunked so that a column's result never depends on what else is in its
+        group: onnxruntime's CPU MatMul with M fixed (R, or a member's out) computes each of up
+        to 16 columns alike, whatever their number or place (beyond 16 columns it blocks K
+        otherwise, and results move with the batch; with one column it takes another path:
+        engines give >= 2). B^T is per member (q, k, v; gate, up), so no zeros of a
+        block-diagonal B are read."""
+        g, ft = self.g, self.g.float_type
+        assert self.lora_layout is not None
+        r_all = self.lora_layout.ranks[group]
+        members = lora_member_dims(self.cfg)[group]
+        r = r_all // len(members)
+        n_in, n_out = lora_dims(self.cfg)[group]
+        self.lora_inputs.append(helper.make_tensor_value_info(a, ft, ["lora_entries", 1, r_all, n_in]))
+        for k, out_k in enumerate(members):
+            self.lora_inputs.append(helper.make_tensor_value_info(b.replace("{k}", str(k)), ft,
+                                                                  ["lora_entries", 1, out_k, r]))
+        flat = g.node("Reshape", [x, g.const(f"lora_flat_{n_in}", np.array([-1, n_in], np.int64))])[0]
+        padded = g.node("Concat", [flat, g.floats(f"lora_zero_{n_in}", np.zeros((1, n_in)))], axis=0)[0]
+        xg = g.node("Transpose", [g.node("Gather", [padded, order], axis=0)[0]], perm=[0, 1, 3, 2])[0]  # (E, C, in, W)
+        h = g.node("MatMul", [a, xg])[0]  # (E, C, members x R, W)
+        if len(members) == 1:
+            dt = g.node("MatMul", [b.replace("{k}", "0"), h])[0]
+        else:
+            hs = g.node("Split", [h, g.const(f"lora_split_{len(members)}x{r}", np.array([r] * len(members), np.int64))],
+                        outputs=len(members), axis=2)
+            dt = g.node("Concat", [g.node("MatMul", [b.replace("{k}", str(k)), hk])[0] for k, hk in enumerate(hs)],
+                        axis=2)[0]  # (E, C, out, W)
+        dg = g.node("Transpose", [dt], perm=[0, 1, 3, 2])[0]  # (E, C, W, out)
+        dflat = g.node("Reshape", [dg, g.const(f"lora_flat_{n_out}", np.array([-1, n_out], np.int64))])[0]
+        dpad = g.node("Concat", [dflat, g.floats(f"lora_zero_{n_out}", np.zeros((1, n_out)))], axis=0)[0]
+        rows = g.node("Gather", [dpad, inverse], axis=0)[0]  # (rows x positions, out)
+        return g.node("Reshape", [rows, g.node("Shape", [y])[0]])[0]
 
     def lora_mask(self, r: int) -> str:
         """(batch, 1, slots*r): 1 on the r columns of each row's entry, 0 elsewhere."""
@@ -325,7 +361,7 @@ class _Builder:
         if self.lora_layout is not None and self.lora_layout.form == "grouped":
             lc = spec.lora
             inputs += [helper.make_tensor_value_info(lc.order if lc else "lora_order", TensorProto.INT64,
-                                                     ["lora_entries", "lora_rows"]),
+                                                     ["lora_entries", "lora_chunks", "lora_width"]),
                        helper.make_tensor_value_info(lc.inverse if lc else "lora_inverse", TensorProto.INT64,
                                                      ["batch_positions"]),
                        *self.lora_inputs]

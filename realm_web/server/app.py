@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route, WebSocketRoute
 
+from ..lora import AdapterError, AdapterInUse, AdapterNotFound
 from ..service import ModelService
 from . import protocol as P
 from .auth import api_key, authenticate
@@ -75,25 +76,93 @@ async def metrics_endpoint(request: Request) -> Response:
     return Response(request.app.state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
-def _model_card(hub: Hub) -> dict[str, Any]:
+def _model_card(hub: Hub, adapter: str | None = None) -> dict[str, Any]:
+    """The base model's card, or an adapter's (vLLM's shape: `parent` is the base)."""
     info = hub.model.info
-    return {"id": info.id, "object": "model", "created": info.created, "owned_by": "realm-web",
-            "max_model_len": info.max_length}
+    card = {"id": adapter or info.id, "object": "model", "created": info.created, "owned_by": "realm-web",
+            "max_model_len": info.max_length, "root": info.id, "parent": info.id if adapter else None}
+    return card
 
 
 async def list_models(request: Request) -> Response:
     hub = _hub(request)
     tenant = authenticate(request.app.state.config, api_key(request.headers))
-    card = _model_card(hub)
-    return JSONResponse({"object": "list", "data": [card] if tenant.allows_model(card["id"]) else []})
+    hub.model  # noqa: B018 - 503 while not ready
+    return JSONResponse({"object": "list", "data": [_model_card(hub, a) for a in hub.models_for(tenant)]})
 
 
 async def get_model(request: Request) -> Response:
     hub = _hub(request)
     tenant = authenticate(request.app.state.config, api_key(request.headers))
-    card = _model_card(hub)
-    hub.check_model(tenant, request.path_params["model"])
-    return JSONResponse(card)
+    hub.model  # noqa: B018 - 503 while not ready
+    adapter = hub.check_model(tenant, request.path_params["model"])
+    return JSONResponse(_model_card(hub, adapter))
+
+
+async def load_lora_adapter(request: Request) -> Response:
+    """POST /v1/load_lora_adapter {"lora_name", "lora_path"}: admin tenants only, the path under
+    the server's lora_root; loading over a name in use is a 409."""
+    hub, config = _hub(request), request.app.state.config
+    tenant = authenticate(config, api_key(request.headers))
+    body = await read_json(request, config)
+    name, path = _lora_fields(body, ("lora_name", "lora_path"))
+    _admin(tenant, config)
+    service = hub.model
+    root = Path(config.lora_root).resolve()
+    target = (root / path).resolve()
+    if not (target == root or root in target.parents):
+        raise ApiError(403, "'lora_path' must lie under the server's lora root", code="forbidden", param="lora_path")
+    try:
+        service.load_adapter(name, str(target))
+    except AdapterError as e:
+        raise _adapter_error(e, "lora_path") from None
+    log.info("adapter loaded", extra={"fields": {"adapter": name, "tenant": tenant.name}})
+    return JSONResponse({"object": "lora_adapter", "id": name, "parent": hub.model_id, "status": "loaded"})
+
+
+async def unload_lora_adapter(request: Request) -> Response:
+    hub, config = _hub(request), request.app.state.config
+    tenant = authenticate(config, api_key(request.headers))
+    body = await read_json(request, config)
+    (name,) = _lora_fields(body, ("lora_name",))
+    _admin(tenant, config, need_root=False)
+    try:
+        hub.model.unload_adapter(name)
+    except AdapterError as e:
+        raise _adapter_error(e, "lora_name") from None
+    log.info("adapter unloaded", extra={"fields": {"adapter": name, "tenant": tenant.name}})
+    return JSONResponse({"object": "lora_adapter", "id": name, "status": "unloaded"})
+
+
+def _lora_fields(body: Any, names: tuple[str, ...]) -> list[str]:
+    if not isinstance(body, dict):
+        raise ApiError(400, "the request body must be a JSON object", code="invalid_json")
+    unknown = set(body) - set(names)
+    if unknown:
+        raise ApiError(400, f"Unrecognized request argument supplied: {sorted(unknown)[0]}", code="unknown_parameter",
+                       param=sorted(unknown)[0])
+    out = []
+    for n in names:
+        v = body.get(n)
+        if not isinstance(v, str) or not v:
+            raise ApiError(400, f"'{n}' is required (a non-empty string)", code="missing_required_parameter", param=n)
+        out.append(P.check_name(v, n) if n == "lora_name" else P.check_text(v, n))
+    return out
+
+
+def _admin(tenant: Any, config: ServerConfig, need_root: bool = True) -> None:
+    if not tenant.admin:
+        raise ApiError(403, "loading and unloading adapters needs an admin tenant", code="forbidden")
+    if need_root and config.lora_root is None:
+        raise ApiError(403, "this server loads no adapters at run time (start it with --lora-root)", code="forbidden")
+
+
+def _adapter_error(e: AdapterError, param: str) -> ApiError:
+    if isinstance(e, AdapterInUse):
+        return ApiError(409, str(e), code="adapter_in_use", param="lora_name")
+    if isinstance(e, AdapterNotFound):
+        return ApiError(404, str(e), code="adapter_not_found", param="lora_name")
+    return ApiError(400, str(e), code="invalid_adapter", param="lora_name" if e.field == "name" else e.field or param)
 
 
 async def chat(request: Request) -> Response:
@@ -219,6 +288,8 @@ def create_app(load: Callable[[], ModelService], config: ServerConfig | None = N
         Route("/v1/models/{model:path}", get_model, methods=["GET"]),
         Route("/v1/chat/completions", chat, methods=["POST"]),
         Route("/v1/completions", completions, methods=["POST"]),
+        Route("/v1/load_lora_adapter", load_lora_adapter, methods=["POST"]),
+        Route("/v1/unload_lora_adapter", unload_lora_adapter, methods=["POST"]),
         WebSocketRoute("/ws", websocket_endpoint),
         Route("/v1/{rest:path}", no_route, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
         *web_routes(web_dir, model_dir),

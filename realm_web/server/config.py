@@ -18,7 +18,8 @@
     max_tokens = 512              # per request
     max_queue = 16                # this tenant's requests waiting for a slot (0: only the global bound)
     models = ["smollm2-135m-instruct"]   # absent: every model
-    adapters = []                 # for LoRA routing (later)
+    adapters = ["sql"]            # LoRA adapters it may use (absent: every loaded one; []: none)
+    admin = false                 # may load and unload adapters at run time (/v1/load_lora_adapter)
     priority = 0                  # scheduler priority of this tenant's requests
 """
 from __future__ import annotations
@@ -43,15 +44,19 @@ class Tenant:
     max_concurrent: int = 0
     max_tokens: int = 0
     models: tuple[str, ...] | None = None
-    adapters: tuple[str, ...] = ()
+    adapters: tuple[str, ...] | None = None  # None: every loaded adapter
     priority: int = 0
     max_queue: int = 0
+    admin: bool = False
 
     def allows_model(self, model: str) -> bool:
         return self.models is None or model in self.models
 
+    def allows_adapter(self, name: str) -> bool:
+        return self.adapters is None or name in self.adapters
 
-OPEN_TENANT = Tenant(name="default")
+
+OPEN_TENANT = Tenant(name="default", admin=True)  # an open server listens on loopback only
 
 
 @dataclass(frozen=True)
@@ -64,7 +69,8 @@ class ServerConfig:
     body_timeout_s: float = 30.0
     request_timeout_s: float = 600.0
     max_queue: int = 256
-    _by_key: dict[str, Tenant] = field(default_factory=dict, compare=False, repr=False)
+    lora_root: str | None = None  # adapters loaded at run time must lie under it (None: no run-time loading)
+    _by_key: dict[str, Tenant] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         for t in self.tenants:
@@ -85,7 +91,7 @@ class ServerConfig:
 
 
 _TENANT_KEYS = {"name", "api_keys", "requests_per_minute", "tokens_per_minute", "max_concurrent", "max_tokens",
-                "models", "adapters", "priority", "max_queue"}
+                "models", "adapters", "priority", "max_queue", "admin"}
 _SERVER_SECONDS = {"shutdown_grace_s": 10.0, "header_timeout_s": 10.0, "body_timeout_s": 30.0,
                    "request_timeout_s": 600.0}
 _SERVER_KEYS = {"max_body_bytes", "metrics_api_key", "max_queue", *_SERVER_SECONDS}
@@ -153,11 +159,14 @@ def parse_config(raw: Any, where: str = "config") -> ServerConfig:
         models = t.get("models")
         if models is not None and not (isinstance(models, list) and all(_name(m) for m in models)):
             raise ConfigError(f"{where}: tenant {name!r}: models must be a list of names")
-        adapters = t.get("adapters", [])
-        if not (isinstance(adapters, list) and all(_name(a) for a in adapters)):
+        adapters = t.get("adapters")
+        if adapters is not None and not (isinstance(adapters, list) and all(_name(a) for a in adapters)):
             raise ConfigError(f"{where}: tenant {name!r}: adapters must be a list of names")
+        admin = t.get("admin", False)
+        if not isinstance(admin, bool):
+            raise ConfigError(f"{where}: tenant {name!r}: admin must be true or false")
         tenants.append(Tenant(name=name, api_keys=tuple(keys), models=tuple(models) if models is not None else None,
-                              adapters=tuple(adapters), **ints))
+                              adapters=tuple(adapters) if adapters is not None else None, admin=admin, **ints))
     mb = server.get("max_body_bytes", 1 << 20)
     if not isinstance(mb, int) or mb < 1024:
         raise ConfigError(f"{where}: max_body_bytes must be an integer >= 1024")

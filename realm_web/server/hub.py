@@ -141,7 +141,7 @@ class Hub:
     def attach(self, service: ModelService) -> None:
         self.service = service
         self.model_id = service.info.id
-        self.metrics.watch(service.stats)
+        self.metrics.watch(service.stats, service.adapters)
 
     @property
     def model(self) -> ModelService:
@@ -166,10 +166,29 @@ class Hub:
             out.update(running=st.running, waiting=st.waiting)
         return out
 
-    def check_model(self, tenant: Tenant, model: str) -> None:
-        if model != self.model_id or not tenant.allows_model(model):
-            raise ApiError(404, f"The model '{model}' does not exist or you do not have access to it.",
+    def check_model(self, tenant: Tenant, model: str, adapter: str | None = None) -> str | None:
+        """The adapter a request runs with: `model` is the base model, or a loaded adapter's name
+        (as vLLM names them), or the base with realm-web's `adapter` field. A model or adapter the
+        tenant may not use is as absent as one that does not exist (404, its existence unsaid)."""
+        missing = ApiError(404, f"The model '{model}' does not exist or you do not have access to it.",
                            code="model_not_found", param="model")
+        names = self.service.adapters() if self.service is not None else []
+        if model != self.model_id:
+            if adapter is not None or model not in names:
+                raise missing
+            adapter = model
+        if not tenant.allows_model(self.model_id):
+            raise missing
+        if adapter is not None and (adapter not in names or not tenant.allows_adapter(adapter)):
+            raise ApiError(404, f"The adapter '{adapter}' does not exist or you do not have access to it.",
+                           code="model_not_found", param="adapter" if model == self.model_id else "model")
+        return adapter
+
+    def models_for(self, tenant: Tenant) -> list[str | None]:
+        """What the tenant may name: the base model (None) and the adapters it may use."""
+        if self.service is None or not tenant.allows_model(self.model_id):
+            return []
+        return [None, *(a for a in self.service.adapters() if tenant.allows_adapter(a))]
 
     def _check_queue(self, service: ModelService, tenant: Tenant) -> None:
         """Bounded waiting: beyond max_queue requests waiting for a slot (all tenants, then this
@@ -188,7 +207,7 @@ class Hub:
         """Admit and start a request, or raise ApiError (400 context, 404 model, 429 limits and
         the tenant's queue, 503 the server's queue or shutdown)."""
         service = self.model
-        self.check_model(tenant, req.model)
+        req.adapter = self.check_model(tenant, req.model, req.adapter)
         fit_context(req, service.info.max_length, tenant.max_tokens)
         self._check_queue(service, tenant)
         cost = req.prompt_tokens() * req.n + len(req.prompts) * req.n * req.params.max_tokens
@@ -217,8 +236,11 @@ class Hub:
             if per_choice > 1:
                 m.per_token.observe((t1 - job.t_first) / (per_choice - 1))
         m.requests.labels(job.endpoint, "200" if job.status == "ok" else job.status).inc()
+        label = job.req.adapter or "(base)"
+        m.adapter_requests.labels(label).inc()
+        m.adapter_tokens.labels(label).inc(job.completion_tokens)
         log.info("request", extra={"fields": {
-            "endpoint": job.endpoint, "tenant": job.tenant.name, "status": job.status,
+            "endpoint": job.endpoint, "tenant": job.tenant.name, "status": job.status, "adapter": job.req.adapter,
             "prompt_tokens": job.req.prompt_tokens(), "completion_tokens": job.completion_tokens,
             "choices": len(job.rids), "finish_reasons": sorted({str(r) for r in job.finish.values()}),
             "ttft_ms": round((job.t_first - job.t0) * 1e3, 1) if job.t_first else None,

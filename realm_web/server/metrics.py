@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disa
 disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series: scrapes stay small
 
 ENDPOINTS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/models", "/ws", "/health", "/metrics",
-                       "(headers)"})
+                       "/v1/load_lora_adapter", "/v1/unload_lora_adapter", "(headers)"})
 _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _PER_TOKEN = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.15, 0.3, 0.6, 1.2)
 
@@ -31,13 +31,20 @@ class Metrics:
                                 "error code: invalid_json, queue_full, server_overloaded, rate_limit_exceeded, "
                                 "shutting_down, header_timeout, body_timeout, request_timeout, ...)",
                                 ["reason"], registry=r)
+        self.adapter_requests = Counter("realm_adapter_requests", "Finished requests by LoRA adapter ((base): none)",
+                                        ["adapter"], registry=r)
+        self.adapter_tokens = Counter("realm_adapter_generation_tokens", "Generated tokens by LoRA adapter",
+                                      ["adapter"], registry=r)
+        self.adapters_loaded = Gauge("realm_adapters_loaded", "LoRA adapters loaded", registry=r)
         self.running = Gauge("realm_requests_running", "Requests holding a KV slot", registry=r)
         self.waiting = Gauge("realm_requests_waiting", "Requests queued for a slot", registry=r)
         self.kv_usage = Gauge("realm_kv_cache_usage_ratio", "KV tokens in use / KV capacity", registry=r)
         self.kv_tokens = Gauge("realm_kv_cache_tokens", "KV tokens in use", registry=r)
 
-    def watch(self, stats: Callable[[], ServiceStats]) -> None:
+    def watch(self, stats: Callable[[], ServiceStats], adapters: Callable[[], list[str]] | None = None) -> None:
         """Read the live gauges from the model's stats at each scrape."""
+        if adapters is not None:
+            self.adapters_loaded.set_function(lambda: len(adapters()))
         self.running.set_function(lambda: stats().running)
         self.waiting.set_function(lambda: stats().waiting)
         self.kv_tokens.set_function(lambda: stats().kv_used)

@@ -315,12 +315,10 @@ def parse_completion(body: Any, model: Model, vocab_size: int) -> GenRequest:
 
 
 def _adapter(body: Mapping[str, Any]) -> str | None:
+    """realm-web's `adapter` field: a LoRA adapter by name, with `model` the base (the usual way,
+    as vLLM's, is `model` = the adapter's name; the hub resolves both)."""
     a = _get(body, "adapter", (str,), None, what="a string")
-    if a is not None:
-        check_name(a, "adapter")
-    if a is not None:
-        raise bad_request("LoRA adapters are not served yet", "adapter", "unsupported_parameter")
-    return None
+    return check_name(a, "adapter") if a is not None else None
 
 
 def fit_context(req: GenRequest, max_length: int, tenant_max: int = 0) -> None:

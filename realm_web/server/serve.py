@@ -89,11 +89,18 @@ def setup_logging(level: str) -> None:
 
 def serve(*, host: str = "127.0.0.1", port: int = 8000, model: str | None = None, config: str | None = None,
           device: str = "cpu", dtype: str | None = None, threads: int | None = None, max_slots: int = 16,
-          max_length: int | None = 2048, log_level: str = "warning", web: str | None = None) -> int:
+          max_length: int | None = 2048, log_level: str = "warning", web: str | None = None,
+          lora_modules: dict[str, str] | None = None, lora_root: str | None = None, max_loras: int = 8) -> int:
+    """Serve until SIGTERM/SIGINT. `lora_modules` (name -> path) are loaded with the model;
+    `lora_root` allows admin tenants to load adapters under it at run time."""
+    import dataclasses
+
     import uvicorn
 
     setup_logging(log_level)
     cfg = load_config(config) if config else ServerConfig()
+    if lora_root is not None:
+        cfg = dataclasses.replace(cfg, lora_root=lora_root)
     if cfg.open and host not in ("127.0.0.1", "localhost", "::1"):
         print(f"realm-web: refusing to serve without API keys on {host}: give --config with tenants, "
               "or serve on 127.0.0.1", file=sys.stderr)
@@ -103,8 +110,12 @@ def serve(*, host: str = "127.0.0.1", port: int = 8000, model: str | None = None
     def load() -> Any:
         from ..engine import LLM
 
-        return LLM(model_dir, device=device, dtype=dtype, threads=threads, max_slots=max_slots,
-                   max_length=max_length)
+        llm = LLM(model_dir, device=device, dtype=dtype, threads=threads, max_slots=max_slots,
+                  max_length=max_length, max_loras=max_loras)
+        for name, path in (lora_modules or {}).items():
+            llm.load_adapter(name, path)
+            log.info("adapter loaded", extra={"fields": {"adapter": name, "path": path}})
+        return llm
 
     from ..paths import default_model_dir
     from .web import default_web_dir

@@ -153,7 +153,8 @@ class Session:
             await self.send(_frame(id_, "complete", {
                 "protocol": PROTOCOL_VERSION, "functions": FUNCTIONS, "tenant": self.tenant.name,
                 "model": {"id": info.id, "architecture": info.architecture, "vocab_size": info.vocab_size,
-                          "max_length": info.max_length, "dtype": info.dtype, "device": info.device}}))
+                          "max_length": info.max_length, "dtype": info.dtype, "device": info.device},
+                "adapters": [a for a in self.hub.models_for(self.tenant) if a is not None]}))
         else:
             raise bad_request(f"unknown function {fn!r}; one of {sorted(FUNCTIONS)}", "function", "unknown_function")
 
