@@ -75,7 +75,10 @@ def runner(path: Path, a: Any, lora_rows: list[int] | None, threads: int) -> Any
     if "lora_order" in ins:  # rows grouped by the adapters in use (table entries lo..hi), as the engine does
         from realm_web.engines.ort_lora import LoraTables
 
-        lo, hi, order, inverse = LoraTables.groups(np.array([s or 0 for s in lora_rows], np.int64), 1)
+        if any(lora_rows):
+            lo, hi, order, inverse = LoraTables.groups(np.array(lora_rows, np.int64), 1)
+        else:  # the LoRA graph with no adapter row (engines run the plain graph then)
+            lo, hi, order, inverse = 1, 1, np.full((1, 1, 2), B, np.int64), np.full(B, 2, np.int64)
         entries = hi - lo + 1
         feeds["lora_order"], feeds["lora_inverse"] = order, inverse
     if "lora_slot" in ins or "lora_order" in ins:
