@@ -7,8 +7,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .engine import LLM, Completion
+from .engine import LLM, Completion, UnsupportedError
 from .engines.ort_web import OrtWebEngine, bridge_config
+from .lora import AdapterError
 from .manifest import load_manifest
 from .sampling import SamplingParams
 from .scheduler import RequestOutput
@@ -33,7 +34,7 @@ _OPTION_NAMES = {"maxTokens": "max_tokens", "topP": "top_p", "topK": "top_k", "m
                  "ignoreEos": "ignore_eos"}
 _SAMPLING = {"temperature", "max_tokens", "top_p", "top_k", "min_p", "repetition_penalty", "seed", "stop",
              "stop_token_ids", "ignore_eos", "logprobs"}
-_HOST_ONLY = {"backend", "threads", "dtype", "raw", "system"}
+_HOST_ONLY = {"backend", "threads", "dtype", "raw", "system", "adapter"}
 
 
 def config(model_dir: str, backend: str, dtype: str | None = None) -> str:
@@ -47,10 +48,44 @@ def start(model_dir: str, bridge: Any, options: str = "{}") -> str:
     opts = json.loads(options)
     engine = OrtWebEngine(load_manifest(model_dir), bridge, backend=str(opts.get("backend", "wasm")),
                           dtype=opts.get("dtype"), max_slots=int(opts.get("maxSlots", 4)),
-                          max_length=opts.get("maxLength"))
+                          max_length=opts.get("maxLength"), max_loras=int(opts.get("maxLoras", 8)))
     _llm = LLM(engine=engine, max_tokens_per_step=int(opts.get("maxTokensPerStep", 256)))
     m = _llm.manifest
-    return json.dumps({"name": m.name, "max_length": engine.max_length, "eos_token_ids": m.eos_token_ids})
+    return json.dumps({"name": m.name, "max_length": engine.max_length, "eos_token_ids": m.eos_token_ids,
+                       "adapters": engine.caps.adapters, "max_loras": engine.max_loras})
+
+
+def load_adapter(name: str, path: str) -> str:
+    """Load a LoRA adapter (a PEFT directory or GGUF LoRA file in Pyodide's file system) under
+    `name` for requests' `adapter` option. Returns JSON {"adapter": {name, rank, targets}}, or
+    {"error": {type, message, field}} for one it cannot take (AdapterError and its kinds,
+    UnsupportedError: the export has no LoRA graph), so the host can raise a typed error."""
+    llm = _need()
+    try:
+        llm.load_adapter(name, path)
+    except (AdapterError, UnsupportedError, ValueError) as e:
+        return _error(e)
+    a = llm.scheduler.router.adapters[name]
+    return json.dumps({"adapter": {"name": name, "rank": a.rank, "targets": list(a.targets)}})
+
+
+def unload_adapter(name: str) -> str:
+    """Forget an adapter: JSON {} or {"error": ...} (AdapterNotFound, AdapterInUse while
+    requests use it)."""
+    try:
+        _need().unload_adapter(name)
+    except AdapterError as e:
+        return _error(e)
+    return "{}"
+
+
+def _error(e: Exception) -> str:
+    return json.dumps({"error": {"type": type(e).__name__, "message": str(e), "field": getattr(e, "field", None)}})
+
+
+def adapters() -> str:
+    """JSON list of the loaded adapters' names."""
+    return json.dumps(_need().adapters())
 
 
 def _params(options: dict[str, Any]) -> SamplingParams:
@@ -62,6 +97,13 @@ def _params(options: dict[str, Any]) -> SamplingParams:
         elif name not in _HOST_ONLY:
             raise ValueError(f"unknown option {k!r}")
     return SamplingParams(**kw)
+
+
+def _adapter(options: dict[str, Any]) -> str | None:
+    a = options.get("adapter")
+    if a is not None and not isinstance(a, str):
+        raise ValueError(f"option 'adapter' must be an adapter's name (a string) or null, got {a!r}")
+    return a
 
 
 def _result(c: Completion) -> str:
@@ -79,7 +121,8 @@ async def generate(prompt: str, options: str = "{}") -> str:
     """prompt: JSON of a string or a list of chat messages. Returns the completion as JSON."""
     llm = _need()
     opts = json.loads(options)
-    c = (await llm.agenerate(json.loads(prompt), _params(opts), raw=bool(opts.get("raw")), system=opts.get("system")))[0]
+    c = (await llm.agenerate(json.loads(prompt), _params(opts), raw=bool(opts.get("raw")), system=opts.get("system"),
+                             adapter=_adapter(opts)))[0]
     return _result(c)
 
 
@@ -95,4 +138,4 @@ async def stream(prompt: str, options: str, on_delta: Any, cancelled: Any = None
         on_delta(json.dumps({"text": d.text, "tokenIds": d.token_ids, "finishReason": d.finish_reason}))
 
     stop = (lambda: bool(cancelled())) if cancelled is not None else None
-    return _result(await llm.collect(ids, params, send, stop))
+    return _result(await llm.collect(ids, params, send, stop, adapter=_adapter(opts)))

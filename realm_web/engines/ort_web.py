@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from ..lora import GROUPS, LoraAdapter, dims, group_dims, group_members
 from ..manifest import Manifest, Variant
 from ..step import EngineCaps, StepPlan, StepResult
 
@@ -23,19 +24,43 @@ KV_TYPES = {"fp32": "float32", "fp16": "float16"}
 def bridge_config(manifest: Manifest, dtype: str | None, backend: str) -> dict[str, Any]:
     """What the JavaScript bridge needs to know about the export it runs (from realm.json)."""
     v = manifest.variant_for(backend, dtype)
-    return {"file": v.file, "dtype": v.dtype, "kvDtype": KV_TYPES[v.kv_dtype], "backend": backend,
-            "numLayers": manifest.num_layers, "kvHeads": manifest.num_kv_heads, "headDim": manifest.head_dim,
-            "vocabSize": manifest.vocab_size, "bytes": v.bytes, "names": manifest.graph.names}
+    cfg: dict[str, Any] = {"file": v.file, "dtype": v.dtype, "kvDtype": KV_TYPES[v.kv_dtype], "backend": backend,
+                           "numLayers": manifest.num_layers, "kvHeads": manifest.num_kv_heads,
+                           "headDim": manifest.head_dim, "vocabSize": manifest.vocab_size, "bytes": v.bytes,
+                           "names": manifest.graph.names}
+    c = manifest.graph.lora
+    if c is not None and v.lora_file:  # the LoRA-capable twin (realm_web.manifest.LoraContract)
+        arch, member = manifest.architecture, dims(manifest.architecture)
+        cfg["lora"] = {"file": v.lora_file, "bytes": v.lora_bytes, "maxRank": c.max_rank,
+                       "names": {"order": c.order, "inverse": c.inverse, "a": c.a, "b": c.b},
+                       "groups": [{"name": g, "in": group_dims(arch)[g][0],
+                                   "outs": [member[m][1] for m in group_members(g)]} for g in GROUPS]}
+    return cfg
+
+
+def adapter_blob(adapter: LoraAdapter) -> tuple[str, bytes]:
+    """An adapter for the bridge's table (bridge.mjs `upload`): JSON listing, per (layer, group)
+    it changes, [layer, group, R, member ranks], and the bytes of each one's fused A (in, R) then
+    B (R, out), float32 little-endian, in that order. The bridge transposes them into its tables."""
+    meta, parts = [], []
+    for i, groups in enumerate(adapter.groups):
+        for g in GROUPS:
+            if g in groups:
+                fa, fb, r = groups[g]
+                meta.append([i, g, r, list(adapter.splits[i][g])])
+                parts += [fa.tobytes(), fb.tobytes()]
+    return json.dumps({"name": adapter.name, "groups": meta}, separators=(",", ":")), b"".join(parts)
 
 
 class OrtWebEngine:
     """Runs StepPlans through a bridge object whose `step(json)` returns a promise of JSON and
-    whose `capabilities()` returns the JSON of its EngineCaps."""
+    whose `capabilities()` returns the JSON of its EngineCaps; with adapters, `upload(entry,
+    json, bytes)` puts one into the bridge's table before the step that first uses it."""
 
     step_thread = False
 
     def __init__(self, manifest: Manifest, bridge: Any, *, backend: str = "wasm", dtype: str | None = None,
-                 max_slots: int = 1, max_length: int | None = None) -> None:
+                 max_slots: int = 1, max_length: int | None = None, max_loras: int = 8) -> None:
         self.manifest = manifest
         self.bridge = bridge
         self.variant: Variant = manifest.variant_for(backend, dtype)
@@ -44,13 +69,18 @@ class OrtWebEngine:
         self.max_slots = max_slots
         self.max_length = min(max_length or manifest.max_length, manifest.max_length)
         self.kv_capacity = max_slots * self.max_length
+        self.max_loras = max_loras
         self.steps = 0
 
     async def run(self, plan: StepPlan) -> StepResult:
+        for load in plan.adapter_loads:
+            meta, blob = adapter_blob(load.adapter)
+            self.bridge.upload(load.entry, meta, blob)
         msg: dict[str, Any] = {"seqs": [[q.seq_id, q.slot, q.start, q.tokens, q.num_samples, q.draws]
                                         for q in plan.seqs]}
         if plan.new_seqs:
-            msg["new"] = [{"id": n.seq_id, "slot": n.slot, "sampling": n.sampling.to_json(), "adapter": n.adapter}
+            msg["new"] = [{"id": n.seq_id, "slot": n.slot, "sampling": n.sampling.to_json(), "adapter": n.adapter,
+                           "entry": n.adapter_entry}
                           for n in plan.new_seqs]
         if plan.released:
             msg["released"] = plan.released

@@ -19,15 +19,23 @@
 // regathered (copied) only when the set of decoding sequences changes. Other rows (prompt chunks,
 // several positions, WebGPU) run one session.run each, all within the one awaited step.
 //
+// LoRA (cfg.lora, realm_web/manifest.py's LoraContract, form "grouped-tc"): adapters sit in
+// entries 1..maxLoras of a table per (layer, group) that `upload` fills; a step with rows on an
+// adapter runs on the export's LoRA-capable twin graph (loaded the first time), fed the tables of
+// the entries in use and each entry's rows (`order`, in chunks of at most 16, and `inverse`);
+// rows with no adapter add exactly 0.0, so they equal the plain graph's.
+//
 // The plan message (realm_web/engines/ort_web.py): {seqs: [[seqId, slot, start, tokens,
-// numSamples, draws], ...], new?: [{id, slot, sampling, adapter}], released?: [seqId], copies?:
-// [[src, dst, length]]}, each new entry {id, slot, sampling, adapter}. The answer: {tokens: {seqId: [id, ...]}, logprobs: {seqId: [lp, ...]}}.
+// numSamples, draws], ...], new?: [{id, slot, sampling, adapter, entry}], released?: [seqId],
+// copies?: [[src, dst, length]]}. The answer: {tokens: {seqId: [id, ...]}, logprobs: {seqId: [lp, ...]}}.
 
 const EMPTY = { float32: () => new Float32Array(0), float16: () => new Uint16Array(0) };
 
 export class Bridge {
-  /** @param ort the onnxruntime-web module; @param model ONNX bytes; @param cfg from realm.json */
-  static async create(ort, model, cfg) {
+  /** @param ort the onnxruntime-web module; @param model ONNX bytes (a path on onnxruntime-node);
+   * @param cfg from realm.json (realm_web.web.config), plus threads, batching, maxLoras;
+   * @param sources {lora: async () => the LoRA twin's bytes or path} to serve adapters */
+  static async create(ort, model, cfg, sources = {}) {
     const backend = cfg.backend || "wasm";
     const providers = { webgpu: ["webgpu", "wasm"], cpu: ["cpu"] };
     const opts = { executionProviders: providers[backend] || ["wasm"], graphOptimizationLevel: "all" };
@@ -38,13 +46,17 @@ export class Bridge {
       for (const [, present] of names.kv) opts.preferredOutputLocation[present] = "gpu-buffer";
     }
     const session = await ort.InferenceSession.create(model, opts);
-    return new Bridge(ort, session, { ...cfg, backend });
+    return new Bridge(ort, session, { ...cfg, backend }, sources, opts);
   }
 
-  constructor(ort, session, cfg) {
+  constructor(ort, session, cfg, sources = {}, sessionOptions = {}) {
     this.ort = ort;
     this.session = session;
     this.cfg = cfg;
+    this.sources = sources;
+    this.sessionOptions = sessionOptions;
+    this.lora = cfg.lora && sources.lora ? new LoraTables(cfg, cfg.maxLoras ?? 8) : null;
+    this.loraSession = null; // the twin's session, made by the first step with an adapter row
     this.names = graphNames(cfg);
     this.slots = new Map(); // slot -> {past: {name: Tensor}, row, rows}: row `row` of a batch of `rows`
     this.owner = new Map(); // slot -> the seq id announced on it
@@ -65,7 +77,7 @@ export class Bridge {
       prefill_batch: "any",
       prefill_width: this.prefillWidth,
       multi_position_logits: true,
-      adapters: false,
+      adapters: this.lora !== null,
       token_masks: false,
       kv_copy: true,
     });
@@ -144,8 +156,9 @@ export class Bridge {
     rows.forEach((q, b) => mask.fill(1n, b * (W + 1), b * (W + 1) + q.start + 1));
     feeds[n.attention_mask] = new this.ort.Tensor("int64", mask, [B, W + 1]);
     feeds[n.logits_index] = new this.ort.Tensor("int64", new BigInt64Array(B), [B, 1]);
+    const session = await this.sessionFor(rows.map((q) => this.entryOf(q)), 1, feeds);
     const t0 = performance.now();
-    const res = await this.session.run(feeds);
+    const res = await session.run(feeds);
     const t1 = performance.now();
     const next = {};
     for (const [name, present] of n.kv) next[name] = res[present];
@@ -166,8 +179,9 @@ export class Bridge {
     feeds[names.input_ids] = new this.ort.Tensor("int64", BigInt64Array.from(q.tokens, BigInt), [1, n]);
     feeds[names.attention_mask] = new this.ort.Tensor("int64", new BigInt64Array(q.start + n).fill(1n), [1, q.start + n]);
     feeds[names.logits_index] = new this.ort.Tensor("int64", BigInt64Array.from({ length: k }, (_, j) => BigInt(n - k + j)), [1, k]);
+    const session = await this.sessionFor([this.entryOf(q)], n, feeds);
     const t0 = performance.now();
-    const res = await this.session.run(feeds);
+    const res = await session.run(feeds);
     const t1 = performance.now();
     const old = st.past;
     st.past = {};
@@ -180,6 +194,40 @@ export class Bridge {
     this.timings.runMs += t1 - t0;
     this.timings.sampleMs += performance.now() - t1;
     return [t0, t1];
+  }
+
+  /** The adapter table entry of a row's request (0: none). */
+  entryOf(q) {
+    return this.seqs.get(q.seqId).entry;
+  }
+
+  /** The session for rows on table `entries` (0: none), each feeding `width` positions: the
+   * plain graph when none has an adapter, else the LoRA twin, with its inputs added to `feeds`. */
+  async sessionFor(entries, width, feeds) {
+    if (!entries.some((e) => e > 0)) return this.session;
+    if (!this.loraSession) {
+      const t0 = performance.now();
+      this.loraSession = await this.ort.InferenceSession.create(await this.sources.lora(), this.sessionOptions);
+      this.timings.loraLoadMs = performance.now() - t0;
+    }
+    const { lo, hi, order, inverse, dims } = loraGroups(entries, width);
+    const c = this.cfg.lora.names;
+    feeds[c.order] = new this.ort.Tensor("int64", order, dims);
+    feeds[c.inverse] = new this.ort.Tensor("int64", inverse, [inverse.length]);
+    Object.assign(feeds, this.lora.feeds(this.ort, lo, hi));
+    return this.loraSession;
+  }
+
+  /** Put an adapter into table entry `entry` (1-based): `meta` JSON and `blob` bytes from
+   * realm_web.engines.ort_web.adapter_blob (a Uint8Array, or Pyodide's proxy of Python bytes). */
+  upload(entry, meta, blob) {
+    if (!this.lora) throw new Error("this engine serves no LoRA adapters (the export has no LoRA graph)");
+    let bytes = blob;
+    if (!(blob instanceof Uint8Array)) { // a PyProxy of bytes: copy it out (it is freed after the call)
+      const view = blob.getBuffer("u8");
+      try { bytes = new Uint8Array(view.data); } finally { view.release(); }
+    }
+    this.lora.upload(entry, JSON.parse(meta), bytes);
   }
 
   /** The row's tokens at its sampled positions, from row b of logits (batch, k, vocab). */
@@ -230,9 +278,12 @@ export class Bridge {
       if (seq && this.owner.get(seq.slot) === id) { this.release(seq.slot); this.owner.delete(seq.slot); this.tokens.delete(seq.slot); }
     }
     for (const n of plan.new || []) {
-      if (n.adapter != null) throw new Error(`sequence ${n.id}: this engine serves no LoRA adapters (asked for ${n.adapter})`);
+      const entry = n.entry ?? 0;
+      if (n.adapter != null && !this.lora) throw new Error(`sequence ${n.id}: this engine serves no LoRA adapters (asked for ${n.adapter})`);
+      if (!Number.isInteger(entry) || (entry === 0) !== (n.adapter == null) || (entry && !this.lora.holds(entry, n.adapter)))
+        throw new Error(`sequence ${n.id}: adapter ${n.adapter} is not in table entry ${entry}`);
       if (!Number.isInteger(n.slot) || n.slot < 0) throw new Error(`sequence ${n.id}: no slot given`);
-      this.seqs.set(n.id, { spec: n.sampling, slot: n.slot });
+      this.seqs.set(n.id, { spec: n.sampling, slot: n.slot, entry });
       this.owner.set(n.slot, n.id);
     }
     for (const [src, dst, length] of plan.copies || []) await this.copy(src, dst, length);
@@ -279,7 +330,136 @@ export class Bridge {
     await this.running; // a step in flight finishes first
     for (const s of [...this.slots.keys()]) this.release(s);
     await this.session.release();
+    await this.loraSession?.release();
   }
+}
+
+const CHUNK = 16; // columns per LoRA matmul (realm_web/engines/ort_lora.py: the same on every engine)
+
+/** For rows on table entries `entries` (0: none) each feeding `width` positions: the range of
+ * entries in use, `order` (entries, chunks, w) of each entry's flattened (row, position) indices
+ * (padded with rows x width: the zero row) and `inverse` (rows x width) picking each one's
+ * result (entries x chunks x w: the zero result, for no adapter). ort_lora.LoraTables.groups. */
+export function loraGroups(entries, width) {
+  const used = entries.filter((e) => e > 0);
+  const lo = Math.min(...used), hi = Math.max(...used), E = hi - lo + 1;
+  const total = entries.length * width;
+  const where = Array.from({ length: E }, () => []);
+  entries.forEach((e, r) => { if (e > 0) for (let p = 0; p < width; p++) where[e - lo].push(r * width + p); });
+  const most = Math.max(...where.map((w) => w.length));
+  const w = Math.min(Math.max(2, most), CHUNK), chunks = Math.ceil(most / w), n = chunks * w;
+  const order = new BigInt64Array(E * n).fill(BigInt(total));
+  const inverse = new BigInt64Array(total).fill(BigInt(E * n));
+  where.forEach((pos, k) => pos.forEach((x, j) => { order[k * n + j] = BigInt(x); inverse[x] = BigInt(k * n + j); }));
+  return { lo, hi, order, inverse, dims: [E, chunks, w] };
+}
+
+/** The adapter tables of the LoRA twin: per layer i and group g, A^T (entries, 1, members x R,
+ * in) and each member's B^T (entries, 1, out_k, R), R = the graph's max rank; entry e at index
+ * e - 1. Float32, or float16 bits when the graph's activations are fp16. */
+export class LoraTables {
+  constructor(cfg, entries) {
+    this.cfg = cfg;
+    this.entries = entries;
+    this.R = cfg.lora.maxRank;
+    this.half = cfg.kvDtype === "float16";
+    this.groups = new Map(cfg.lora.groups.map((g) => [g.name, g]));
+    this.names = new Map(); // entry -> the adapter's name
+    this.tables = null; // "i.g" -> [{dims, data}] (allocated by the first upload)
+    this.cache = null; // [lo, hi, feeds]
+  }
+
+  holds(entry, name) {
+    return this.names.get(entry) === name;
+  }
+
+  alloc() {
+    const { R, entries: E } = this, Arr = this.half ? Uint16Array : Float32Array;
+    this.tables = new Map();
+    for (let i = 0; i < this.cfg.numLayers; i++)
+      for (const g of this.groups.values()) {
+        const ts = [{ dims: [1, g.outs.length * R, g.in], data: new Arr(E * g.outs.length * R * g.in) }];
+        for (const out of g.outs) ts.push({ dims: [1, out, R], data: new Arr(E * out * R) });
+        this.tables.set(`${i}.${g.name}`, ts);
+      }
+  }
+
+  upload(entry, meta, bytes) {
+    if (!Number.isInteger(entry) || entry < 1 || entry > this.entries) throw new Error(`adapter entry ${entry} is not in [1, ${this.entries}]`);
+    if (bytes.byteLength % 4) throw new Error(`adapter ${meta.name}: ${bytes.byteLength} bytes is not float32 data`);
+    if (!this.tables) this.alloc();
+    const f = new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4); // copied: aligned
+    const E = this.entries, R = this.R, cv = this.half ? floatToHalf : (x) => x;
+    for (const ts of this.tables.values()) for (const t of ts) { const per = t.data.length / E; t.data.fill(0, (entry - 1) * per, entry * per); }
+    let off = 0;
+    for (const [i, name, total, splits] of meta.groups) {
+      const g = this.groups.get(name), ts = this.tables.get(`${i}.${name}`);
+      if (!g || !ts || splits.length !== g.outs.length) throw new Error(`adapter ${meta.name}: layer ${i} has no group ${name} here`);
+      const nIn = g.in, nOut = g.outs.reduce((a, b) => a + b, 0);
+      const a = f.subarray(off, off + nIn * total), b = f.subarray(off + nIn * total, off + nIn * total + total * nOut);
+      off += nIn * total + total * nOut;
+      if (b.length !== total * nOut) throw new Error(`adapter ${meta.name}: its data ends inside layer ${i} ${name}`);
+      const A = ts[0].data, aBase = (entry - 1) * g.outs.length * R * nIn;
+      let o = 0, col = 0; // the member's first rank column in A_g / row in B_g, its first output
+      splits.forEach((r, k) => {
+        const outK = g.outs[k];
+        if (r > R) throw new Error(`adapter ${meta.name}: layer ${i} ${name} member ${k} has rank ${r}, the graph holds ${R}`);
+        for (let j = 0; j < r; j++) { // A^T row k*R + j: column o + j of A_g
+          const row = aBase + (k * R + j) * nIn;
+          for (let c = 0; c < nIn; c++) A[row + c] = cv(a[c * total + o + j]);
+        }
+        const B = ts[1 + k].data, bBase = (entry - 1) * outK * R;
+        for (let j = 0; j < r; j++) { // B^T column j: row o + j of B_g, the member's outputs
+          const src = (o + j) * nOut + col;
+          for (let p = 0; p < outK; p++) B[bBase + p * R + j] = cv(b[src + p]);
+        }
+        o += r;
+        col += outK;
+      });
+    }
+    if (off !== f.length) throw new Error(`adapter ${meta.name}: ${f.length - off} values left over`);
+    this.names.set(entry, meta.name);
+  }
+
+  /** The table inputs for entries lo..hi (1-based, inclusive), by graph input name. */
+  feeds(ort, lo, hi) {
+    if (this.cache && this.cache[0] === lo && this.cache[1] === hi) return this.cache[2];
+    const { a, b } = this.cfg.lora.names, E = this.entries, type = this.half ? "float16" : "float32";
+    const out = {};
+    for (const [key, ts] of this.tables) {
+      const [i, g] = key.split(".");
+      ts.forEach((t, k) => {
+        const name = (k === 0 ? a : b).replaceAll("{i}", i).replaceAll("{g}", g).replaceAll("{k}", String(k - 1));
+        const per = t.data.length / E;
+        out[name] = new ort.Tensor(type, t.data.subarray((lo - 1) * per, hi * per), [hi - lo + 1, ...t.dims]);
+      });
+    }
+    this.cache = [lo, hi, out];
+    return out;
+  }
+}
+
+const f32 = new Float32Array(1), u32 = new Uint32Array(f32.buffer);
+
+/** float32 -> float16 bits, rounding to nearest even (as numpy's astype). */
+export function floatToHalf(x) {
+  f32[0] = x;
+  const bits = u32[0], sign = (bits >>> 16) & 0x8000, e = (bits >>> 23) & 0xff, m = bits & 0x7fffff;
+  if (e === 0xff) return sign | 0x7c00 | (m ? 0x200 : 0);
+  const he = e - 127 + 15;
+  if (he >= 0x1f) return sign | 0x7c00;
+  if (he <= 0) {
+    if (he < -10) return sign;
+    const mm = m | 0x800000, shift = 14 - he;
+    let h = mm >>> shift;
+    const rem = mm & ((1 << shift) - 1), half = 1 << (shift - 1);
+    if (rem > half || (rem === half && (h & 1))) h++;
+    return sign | h;
+  }
+  let h = (he << 10) | (m >>> 13);
+  const rem = m & 0x1fff;
+  if (rem > 0x1000 || (rem === 0x1000 && (h & 1))) h++;
+  return sign | h;
 }
 
 /** Graph names from realm.json (cfg.names, by role), per-layer names expanded. */

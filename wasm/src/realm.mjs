@@ -23,18 +23,25 @@ export const DEFAULT_MODEL = "smollm2-135m-instruct";
 
 /** An error of the in-process engine (a RealmError with `status` null): `code` is one of
  * "model_not_found", "bad_option", "bad_prompt", "engine_unavailable", "closed", "aborted",
- * "runtime". */
+ * "runtime", and for LoRA adapters "bad_adapter" (`field` names what is wrong),
+ * "adapter_not_found", "adapter_in_use", "unsupported" (the export has no LoRA graph). */
 export class RealmEngineError extends RealmError {
   constructor(code, message, options = {}) {
     super(null, code, message);
     this.message = message;
     this.name = "RealmEngineError";
+    this.field = options.field ?? null;
     if (options.cause !== undefined) this.cause = options.cause;
     if (Error.captureStackTrace) Error.captureStackTrace(this, RealmEngineError);
   }
 }
 
-const fail = (code, message, cause) => new RealmEngineError(code, message, { cause });
+const fail = (code, message, cause, field) => new RealmEngineError(code, message, { cause, field });
+
+// Python exception types (realm_web.lora, realm_web.engine) -> error codes
+const PY_CODES = { AdapterNotFound: "adapter_not_found", AdapterInUse: "adapter_in_use", AdapterError: "bad_adapter",
+                   UnsupportedError: "unsupported", SamplingError: "bad_option", SchedulerError: "bad_prompt",
+                   ValueError: "bad_prompt", TypeError: "bad_prompt" };
 
 /** $REALM_WEB_HOME (default ~/.cache/realm-web), as the Python side (realm_web/paths.py). */
 export function realmHome() {
@@ -69,6 +76,7 @@ const LOAD_OPTIONS = {
   maxLength: (v) => v == null || isInt(v) && v >= 2 || "an integer >= 2",
   maxTokensPerStep: (v) => isInt(v) && v >= 1 || "an integer >= 1",
   batching: (v) => typeof v === "boolean" || "a boolean",
+  maxLoras: (v) => isInt(v) && v >= 1 && v <= 64 || "an integer in [1, 64] (adapters one step may use)",
   wheel: (v) => typeof v === "string" || "the path of a realm_web wheel",
 };
 
@@ -88,6 +96,7 @@ const GENERATE_OPTIONS = {
   logprobs: (v) => typeof v === "boolean" || "a boolean",
   raw: (v) => typeof v === "boolean" || "a boolean (true: the prompt is plain text, no chat template)",
   system: (v) => typeof v === "string" || "a string (the system message)",
+  adapter: (v) => v == null || typeof v === "string" && v !== "" || "the name of a loaded adapter (loadAdapter), or null for the base model",
   signal: (v) => v == null || (typeof v === "object" && "aborted" in v && typeof v.addEventListener === "function") || "an AbortSignal",
 };
 
@@ -133,10 +142,10 @@ function fromPython(e) {
   const m = /^(\w+(?:\.\w+)*): ([\s\S]*)$/.exec(last);
   const type = e.type || (m ? m[1].split(".").pop() : "");
   const msg = m ? m[2] : last;
-  const code = type === "SamplingError" ? "bad_option"
-    : ["SchedulerError", "ValueError", "TypeError"].includes(type) ? "bad_prompt" : "runtime";
-  return fail(code, msg, e);
+  return fail(PY_CODES[type] ?? "runtime", msg, e);
 }
+
+let adapterSeq = 0;
 
 // One onnxruntime-web WASM runtime per process: its thread count is fixed when it starts.
 let wasmThreads = null;
@@ -214,23 +223,27 @@ export class Realm {
     catch (e) { throw fromPython(e); }
     const file = path.join(modelDir, cfg.file);
     if (!fs.existsSync(file)) throw fail("model_not_found", `${file}: missing (named by realm.json)`);
+    const bytesOrPath = (f) => engine === "native" ? f : new Uint8Array(fs.readFileSync(f));
+    const loraFile = cfg.lora ? path.join(modelDir, cfg.lora.file) : null;
+    const sources = loraFile && fs.existsSync(loraFile) ? { lora: async () => bytesOrPath(loraFile) } : {};
+    const maxLoras = o.maxLoras ?? 8;
     let bridge;
     try {
-      bridge = await Bridge.create(ort, engine === "native" ? file : new Uint8Array(fs.readFileSync(file)),
-                                   { ...cfg, threads, batching: o.batching ?? true });
+      bridge = await Bridge.create(ort, bytesOrPath(file), { ...cfg, threads, batching: o.batching ?? true, maxLoras }, sources);
     } catch (e) { throw fail("runtime", `cannot load ${file} on ${engine}: ${e.message}`, e); }
     // What the core awaits once per step: the bridge, watched so that a runtime failure (which ends
     // the core's step loop) fails the requests in flight instead of leaving them waiting forever.
     const host = { onError: null, step: (json) => bridge.step(json).catch((e) => { host.onError?.(e); throw e; }),
-                   capabilities: () => bridge.capabilities() };
+                   capabilities: () => bridge.capabilities(),
+                   upload: (entry, meta, blob) => bridge.upload(entry, meta, blob) };
     let facts;
     try {
       facts = JSON.parse(web.start("/model", host, JSON.stringify({ maxSlots: o.maxSlots ?? 8, maxLength: o.maxLength ?? null,
-                                                                     maxTokensPerStep: o.maxTokensPerStep ?? 256,
+                                                                     maxTokensPerStep: o.maxTokensPerStep ?? 256, maxLoras,
                                                                      backend: ENGINES[engine], dtype: cfg.dtype })));
     } catch (e) { await bridge.dispose(); throw fromPython(e); }
     const info = { name: facts.name, engine, dtype: cfg.dtype, file, modelDir, threads, maxSlots: o.maxSlots ?? 8,
-                   maxLength: facts.max_length, vocabSize: cfg.vocabSize, eosTokenIds: facts.eos_token_ids,
+                   maxLength: facts.max_length, adapters: facts.adapters, maxLoras, vocabSize: cfg.vocabSize, eosTokenIds: facts.eos_token_ids,
                    runtime: engine === "wasm" ? `onnxruntime-web ${ort.env.versions?.web ?? ""}`.trim()
                                               : `onnxruntime-node ${ort.env.versions?.node ?? ""}`.trim(),
                    loadMs: Math.round(performance.now() - t0) };
@@ -251,7 +264,8 @@ export class Realm {
   /** Generate a completion: `{text, tokenIds, promptTokenIds, finishReason, usage, timings}`.
    * `prompt`: a user message (through the chat template; `raw: true` for plain text), chat
    * messages `[{role, content}]`, or token ids. Options: maxTokens, temperature, topP, topK, minP,
-   * repetitionPenalty, seed, stop, stopTokenIds, ignoreEos, logprobs, raw, system, signal. */
+   * repetitionPenalty, seed, stop, stopTokenIds, ignoreEos, logprobs, raw, system, adapter
+   * (a loaded adapter's name; null: the base model), signal. */
   async generate(prompt, options = {}) {
     const it = this.stream(prompt, options);
     for (;;) {
@@ -324,6 +338,63 @@ export class Realm {
     if (this.#fatal) return;
     this.#fatal = fail("runtime", `the engine failed (this Realm can no longer run; load it again): ${e?.message ?? e}`, e);
     for (const r of this.#inflight) r.fail(this.#fatal);
+  }
+
+  /** Load a LoRA adapter from `source` (a PEFT directory: adapter_config.json +
+   * adapter_model.safetensors, or a GGUF LoRA file) for requests to name with `{adapter: name}`;
+   * loading a name again replaces it (refused while requests use it). Resolves to {name, rank,
+   * targets}; rejects with code "bad_adapter" (`field` names what is wrong), "adapter_in_use" or
+   * "unsupported" (the export has no LoRA graph: `realm-web pull` makes one). */
+  async loadAdapter(name, source) {
+    this.#usable();
+    if (typeof name !== "string" || !name) throw fail("bad_option", "an adapter needs a non-empty name (string)");
+    if (typeof source !== "string" || !source) throw fail("bad_option", "loadAdapter(name, source): source is the path of a PEFT directory or a GGUF LoRA file");
+    const src = path.resolve(source);
+    let st;
+    try { st = fs.statSync(src); } catch { throw fail("bad_adapter", `${src}: no such adapter (a PEFT directory or a GGUF LoRA file)`, undefined, "path"); }
+    const dir = `/adapters/${++adapterSeq}`;
+    const py = this.#py;
+    py.FS.mkdirTree(dir);
+    try {
+      let target = dir;
+      if (st.isDirectory()) {
+        for (const f of ["adapter_config.json", "adapter_model.safetensors"]) {
+          const p = path.join(src, f);
+          if (fs.existsSync(p)) py.FS.writeFile(`${dir}/${f}`, new Uint8Array(fs.readFileSync(p)));
+        }
+      } else {
+        target = `${dir}/${path.basename(src)}`;
+        py.FS.writeFile(target, new Uint8Array(fs.readFileSync(src)));
+      }
+      return this.#answer(this.#web.load_adapter(name, target), src).adapter;
+    } finally { // the core holds the weights now: the copies in Pyodide's memory go
+      for (const f of py.FS.readdir(dir)) if (f !== "." && f !== "..") py.FS.unlink(`${dir}/${f}`);
+      py.FS.rmdir(dir);
+    }
+  }
+
+  /** Forget an adapter; rejects with "adapter_not_found", or "adapter_in_use" while requests use it. */
+  async unloadAdapter(name) {
+    this.#usable();
+    this.#answer(this.#web.unload_adapter(String(name)));
+  }
+
+  /** The names of the loaded adapters. */
+  adapters() {
+    this.#usable();
+    return JSON.parse(this.#web.adapters());
+  }
+
+  #usable() {
+    if (this.#closed) throw fail("closed", "this Realm is closed");
+    if (this.#fatal) throw this.#fatal;
+  }
+
+  #answer(json, where) {
+    const r = JSON.parse(json);
+    if (!r.error) return r;
+    const { type, message, field } = r.error;
+    throw fail(PY_CODES[type] ?? "runtime", where && !message.includes(where) ? `${where}: ${message}` : message, undefined, field);
   }
 
   /** Counters of the engine: steps (awaited calls from Python), runs (session.run calls),
