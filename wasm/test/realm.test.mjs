@@ -220,6 +220,93 @@ describe("engine native: streaming, joins, cancellation, options", () => {
   });
 });
 
+// LoRA: random PEFT adapters (tests/adapters.py) that change the answers; the native Python
+// engine's greedy ids of each (prompt, adapter) alone are the reference.
+const LORA_PY = `
+import json, sys
+from pathlib import Path
+sys.path.insert(0, "tests")
+from adapters import write_random_adapter
+from realm_web import LLM
+model, out, dtypes, prompts, max_tokens = sys.argv[1], Path(sys.argv[2]), json.loads(sys.argv[3]), json.loads(sys.argv[4]), int(sys.argv[5])
+arch = json.loads((Path(model) / "realm.json").read_text())["architecture"]
+write_random_adapter(out / "a1", arch, r=16, alpha=32, seed=1, b_scale=0.08)
+write_random_adapter(out / "a2", arch, r=8, alpha=16, seed=2, b_scale=0.1, targets=("q_proj", "v_proj", "down_proj"))
+tiny = dict(arch, hidden_size=64, intermediate_size=128, num_heads=2, num_kv_heads=1, head_dim=32)
+write_random_adapter(out / "other-base", tiny, r=4)
+ref = {}
+for dtype in dtypes:
+    llm = LLM(model, dtype=dtype, max_slots=2, max_length=512)
+    llm.load_adapter("a1", out / "a1")
+    llm.load_adapter("a2", out / "a2")
+    ref[dtype] = {a or "base": [llm.generate(p, max_tokens=max_tokens, adapter=a)[0].token_ids for p in prompts]
+                  for a in (None, "a1", "a2")}
+    llm.close()
+print(json.dumps(ref))
+`;
+
+describe("LoRA adapters (Node: native and wasm engines)", () => {
+  const PS = PROMPTS.slice(0, 2), N = 16;
+  let dir, ref;
+  before(() => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), "realm-web-lora-"));
+    const dtypes = [...new Set([preferred(MODEL, "wasm"), preferred(MODEL, "cpu")])];
+    const r = spawnSync(PYTHON, ["-c", LORA_PY, MODEL, dir, JSON.stringify(dtypes), JSON.stringify(PS), String(N)],
+                        { cwd: ROOT, encoding: "utf8", maxBuffer: 1 << 26 });
+    assert.equal(r.status, 0, r.stderr);
+    ref = JSON.parse(r.stdout.trim().split("\n").pop());
+    for (const d of Object.values(ref)) // the adapters are not no-ops
+      assert.ok(!same(d.a1, d.base) && !same(d.a2, d.base) && !same(d.a1, d.a2), JSON.stringify(d));
+  });
+
+  for (const engine of ["native", "wasm"]) {
+    test(`${engine}: base and two adapters mixed in one batch give the native Python engine's greedy ids`, async () => {
+      const llm = engines[engine].llm;
+      assert.equal(llm.info.adapters, true);
+      assert.deepEqual(await llm.loadAdapter("a1", path.join(dir, "a1")),
+                       { name: "a1", rank: 16, targets: ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"] });
+      await llm.loadAdapter("a2", path.join(dir, "a2"));
+      assert.deepEqual(llm.adapters(), ["a1", "a2"]);
+      const want = ref[llm.info.dtype];
+      const jobs = [];
+      for (const a of [null, "a1", "a2"]) PS.forEach((p, i) => jobs.push([a, i]));
+      const s0 = llm.stats();
+      const got = await Promise.all(jobs.map(([a, i]) => llm.generate(PS[i], { maxTokens: N, adapter: a })));
+      jobs.forEach(([a, i], j) => assert.deepEqual(got[j].tokenIds, want[a ?? "base"][i], `${a} ${PS[i]}`));
+      assert.equal(llm.stats().maxRows >= 6, true, "the six requests decoded together");
+      assert.ok(llm.stats().batchedRuns > s0.batchedRuns);
+      // base rows run alone on the plain graph still equal (the LoRA graph adds exactly 0.0)
+      assert.deepEqual((await llm.generate(PS[0], { maxTokens: N })).tokenIds, want.base[0]);
+    });
+  }
+
+  test("bad adapters and names: typed errors, and the engine keeps serving", async () => {
+    const llm = engines.native.llm;
+    const bad = async (call, code, re, field) => {
+      await assert.rejects(call, (e) => {
+        assert.ok(e instanceof RealmEngineError, String(e));
+        assert.equal(e.code, code, e.message);
+        assert.match(e.message, re);
+        if (field !== undefined) assert.equal(e.field, field);
+        return true;
+      });
+    };
+    await bad(llm.generate("Hi", { adapter: "nope" }), "adapter_not_found", /no adapter 'nope' is loaded/);
+    await bad(llm.generate("Hi", { adapter: 3 }), "bad_option", /adapter must be the name of a loaded adapter/);
+    await bad(llm.loadAdapter("x", path.join(dir, "missing")), "bad_adapter", /no such adapter/, "path");
+    await bad(llm.loadAdapter("x", path.join(dir, "other-base")), "bad_adapter", /another base model/, "hidden_size");
+    await bad(llm.loadAdapter(llm.info.name, path.join(dir, "a1")), "bad_adapter", /base model's name/, "name");
+    await bad(llm.unloadAdapter("nope"), "adapter_not_found", /no adapter 'nope'/);
+    const it = llm.stream(PROMPTS[3], { maxTokens: 64, adapter: "a1", ignoreEos: true });
+    await it.next(); // running on a1
+    await bad(llm.unloadAdapter("a1"), "adapter_in_use", /cannot unload adapter .a1.: 1 requests use it/);
+    await it.return();
+    await llm.unloadAdapter("a1");
+    assert.deepEqual(llm.adapters(), ["a2"]);
+    assert.match((await llm.generate(PROMPTS[0], { maxTokens: 12 })).text, /Paris/);
+  });
+});
+
 describe("loading errors", () => {
   const load = async (o, code, re) => {
     await assert.rejects(Realm.load({ wheel: WHEEL, ...o }), (e) => {

@@ -16,6 +16,10 @@ export type RealmEngineErrorCode =
   | "engine_unavailable" // onnxruntime-node / onnxruntime-web / the core wheel cannot be loaded
   | "closed"             // the Realm was closed
   | "aborted"            // the request's AbortSignal fired
+  | "bad_adapter"        // an adapter realm-web cannot serve (missing, corrupt, another base, too large a rank): see `field`
+  | "adapter_not_found"  // no adapter of that name is loaded
+  | "adapter_in_use"     // requests use the adapter: it cannot be unloaded or replaced now
+  | "unsupported"        // the export has no LoRA-capable graph (`realm-web pull` makes one)
   | "runtime";           // anything else (the Python traceback is in `cause`)
 
 /** An error of the in-process engine (Realm). */
@@ -23,6 +27,8 @@ export class RealmEngineError extends RealmError {
   constructor(code: RealmEngineErrorCode, message: string, options?: { cause?: unknown });
   readonly status: null;
   readonly code: RealmEngineErrorCode;
+  /** For "bad_adapter": what is wrong (a config key such as "r" or "target_modules", "path", "hidden_size", ...). */
+  readonly field: string | null;
 }
 
 export type Engine = "wasm" | "native";
@@ -47,6 +53,8 @@ export interface LoadOptions {
   maxTokensPerStep?: number;
   /** Run the decode steps of concurrent requests as one batched session.run (default true). */
   batching?: boolean;
+  /** LoRA adapters that one step may mix (the adapter table's entries, default 8). */
+  maxLoras?: number;
   /** The realm_web core wheel that Pyodide installs (default: the one in the package's dist/). */
   wheel?: string;
 }
@@ -73,6 +81,8 @@ export interface GenerateOptions {
   raw?: boolean;
   /** A system message put before the chat prompt. */
   system?: string;
+  /** A loaded adapter's name (Realm.loadAdapter); null or absent: the base model. */
+  adapter?: string | null;
   /** Cancels the request (it rejects with code "aborted"). */
   signal?: AbortSignal;
 }
@@ -116,6 +126,17 @@ export interface RealmInfo {
   eosTokenIds: number[];
   runtime: string;
   loadMs: number;
+  /** Whether the export has a LoRA-capable graph (loadAdapter works). */
+  adapters: boolean;
+  maxLoras: number;
+}
+
+export interface AdapterInfo {
+  name: string;
+  /** The largest rank of its modules. */
+  rank: number;
+  /** The modules it changes (q_proj, k_proj, ...). */
+  targets: string[];
 }
 
 export interface RealmStats {
@@ -142,6 +163,13 @@ export class Realm {
   generate(prompt: Prompt, options?: GenerateOptions): Promise<Completion>;
   /** Yields deltas; returns the Completion. Leaving the loop early cancels the request. */
   stream(prompt: Prompt, options?: GenerateOptions): AsyncGenerator<Delta, Completion, undefined>;
+  /** Load a LoRA adapter (a PEFT directory or a GGUF LoRA file) for `{adapter: name}`. Requests
+   * on different adapters and on none run together in one batch. */
+  loadAdapter(name: string, source: string): Promise<AdapterInfo>;
+  /** Forget an adapter (rejects with "adapter_in_use" while requests use it). */
+  unloadAdapter(name: string): Promise<void>;
+  /** The loaded adapters' names. */
+  adapters(): string[];
   stats(): RealmStats;
   /** Cancels what runs and frees the model. */
   close(): Promise<void>;
