@@ -282,6 +282,7 @@ describe("LoRA adapters (Node: native and wasm engines)", () => {
 
   test("bad adapters and names: typed errors, and the engine keeps serving", async () => {
     const llm = engines.native.llm;
+    if (!llm.adapters().includes("a1")) await llm.loadAdapter("a1", path.join(dir, "a1"));
     const bad = async (call, code, re, field) => {
       await assert.rejects(call, (e) => {
         assert.ok(e instanceof RealmEngineError, String(e));
@@ -302,7 +303,7 @@ describe("LoRA adapters (Node: native and wasm engines)", () => {
     await bad(llm.unloadAdapter("a1"), "adapter_in_use", /cannot unload adapter .a1.: 1 requests use it/);
     await it.return();
     await llm.unloadAdapter("a1");
-    assert.deepEqual(llm.adapters(), ["a2"]);
+    assert.ok(!llm.adapters().includes("a1"));
     assert.match((await llm.generate(PROMPTS[0], { maxTokens: 12 })).text, /Paris/);
   });
 });
