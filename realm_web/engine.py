@@ -200,6 +200,15 @@ class LLM:
         """The names of the loaded adapters."""
         return sorted(self.scheduler.router.adapters)
 
+    def adapter_files(self, name: str) -> dict[str, str]:
+        """The files an adapter was loaded from, by download name (adapter_config.json and
+        adapter_model.safetensors of a PEFT directory, or adapter.gguf); AdapterNotFound."""
+        adapter = self.scheduler.router.get(name)
+        src = Path(adapter.source)
+        if src.is_dir():
+            return {f: str(src / f) for f in ("adapter_config.json", "adapter_model.safetensors") if (src / f).is_file()}
+        return {"adapter.gguf": str(src)} if src.is_file() else {}
+
     def token_texts(self, ids: Sequence[int]) -> list[str]:
         """Each token's text on its own (bytes that are not valid UTF-8 alone are replaced)."""
         tok = self.tokenizer

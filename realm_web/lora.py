@@ -507,6 +507,12 @@ class LoraRouter:
         self.adapters[name] = adapter
         self._evict(name)  # a new version: upload again when next taken
 
+    def get(self, name: str) -> LoraAdapter:
+        """A loaded adapter; AdapterNotFound."""
+        if name not in self.adapters:
+            raise AdapterNotFound(f"no adapter {name!r} is loaded", "name")
+        return self.adapters[name]
+
     def unload(self, name: str) -> None:
         if name not in self.adapters:
             raise AdapterNotFound(f"no adapter {name!r} is loaded", "name")

@@ -69,6 +69,11 @@ class ModelService(Protocol):
         """The LoRA adapters requests may name."""
         ...
 
+    def adapter_files(self, name: str) -> dict[str, str]:
+        """A loaded adapter's files, for a browser tab to load it too: download name -> path
+        (adapter_config.json + adapter_model.safetensors, or adapter.gguf); AdapterNotFound."""
+        ...
+
     def load_adapter(self, name: str, path: str) -> None:
         """Load (or replace) an adapter; AdapterError for one it cannot serve or while in use."""
         ...

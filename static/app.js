@@ -5,6 +5,8 @@ const $ = (id) => document.getElementById(id);
 const chat = $("chat"), input = $("input"), send = $("send"), stop = $("stop");
 const history = [];
 let busy = false;
+let inTab = new Set(); // adapters loaded into this tab's model (reset when the backend changes)
+const adapterUrl = new Map(); // server adapter -> where the tab downloads it
 
 function status(text, error = false) { $("statusText").textContent = text; $("status").classList.toggle("error", error); }
 function mb(n) { return (n / 1e6).toFixed(1) + " MB"; }
@@ -37,11 +39,36 @@ async function start() {
                 `${info.backend === "webgpu" ? "WebGPU" : `WASM, ${info.threads} thread${info.threads > 1 ? "s" : ""}`}` +
                 ` in ${info.loadSeconds.toFixed(1)} s`);
     $("model").textContent = `${info.name} · ${info.file}`;
+    inTab = new Set();
+    await listAdapters();
     enable(true);
     input.focus();
   } catch (e) {
     status(e.message, true);
   }
+}
+
+// The server's LoRA adapters (a page served by `realm-web serve --lora-modules ...`).
+async function listAdapters() {
+  const sel = $("adapter"), keep = sel.value;
+  for (const o of [...sel.options].slice(1)) o.remove();
+  for (const a of await realm.serverAdapters()) {
+    const files = a.files || [];
+    adapterUrl.set(a.id, files.length === 1 ? files[0] : `./adapters/${encodeURIComponent(a.id)}/`);
+    sel.add(new Option(a.id, a.id));
+  }
+  sel.value = [...sel.options].some((o) => o.value === keep) ? keep : "";
+}
+
+// The chosen adapter, loaded into the tab first when the model runs here.
+async function adapterOption() {
+  const a = $("adapter").value || null;
+  if (!a || realm.backend === "server" || inTab.has(a)) return a;
+  status(`Loading adapter ${a} into this tab…`);
+  const r = await realm.loadAdapter(a, adapterUrl.get(a));
+  inTab.add(a);
+  status(`Adapter ${a} (rank ${r.rank}, ${r.targets.length} modules) runs in this tab`);
+  return a;
 }
 
 $("backend").onchange = async () => {
@@ -64,7 +91,9 @@ $("form").onsubmit = async (ev) => {
   const t0 = performance.now();
   let n = 0, first = 0;
   try {
-    const r = await realm.stream(history, { temperature: Number($("temperature").value), maxTokens: Number($("maxTokens").value) }, (d) => {
+    const adapter = await adapterOption();
+    const r = await realm.stream(history, { temperature: Number($("temperature").value), maxTokens: Number($("maxTokens").value),
+                                            adapter }, (d) => {
       if (!first && d.tokenIds.length) first = performance.now();
       n += d.tokenIds.length;
       out.textContent += d.text;

@@ -5,6 +5,9 @@
 //     -> {text, tokenIds, promptTokenIds, finishReason, timings}
 //   await realm.stream(prompt, options, (delta) => ...)   // delta: {text, tokenIds, finishReason}
 //   realm.stop(); realm.info; realm.onprogress = (p) => ...
+//   await realm.loadAdapter(name, url)   // a LoRA adapter: a PEFT directory URL or a .gguf file
+//   await realm.generate(prompt, {adapter: name}); realm.unloadAdapter(name); await realm.adapters()
+//   await realm.serverAdapters()          // the adapters of the realm-web server serving this page
 const params = new URLSearchParams(location.search);
 
 function defaultBackend() {
@@ -60,7 +63,8 @@ class Realm {
     if (!p) return;
     if ("delta" in m) { p.onDelta?.(m.delta); return; }
     this._pending.delete(m.id);
-    if ("error" in m) p.reject(new Error(m.error)); else p.resolve(m.result);
+    if ("error" in m) p.reject(Object.assign(new Error(m.error), { code: m.code ?? null, field: m.field ?? null }));
+    else p.resolve(m.result);
   }
 
   _call(op, args, onDelta) {
@@ -91,6 +95,38 @@ class Realm {
     return this._call("stream", { prompt, options: opts }, onToken);
   }
 
+  /** Load a LoRA adapter into this tab's model: `url` is a PEFT directory (adapter_config.json +
+   * adapter_model.safetensors under it) or a GGUF LoRA file. Resolves to {name, rank, targets};
+   * rejects with an Error whose `code` is "bad_adapter" (`field` says what), "adapter_in_use" or
+   * "unsupported". On the "server" backend the server's own adapters are used instead. */
+  async loadAdapter(name, url) {
+    await this.ready;
+    if (this.backend === "server") throw Object.assign(new Error("on the server backend, use the server's adapters (serverAdapters())"), { code: "unsupported" });
+    return this._call("loadAdapter", { name, url: new URL(url, location.href).href, headers: authHeaders() });
+  }
+
+  async unloadAdapter(name) {
+    await this.ready;
+    return this._call("unloadAdapter", { name });
+  }
+
+  /** Names of the adapters the current backend can run. */
+  async adapters() {
+    await this.ready;
+    if (this.backend === "server") return (await this.serverAdapters()).map((a) => a.id);
+    return this._call("adapters", {});
+  }
+
+  /** The adapters of the realm-web server that serves this page (its /v1/models entries with a
+   * parent), each {id, parent, files}; [] when the page is not served by one. */
+  async serverAdapters() {
+    try {
+      const r = await fetch(new URL("./v1/models", location.href), { headers: authHeaders() });
+      if (!r.ok) return [];
+      return (await r.json()).data.filter((m) => m.parent);
+    } catch { return []; }
+  }
+
   stop() { return this.backend === "server" ? this.server.stop() : this._call("stop", {}); }
   stats() { return this.backend === "server" ? Promise.resolve({}) : this._call("stats", {}); }
 }
@@ -99,6 +135,11 @@ class Realm {
 // (docs/protocol.md) on this page's origin; ?api_key=... when the server has tenants.
 const OPTION_NAMES = { maxTokens: "max_tokens", topP: "top_p", topK: "top_k", minP: "min_p",
                        repetitionPenalty: "repetition_penalty", stopTokenIds: "stop_token_ids", ignoreEos: "ignore_eos" };
+
+function authHeaders() {
+  const key = params.get("api_key");
+  return key ? { authorization: `Bearer ${key}` } : {};
+}
 
 class ServerBackend {
   constructor() {
@@ -152,7 +193,10 @@ class ServerBackend {
 
   async run(prompt, options, onToken) {
     const p = { temperature: 0 };
-    for (const [k, v] of Object.entries(options)) p[OPTION_NAMES[k] || k] = v;
+    for (const [k, v] of Object.entries(options)) {
+      if (k === "adapter") { if (v != null) p.model = v; continue; } // the server names adapters by model
+      p[OPTION_NAMES[k] || k] = v;
+    }
     if (typeof prompt === "string") p.messages = [{ role: "user", content: prompt }];
     else p.messages = prompt;
     const t0 = performance.now();

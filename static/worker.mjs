@@ -6,7 +6,8 @@ import { Bridge } from "./realm/bridge.mjs";
 
 const MODEL_FILES = ["realm.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"];
 const CACHE = "realm-web-models-v1";
-let py, web, bridge, info;
+const MAX_LORAS = 4; // adapters one step may mix (each entry of the table: ~20 MB fp32 at rank 16 here)
+let py, web, bridge, info, adapterSeq = 0;
 
 const post = (m) => postMessage(m);
 
@@ -68,15 +69,21 @@ async function init({ modelUrl, backend, threads = 2, dtype = null }) {
   const { bytes, fromCache } = await cachedFetch(`${modelUrl}/${cfg.file}`, (got, total) =>
     post({ progress: { stage: "download", got, total: total || cfg.bytes, file: cfg.file } }));
   post({ progress: { stage: "session", text: `loading ${cfg.file} on ${backend}` } });
+  // The LoRA-capable twin of the export, downloaded (and cached) when the first adapter runs.
+  const sources = cfg.lora ? { lora: async () => {
+    post({ progress: { stage: "session", text: `loading ${cfg.lora.file} for LoRA adapters` } });
+    return (await cachedFetch(`${modelUrl}/${cfg.lora.file}`, (got, total) =>
+      post({ progress: { stage: "download", got, total: total || cfg.lora.bytes, file: cfg.lora.file } }))).bytes;
+  } } : {};
   try {
-    bridge = await Bridge.create(ort, bytes, cfg);
+    bridge = await Bridge.create(ort, bytes, { ...cfg, maxLoras: MAX_LORAS }, sources);
   } catch (e) {
     throw new Error(`could not load the model on ${backend}: ${e.message || e}` +
                     (/memory|alloc/i.test(String(e)) ? " (out of memory: try WASM or a smaller export)" : ""));
   }
   // The prompt chunk is the engine's to say (the bridge's capabilities: 16 tokens on WebGPU).
   info = { ...JSON.parse(web.start("/model", bridge, JSON.stringify({ maxSlots: 2, maxTokensPerStep: 256, backend,
-                                                                      dtype: cfg.dtype }))), ...cfg,
+                                                                      dtype: cfg.dtype, maxLoras: MAX_LORAS }))), ...cfg,
            threads: ort.env.wasm.numThreads, crossOriginIsolated: self.crossOriginIsolated, fromCache,
            loadSeconds: (performance.now() - t0) / 1000 };
   return info;
@@ -93,6 +100,32 @@ const ops = {
     return JSON.parse(r);
   },
   async stop() { web?.cancel_all(); return true; },
+  // LoRA: `url` is a GGUF LoRA file or a PEFT directory (adapter_config.json + adapter_model.safetensors)
+  async loadAdapter({ name, url, headers = {} }) {
+    const get = async (u) => {
+      const r = await fetch(u, { headers });
+      if (!r.ok) throw codeError("bad_adapter", `${u}: HTTP ${r.status}`, "path");
+      return new Uint8Array(await r.arrayBuffer());
+    };
+    const dir = `/adapters/${++adapterSeq}`;
+    py.FS.mkdirTree(dir);
+    try {
+      let target = dir;
+      if (/\.gguf(\?|$)/i.test(url)) {
+        target = `${dir}/adapter.gguf`;
+        py.FS.writeFile(target, await get(url));
+      } else {
+        const base = url.endsWith("/") ? url : `${url}/`;
+        for (const f of ["adapter_config.json", "adapter_model.safetensors"]) py.FS.writeFile(`${dir}/${f}`, await get(base + f));
+      }
+      return answer(web.load_adapter(name, target)).adapter;
+    } finally { // the core holds the weights now
+      for (const f of py.FS.readdir(dir)) if (f !== "." && f !== "..") py.FS.unlink(`${dir}/${f}`);
+      py.FS.rmdir(dir);
+    }
+  },
+  async unloadAdapter({ name }) { answer(web.unload_adapter(name)); return true; },
+  async adapters() { return JSON.parse(web.adapters()); },
   async stats() { return { ...bridge?.timings }; },
   // Per-step timestamps for benchmarks (bench/browser.py): on -> start recording; off -> return them.
   async trace({ on }) {
@@ -102,11 +135,35 @@ const ops = {
   },
 };
 
+// Python exception types -> the error codes of the Node package (wasm/src/realm.mjs)
+const PY_CODES = { AdapterNotFound: "adapter_not_found", AdapterInUse: "adapter_in_use", AdapterError: "bad_adapter",
+                   UnsupportedError: "unsupported" };
+
+function codeError(code, message, field = null) {
+  return Object.assign(new Error(message), { code, field });
+}
+
+function answer(json) {
+  const r = JSON.parse(json);
+  if (r.error) throw codeError(PY_CODES[r.error.type] || "runtime", r.error.message, r.error.field);
+  return r;
+}
+
+/** An error's code: its own, or from a Python exception's type (the last line of its traceback). */
+function errorCode(err) {
+  if (err?.code) return err.code;
+  const last = String(err?.message || "").trim().split("\n").pop();
+  const m = /^(\w+): /.exec(last);
+  return (m && PY_CODES[m[1]]) || (err?.type && PY_CODES[err.type]) || null;
+}
+
 onmessage = async (e) => {
   const { id, op, args } = e.data;
   try {
     post({ id, result: await ops[op](args || {}, id) });
   } catch (err) {
-    post({ id, error: String(err?.message || err) });
+    const text = String(err?.message || err).trim();
+    const message = err?.constructor?.name === "PythonError" ? text.split("\n").pop().replace(/^\w+: /, "") : text;
+    post({ id, error: message, code: errorCode(err), field: err?.field ?? null });
   }
 };

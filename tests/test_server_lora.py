@@ -136,6 +136,23 @@ def test_models_lists_the_adapters_a_tenant_may_use(server: ServerProcess) -> No
     assert chat(server, "sql", USER, adapter="sql").status_code == 404  # model and adapter both adapters
 
 
+def test_adapter_files_for_the_tab_only_to_tenants_that_may_use_it(server: ServerProcess, lora_root: Path) -> None:
+    get = lambda path, key: httpx.get(server.url + path, headers={"Authorization": f"Bearer {key}"}, timeout=10)  # noqa: E731
+    card = get("/v1/models/sql", USER).json()
+    assert card["files"] == ["/adapters/sql/adapter_config.json", "/adapters/sql/adapter_model.safetensors"]
+    for f in card["files"]:
+        r = get(f, USER)
+        assert r.status_code == 200 and r.content == (lora_root / "sql" / f.rsplit("/", 1)[1]).read_bytes()
+    for path, key in [(card["files"][1], PLAIN), ("/adapters/nope/adapter_config.json", USER),
+                      ("/adapters/sql/../../etc/passwd", USER), ("/adapters/sql/secret.txt", USER),
+                      (f"/adapters/{BASE}/adapter_config.json", USER)]:
+        r = get(path, key)
+        assert r.status_code == 404, (path, r.status_code)
+        if r.headers.get("content-type", "").startswith("application/json"):
+            assert r.json()["error"]["code"] in ("model_not_found", "not_found")
+    assert httpx.get(server.url + card["files"][0], timeout=10).status_code == 401
+
+
 def test_websocket_takes_the_same_model(server: ServerProcess) -> None:
     from websockets.sync.client import connect
 

@@ -16,7 +16,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route, WebSocketRoute
 
 from ..lora import AdapterError, AdapterInUse, AdapterNotFound
@@ -81,7 +81,25 @@ def _model_card(hub: Hub, adapter: str | None = None) -> dict[str, Any]:
     info = hub.model.info
     card = {"id": adapter or info.id, "object": "model", "created": info.created, "owned_by": "realm-web",
             "max_model_len": info.max_length, "root": info.id, "parent": info.id if adapter else None}
+    if adapter is not None:  # realm-web: where a browser tab downloads it to run it there too
+        card["files"] = [f"/adapters/{adapter}/{f}" for f in sorted(hub.model.adapter_files(adapter))]
     return card
+
+
+async def adapter_file(request: Request) -> Response:
+    """GET /adapters/{name}/{file}: a loaded adapter's file for a browser tab (the page's
+    loadAdapter), to tenants that may use the adapter (others get 404, as in /v1/models)."""
+    hub = _hub(request)
+    tenant = authenticate(request.app.state.config, api_key(request.headers, request.query_params))
+    service = hub.model
+    name, file = request.path_params["name"], request.path_params["file"]
+    if name == hub.model_id:
+        raise ApiError(404, f"no adapter {name!r}", code="model_not_found", param="model")
+    hub.check_model(tenant, name)
+    path = service.adapter_files(name).get(file)
+    if path is None or not Path(path).is_file():
+        raise ApiError(404, f"adapter {name!r} has no file {file!r}", code="not_found")
+    return FileResponse(path, headers={"Cache-Control": "no-cache"})
 
 
 async def list_models(request: Request) -> Response:
@@ -291,6 +309,7 @@ def create_app(load: Callable[[], ModelService], config: ServerConfig | None = N
         Route("/v1/load_lora_adapter", load_lora_adapter, methods=["POST"]),
         Route("/v1/unload_lora_adapter", unload_lora_adapter, methods=["POST"]),
         WebSocketRoute("/ws", websocket_endpoint),
+        Route("/adapters/{name}/{file}", adapter_file, methods=["GET", "HEAD"]),
         Route("/v1/{rest:path}", no_route, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
         *web_routes(web_dir, model_dir),
     ]
