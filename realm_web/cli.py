@@ -21,12 +21,16 @@ def _cmd_pull(a: argparse.Namespace) -> None:
 
 def _cmd_export(a: argparse.Namespace) -> None:
     from .export import export_model
+    from .lora import AdapterError
 
     src = Path(a.src)
     if not src.exists():
         raise CliError(f"{src}: no such file or directory")
-    m = export_model(src, a.output, a.dtype or ["fp32"], max_length=a.max_length,
-                     progress=None if a.quiet else _progress, lora_rank=a.lora_rank)
+    try:
+        m = export_model(src, a.output, a.dtype or ["fp32"], max_length=a.max_length,
+                         progress=None if a.quiet else _progress, lora_rank=a.lora_rank, merge_lora=a.merge_lora)
+    except AdapterError as e:
+        raise CliError(f"--merge-lora: {e}") from None
     print(m.directory)
 
 
@@ -96,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-length", type=int, default=None, help="context length (default: the model's)")
     s.add_argument("--lora-rank", type=int, default=16,
                    help="also write LoRA-capable graphs for adapters up to this rank (default 16; 0: none)")
+    s.add_argument("--merge-lora", action="append", metavar="PATH",
+                   help="fold a LoRA adapter (PEFT directory or GGUF LoRA file) into the weights (repeatable)")
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(func=_cmd_export)
 

@@ -412,3 +412,32 @@ def test_adapter_rows_are_exact_in_any_batch_of_the_default_model(model_dir: Pat
     alone = [run_together(llm, [r])[0] for r in reqs]
     assert run_together(llm, reqs) == alone
     assert run_together(llm, reqs[::-1]) == alone[::-1]
+
+
+def test_export_merge_lora_answers_as_the_served_adapter(model_dir: Path, default_gguf: Path, tmp_path: Path) -> None:
+    """`realm-web export --merge-lora` folds the adapter into the weights: the plain graph of the
+    merged export gives the served adapter's greedy tokens (fp32)."""
+    import subprocess
+    import sys
+
+    from adapters import write_random_adapter
+    from realm_web import LLM
+    from realm_web.manifest import load_manifest
+
+    write_random_adapter(tmp_path / "a", load_manifest(model_dir).architecture, r=16, alpha=32, seed=1, b_scale=0.06,
+                         targets=("q_proj", "k_proj", "o_proj", "up_proj", "down_proj"))
+    out = tmp_path / "merged"
+    r = subprocess.run([sys.executable, "-m", "realm_web.cli", "export", str(default_gguf), "-o", str(out), "--dtype",
+                        "fp32", "--lora-rank", "0", "--merge-lora", str(tmp_path / "a"), "-q"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert load_manifest(out).source["merged_lora"] == [str(tmp_path / "a")]
+    served = LLM(model_dir, dtype="fp32", max_slots=4, max_length=256)
+    served.load_adapter("a", tmp_path / "a")
+    want = [c.token_ids for c in served.generate(QUESTIONS, max_tokens=24, adapter="a")]
+    assert want != [c.token_ids for c in served.generate(QUESTIONS, max_tokens=24)]
+    merged = LLM(out, dtype="fp32", max_slots=4, max_length=256)
+    assert [c.token_ids for c in merged.generate(QUESTIONS, max_tokens=24)] == want
+    bad = subprocess.run([sys.executable, "-m", "realm_web.cli", "export", str(default_gguf), "-o", str(tmp_path / "x"),
+                          "--merge-lora", str(tmp_path / "missing"), "-q"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "--merge-lora" in bad.stderr and "no such adapter" in bad.stderr

@@ -63,10 +63,12 @@ def _write(model: object, path: Path, say: Progress) -> None:
 
 def export_model(src: str | os.PathLike[str], out_dir: str | os.PathLike[str], dtypes: list[str] | None = None,
                  *, max_length: int | None = None, progress: Progress | None = _stderr,
-                 name: str | None = None, lora_rank: int = 16) -> Manifest:
+                 name: str | None = None, lora_rank: int = 16,
+                 merge_lora: list[str | os.PathLike[str]] | None = None) -> Manifest:
     """Export `src` into `out_dir` for each dtype; returns the manifest written there. With
     `lora_rank` (default 16; 0 for none) each dtype also gets a LoRA-capable graph that serves
-    per-row adapters up to that rank (realm.json's graph.lora)."""
+    per-row adapters up to that rank (realm.json's graph.lora). `merge_lora`: adapters (PEFT
+    directories or GGUF LoRA files) folded into the weights, in order."""
     say = progress or (lambda _m: None)
     dtypes = list(dict.fromkeys(dtypes or ["fp32"]))
     for d in dtypes:
@@ -77,6 +79,16 @@ def export_model(src: str | os.PathLike[str], out_dir: str | os.PathLike[str], d
     say(f"reading {src}")
     source: Source = load_source(src)
     cfg = source.config
+    if merge_lora:
+        from ..lora import load_adapter
+        from .merge import merge_adapter
+
+        merged: list[str] = []
+        for p in merge_lora:
+            say(f"merging LoRA adapter {p}")
+            source.weights = merge_adapter(source.weights, load_adapter(p, cfg.to_json()), cfg.to_json())
+            merged.append(str(p))
+        source.origin = {**source.origin, "merged_lora": merged}
     max_len = min(max_length or cfg.max_position_embeddings, cfg.max_position_embeddings)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
