@@ -32,7 +32,6 @@ class LoraTables:
                 if device == "cuda":
                     ts = [ort.OrtValue.ortvalue_from_numpy(t, "cuda", 0) for t in ts]
                 self.tables[(i, g)] = ts
-        self.bound: tuple[int, int] | None = None
 
     def upload(self, entry: int, adapter: LoraAdapter) -> None:
         """Put `adapter` into table entry `entry` (1-based); what it does not change is zeros."""
@@ -66,8 +65,6 @@ class LoraTables:
 
     def bind(self, bnd: Any, lo: int, hi: int) -> None:
         """Bind entries lo..hi (1-based, inclusive) of every table (by pointer: no copy)."""
-        if self.bound == (lo, hi):
-            return
         c, dev = self.contract, "cuda" if self.device == "cuda" else "cpu"
         for (i, g), ts in self.tables.items():
             names = [c.a.format(i=i, g=g, k=0)] + [c.b.format(i=i, g=g, k=k) for k in range(len(ts) - 1)]
@@ -76,7 +73,6 @@ class LoraTables:
                 base = int(t.data_ptr()) if self.device == "cuda" else int(t.ctypes.data)
                 per_entry = int(np.prod(shape[1:])) * np.dtype(self.dtype).itemsize
                 bnd.bind_input(name, dev, 0, self.dtype, [hi - lo + 1, *shape[1:]], base + (lo - 1) * per_entry)
-        self.bound = (lo, hi)
 
     @staticmethod
     def groups(entries: np.ndarray, width: int) -> tuple[int, int, np.ndarray, np.ndarray]:
@@ -100,3 +96,22 @@ class LoraTables:
             order[k, : len(pos)] = pos
             inverse[pos] = k * n + np.arange(len(pos))
         return lo, hi, order.reshape(hi - lo + 1, chunks, w), inverse
+
+
+def static_groups(entries: np.ndarray, num_entries: int) -> tuple[np.ndarray, np.ndarray]:
+    """`order` and `inverse` of a decode step (one position per row) over the whole table
+    (entries 1..num_entries) in a shape that depends on the row count only, for a captured CUDA
+    graph: order (num_entries, chunks, w), w = min(max(2, rows), CHUNK), chunks enough for every
+    row on one entry; padding is the zero row (index rows), rows without an adapter pick the
+    zero result (index num_entries x chunks x w)."""
+    rows = int(entries.shape[0])
+    w = min(max(2, rows), CHUNK)
+    chunks = -(-rows // w)
+    n = chunks * w
+    order = np.full((num_entries, n), rows, np.int64)
+    inverse = np.full(rows, num_entries * n, np.int64)
+    for e in range(1, num_entries + 1):
+        pos = np.flatnonzero(entries == e)
+        order[e - 1, : len(pos)] = pos
+        inverse[pos] = (e - 1) * n + np.arange(len(pos))
+    return order.reshape(num_entries, chunks, w), inverse

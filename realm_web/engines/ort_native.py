@@ -34,7 +34,7 @@ import numpy as np
 
 from ..manifest import Manifest, load_manifest
 from ..step import EngineCaps, KVCopy, NewSeq, SamplingSpec, SeqStep, StepPlan, StepResult
-from .ort_lora import LoraTables
+from .ort_lora import LoraTables, static_groups
 from .sampler import sample_positions
 
 # A padded batch over a contiguous span of slots; onnxruntime's GroupQueryAttention runs a
@@ -128,6 +128,7 @@ class OrtNativeEngine:
         self._so, self._providers = so, providers
         self._lora: Any = None  # (session, binding, LoraTables), made by the first adapter load
         self._lora_span: tuple[int, int] | None = None
+        self._lora_entries: tuple[int, int] | None = None  # the table entries bound to the LoRA binding
         self._entry_of: dict[int, int] = {}  # slot -> the adapter entry of the request on it
         self.graph = m.graph
         g = m.graph
@@ -148,7 +149,7 @@ class OrtNativeEngine:
         # set per R; with cuda_graph each R is captured once as a CUDA graph and replayed.
         self.cuda_graph = cuda_graph
         self.static_decode = cuda_graph if static_decode is None else static_decode
-        self._static: dict[int, dict[str, Any]] = {}
+        self._static: dict[tuple[int, bool], dict[str, Any]] = {}  # (rows, lora) -> buffers
         self._plain_options = ort.RunOptions()
         if cuda_graph:
             self._plain_options.add_run_config_entry("gpu_graph_id", "-1")  # prompts: no capture
@@ -214,8 +215,8 @@ class OrtNativeEngine:
             return StepResult(tokens={})
         lo, hi, width, k = self._take(plan)
         lora = any(self._entry_of.get(q.slot) for q in seqs)
-        if self.static_decode and width == 1 and not lora:
-            return self._static_decode(plan, hi)
+        if self.static_decode and width == 1:
+            return self._static_decode(plan, hi, lora)
         if self.bucket_shapes:
             lo, hi, width = self._bucketed(plan, lo, hi, width)
         ids = np.full((hi - lo, width), self.pad_id, dtype=np.int64)
@@ -371,7 +372,10 @@ class OrtNativeEngine:
                                          providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
         return sess, sess.io_binding()
 
-    def _static_decode(self, plan: StepPlan, hi: int) -> StepResult:
+    def _static_decode(self, plan: StepPlan, hi: int, lora: bool = False) -> StepResult:
+        """A decode step over slots 0..R-1 on fixed device buffers (a CUDA graph's replay). With
+        `lora`, on the LoRA graph with the whole adapter table bound and `order` of fixed shape
+        (max_loras, chunks, w) for R rows: the graph is the same whatever the rows' adapters."""
         rows = min(_pow2(hi), self.max_slots)
         ids = np.full((rows, 1), self.pad_id, dtype=np.int64)
         totals = np.ones(rows, dtype=np.int64)  # idle rows: one pad after their valid tokens
@@ -382,21 +386,31 @@ class OrtNativeEngine:
             ids[q.slot, 0] = q.tokens[0]
             totals[q.slot] = q.start + 1
         mask = (np.arange(self.max_length)[None, :] < totals[:, None]).astype(np.int64)
-        st = self._static.get(rows) or self._make_static(rows)
+        key = (rows, lora)
+        st = self._static.get(key) or self._make_static(rows, lora)
         st["ids"].update_inplace(ids)
         st["mask"].update_inplace(mask)
-        self.session.run_with_iobinding(st["binding"], st["options"])
+        if lora:
+            entries = np.zeros(rows, np.int64)
+            for q in plan.seqs:
+                entries[q.slot] = self._entry_of.get(q.slot, 0)
+            order, inverse = static_groups(entries, self.max_loras)
+            st["order"].update_inplace(order)
+            st["inverse"].update_inplace(inverse)
+        st["session"].run_with_iobinding(st["binding"], st["options"])
         return self._sample(plan, 0, st["logits"])
 
-    def _make_static(self, rows: int) -> dict[str, Any]:
+    def _make_static(self, rows: int, lora: bool = False) -> dict[str, Any]:
         ort, dev = self.ort, self.ort_device
+        sess = self._lora_graph()[0] if lora else self.session
         st: dict[str, Any] = {
             "ids": ort.OrtValue.ortvalue_from_numpy(np.zeros((rows, 1), np.int64), dev, 0),
             "mask": ort.OrtValue.ortvalue_from_numpy(np.zeros((rows, self.max_length), np.int64), dev, 0),
             "index": ort.OrtValue.ortvalue_from_numpy(np.zeros((rows, 1), np.int64), dev, 0),
             "logits": ort.OrtValue.ortvalue_from_shape_and_type((rows, 1, self.manifest.vocab_size),
                                                                  self._logits_type, dev, 0),
-            "binding": self.session.io_binding(),
+            "session": sess,
+            "binding": sess.io_binding(),
             "options": ort.RunOptions(),
         }
         bnd = st["binding"]
@@ -409,9 +423,19 @@ class OrtNativeEngine:
         for (past, present), ptr in zip(self._kv_names, self.cache_ptrs):
             bnd.bind_input(past, dev, 0, self.kv_dtype, shape, ptr)
             bnd.bind_output(present, dev, 0, self.kv_dtype, shape, ptr)
+        if lora:
+            tables = self._lora_graph()[2]
+            tables.bind(bnd, 1, self.max_loras)  # the whole table: its addresses never change
+            order, inverse = static_groups(np.zeros(rows, np.int64), self.max_loras)
+            c = self.graph.lora
+            assert c is not None
+            st["order"] = ort.OrtValue.ortvalue_from_numpy(order, dev, 0)
+            st["inverse"] = ort.OrtValue.ortvalue_from_numpy(inverse, dev, 0)
+            bnd.bind_ortvalue_input(c.order, st["order"])
+            bnd.bind_ortvalue_input(c.inverse, st["inverse"])
         if self.cuda_graph:
             st["options"].add_run_config_entry("gpu_graph_id", str(len(self._static) + 1))
-        self._static[rows] = st
+        self._static[(rows, lora)] = st
         return st
 
     def _bucketed(self, plan: StepPlan, lo: int, hi: int, width: int) -> tuple[int, int, int]:
@@ -462,20 +486,28 @@ class OrtNativeEngine:
                     n += 1
                 width *= 2
             rows *= 2
-        if self.static_decode and self.max_slots not in self._static:  # max_slots not a power of two
+        if self.static_decode and (self.max_slots, False) not in self._static:  # max_slots not a power of two
             self._warm_static(self.max_slots)
             n += 1
+        if self.static_decode and self.caps.adapters:  # LoRA decode graphs too (the LoRA session is made now)
+            rows = 1
+            while True:
+                self._warm_static(min(rows, self.max_slots), lora=True)
+                n += 1
+                if rows >= self.max_slots:
+                    break
+                rows *= 2
         for t in self._tokens:
             t.clear()
         return n
 
-    def _warm_static(self, rows: int) -> None:
+    def _warm_static(self, rows: int, lora: bool = False) -> None:
         """The first run of a graph id warms up, the next captures it."""
         for _ in range(2):
             plan = StepPlan(seqs=[SeqStep(seq_id=-1, slot=rows - 1, start=0, tokens=[self.pad_id], num_samples=1)],
                             new_seqs=[NewSeq(-1, rows - 1, SamplingSpec())])
             self._learn(plan)
-            self._static_decode(plan, rows)
+            self._static_decode(plan, rows, lora)
             self._learn(StepPlan(seqs=[], released=[-1]))
 
     def _forward(self, lo: int, ids: np.ndarray, totals: np.ndarray, index: np.ndarray,
@@ -497,7 +529,9 @@ class OrtNativeEngine:
             self._bind_lora_span(bnd, lo, lo + ids.shape[0])
             bnd.bind_output(g.logits, self.ort_device)
             e_lo, e_hi, order, inverse = LoraTables.groups(entries, ids.shape[1])
-            tables.bind(bnd, e_lo, e_hi)
+            if self._lora_entries != (e_lo, e_hi):
+                tables.bind(bnd, e_lo, e_hi)
+                self._lora_entries = (e_lo, e_hi)
             assert g.lora is not None
             bnd.bind_cpu_input(g.lora.order, order)
             bnd.bind_cpu_input(g.lora.inverse, inverse)
