@@ -22,6 +22,7 @@ the repetition penalty, cut and extended by the plan the same way.
 from __future__ import annotations
 
 import asyncio
+import logging
 import mmap
 import os
 import threading
@@ -36,6 +37,8 @@ from ..manifest import Manifest, load_manifest
 from ..step import EngineCaps, KVCopy, NewSeq, SamplingSpec, SeqStep, StepPlan, StepResult
 from .ort_lora import LoraTables, static_groups
 from .sampler import sample_positions
+
+log = logging.getLogger("realm_web.engine")
 
 # A padded batch over a contiguous span of slots; onnxruntime's GroupQueryAttention runs a
 # multi-token step on top of earlier context one row at a time, so rows share a prompt step only
@@ -129,6 +132,7 @@ class OrtNativeEngine:
         self._lora: Any = None  # (session, binding, LoraTables), made by the first adapter load
         self._lora_span: tuple[int, int] | None = None
         self._lora_entries: tuple[int, int] | None = None  # the table entries bound to the LoRA binding
+        self._lora_static = True  # decode steps with adapter rows use static buffers too (see _static_decode)
         self._entry_of: dict[int, int] = {}  # slot -> the adapter entry of the request on it
         self.graph = m.graph
         g = m.graph
@@ -215,7 +219,7 @@ class OrtNativeEngine:
             return StepResult(tokens={})
         lo, hi, width, k = self._take(plan)
         lora = any(self._entry_of.get(q.slot) for q in seqs)
-        if self.static_decode and width == 1:
+        if self.static_decode and width == 1 and (not lora or self._lora_static):
             return self._static_decode(plan, hi, lora)
         if self.bucket_shapes:
             lo, hi, width = self._bucketed(plan, lo, hi, width)
@@ -313,7 +317,17 @@ class OrtNativeEngine:
             if not self.caps.adapters:
                 raise ValueError("this export has no LoRA graph: export it again with --lora-rank")
             m = self.manifest
-            sess = self.ort.InferenceSession(str(self._lora_file), self._so, providers=self._providers)
+            try:
+                sess = self.ort.InferenceSession(str(self._lora_file), self._so, providers=self._providers)
+            except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types
+                if not self.cuda_graph:
+                    raise
+                # CUDA graphs need every node on the CUDA provider: without them, steps with
+                # adapter rows run the LoRA graph uncaptured (the plain graph stays captured)
+                log.warning("LoRA graph: no CUDA graphs", extra={"fields": {"error": str(e).splitlines()[0]}})
+                sess = self.ort.InferenceSession(str(self._lora_file), self._so,
+                                                 providers=[("CUDAExecutionProvider", {"device_id": "0"}), "CPUExecutionProvider"])
+                self._lora_static = False
             assert m.graph.lora is not None
             tables = LoraTables(m.graph.lora, m.architecture, m.num_layers, self.max_loras, self.kv_dtype, self.ort,
                                 self.device)
@@ -490,8 +504,9 @@ class OrtNativeEngine:
             self._warm_static(self.max_slots)
             n += 1
         if self.static_decode and self.caps.adapters:  # LoRA decode graphs too (the LoRA session is made now)
+            self._lora_graph()
             rows = 1
-            while True:
+            while self._lora_static:
                 self._warm_static(min(rows, self.max_slots), lora=True)
                 n += 1
                 if rows >= self.max_slots:
