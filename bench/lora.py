@@ -5,8 +5,8 @@ export with the adapter merged into the weights (`realm-web export --merge-lora`
 and against peft/transformers (`generate(adapter_names=...)`, its mixed-adapter batch). All in
 one run; the ratios are to "base" of the same run.
 
-Decode rate = requests x --new / (T(1 + --new tokens) - T(1 token)): the prompt's prefill and the
-adapters' uploads fall in both and cancel. Every configuration runs once per round, --reps rounds
+Decode rate = requests x --new / (T(1 + --new tokens) - T(1 token)): the prompt's prefill falls
+in both and cancels; an untimed call first makes the configuration's adapters resident. Every configuration runs once per round, --reps rounds
 round robin (drift hits all alike); medians.
 
     .venv/bin/python bench/lora.py [--device cpu|cuda] [--dtype int4] [--requests 16] [--new 64]
@@ -43,7 +43,9 @@ def prompts(n: int) -> list[str]:
 
 
 def decode_rate(run: Callable[[int], None], requests: int, new: int) -> tuple[float, float]:
-    """(T(1) seconds, T(1 + new) seconds) of one call each."""
+    """(T(1) seconds, T(1 + new) seconds) of one call each, after an untimed call that makes the
+    configuration's adapters resident (their uploads are not decode)."""
+    run(1)
     t0 = time.perf_counter()
     run(1)
     t1 = time.perf_counter()

@@ -23,13 +23,15 @@ class LoraTables:
         r = contract.max_rank
         # (layer, group) -> [A^T table, B^T table of each member]
         self.tables: dict[tuple[int, str], list[Any]] = {}
+        self.host: dict[tuple[int, str], list[np.ndarray]] = {}  # CUDA: the tables' host copies
         for i in range(num_layers):
             for g in GROUPS:
                 n_in = self.dims[g][0]
                 members = group_members(g)
                 ts = [np.zeros((entries, 1, len(members) * r, n_in), dtype)]
                 ts += [np.zeros((entries, 1, self.member_dims[m][1], r), dtype) for m in members]
-                if device == "cuda":
+                if device == "cuda":  # the host copy is what uploads change; then it goes over whole
+                    self.host[(i, g)] = ts
                     ts = [ort.OrtValue.ortvalue_from_numpy(t, "cuda", 0) for t in ts]
                 self.tables[(i, g)] = ts
 
@@ -55,11 +57,11 @@ class LoraTables:
                     rows[0][0, k * r_cap:k * r_cap + r, :] = a[:, off:off + r].T
                     rows[1 + k][0, :, :r] = b[off:off + r, col:col + out_k].T
                     off, col = off + r, col + out_k
-            for t, row in zip(ts, rows):
+            for k, (t, row) in enumerate(zip(ts, rows)):
                 if self.device == "cuda":
-                    host = t.numpy()  # the whole table round-trips: loads are rare
+                    host = self.host[(i, g)][k]
                     host[entry - 1] = row
-                    t.update_inplace(host)
+                    t.update_inplace(host)  # same device buffer (CUDA graphs keep its address)
                 else:
                     t[entry - 1] = row
 
