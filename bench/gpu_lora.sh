@@ -26,11 +26,11 @@ fi
 if [ "${SKIP_CHECK:-0}" != 1 ]; then
   log "LoRA exactness counts"
   timeout 300 python3 bench/lora_check.py --device cuda --dtype fp16 --model /tmp/realm --gguf /tmp/stage/model.gguf \
-    --out "$OUT/lora_check.json" 2>&1 | grep -v -i "warn\|Loading weights\|Converting\|Writing" | tail -12
+    --out "$OUT/lora_check.json" 2>&1 | grep -v -i "UserWarning\|plugin EP\|Loading weights\|Converting\|Writing" | tail -14
 fi
 if [ "${SKIP_BENCH:-0}" != 1 ]; then
   log "benchmark"
   timeout ${BENCH_TIMEOUT:-400} python3 bench/lora.py --device cuda --dtype fp16 --model /tmp/realm --gguf /tmp/stage/model.gguf \
-    --work /tmp/bl ${BENCH_ARGS:-} --out "$OUT/lora_gpu.json" 2>&1 | grep -v -i "warn\|Loading weights\|Converting\|Writing" | tee "$OUT/lora_gpu.log" | tail -25
+    --work /tmp/bl ${BENCH_ARGS:---new 256 --anchor-new 32 --reps 3} --out "$OUT/lora_gpu.json" 2>&1 | grep -v -i "warn\|Loading weights\|Converting\|Writing" | tee "$OUT/lora_gpu.log" | tail -25
 fi
 log "done"

@@ -88,6 +88,8 @@ def main() -> int:
     ap.add_argument("--dtype", default=None, help="default: int4 on cpu, fp16 on cuda")
     ap.add_argument("--requests", type=int, default=16)
     ap.add_argument("--new", type=int, default=64, help="decode tokens per request")
+    ap.add_argument("--anchor-new", type=int, default=None, help="decode tokens for the peft/transformers anchor "
+                    "(default --new; it is a rate, fewer tokens only shorten a slow anchor)")
     ap.add_argument("--ranks", default="8,16")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--anchors", default="merged,peft", help="comma list of merged, peft (or none)")
@@ -167,15 +169,18 @@ def main() -> int:
     for name, run in configs.items():
         run(2)
     times: dict[str, list[tuple[float, float]]] = {k: [] for k in configs}
+    anchor_new = a.anchor_new or a.new
+    new_of = {k: anchor_new if k.startswith(("peft", "transformers")) else a.new for k in configs}
     for rep in range(a.reps):
         for name, run in configs.items():
-            times[name].append(decode_rate(run, n, a.new))
+            times[name].append(decode_rate(run, n, new_of[name]))
         say(f"round {rep + 1}/{a.reps} done")
 
     rows: dict[str, dict[str, Any]] = {}
     for name, ts in times.items():
         t1, tn = statistics.median(t[0] for t in ts), statistics.median(t[1] for t in ts)
-        rows[name] = {"decode_tok_s": round(n * a.new / (tn - t1), 1), "t1_s": round(t1, 3), "t_new_s": round(tn, 3)}
+        rows[name] = {"decode_tok_s": round(n * new_of[name] / (tn - t1), 1), "t1_s": round(t1, 3),
+                      "t_new_s": round(tn, 3), "new": new_of[name]}
     base = rows["base"]["decode_tok_s"]
     for name, row in rows.items():
         row["vs_base"] = round(row["decode_tok_s"] / base, 3)

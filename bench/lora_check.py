@@ -73,6 +73,9 @@ def main() -> int:
                                                          and names[i] != names[j])}
             res[f"{label}_together"] = together
             res[f"{label}_alone"] = alone
+        eng = llm.engine
+        res["lora_decode_static"] = sorted(r for r, lora in getattr(eng, "_static", {}) if lora)
+        res["lora_cuda_graphs"] = bool(getattr(eng, "cuda_graph", False) and getattr(eng, "_lora_static", False))
         llm.close()
         return res
 
@@ -101,14 +104,22 @@ def main() -> int:
 
         gguf = Path(a.gguf) if a.gguf else default_gguf_path()
         hf = load_hf(hf_dir_from_gguf(gguf, work / "hf"), a.device, "fp16" if dtype == "fp16" else "fp32")
+
+        def hf_greedy(m: Any, i: int) -> list[int]:
+            with torch.no_grad():
+                return m.generate(torch.tensor([ids[i]], device=a.device), max_new_tokens=a.new, do_sample=False,
+                                  pad_token_id=2, min_new_tokens=a.new)[0, len(ids[i]):].tolist()
+
+        # the same comparison without an adapter, for scale: how often do the two fp16 models agree at all
+        base_same = sum(hf_greedy(hf, i) == r for i, r in zip(base_rows, ref))
+        report["base_vs_transformers"] = {"identical": base_same, "of": len(base_rows)}
+        print("base greedy ids vs transformers:", report["base_vs_transformers"])
         pm = PeftModel.from_pretrained(hf, str(paths[0]), adapter_name="a0").eval()
         rows = [i for i, n in enumerate(names) if n == "a0"][: a.peft]
         same = 0
         prefix = []
         for i in rows:
-            with torch.no_grad():
-                out = pm.generate(torch.tensor([ids[i]], device=a.device), max_new_tokens=a.new, do_sample=False,
-                                  pad_token_id=2, min_new_tokens=a.new)[0, len(ids[i]):].tolist()
+            out = hf_greedy(pm, i)
             ours = report["cuda_graph"]["greedy_alone"][i]
             same += out == ours
             prefix.append(next((j for j, (x, y) in enumerate(zip(out, ours)) if x != y), len(ours)))
