@@ -9,7 +9,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -24,12 +23,12 @@ ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "examples" / "lora" / "train_demo_adapter.py"
 
 
-def _train(out: Path) -> tuple[Path, float]:
-    t0 = time.perf_counter()
+def _train(out: Path) -> tuple[Path, str]:
+    """The adapter's directory and what the script said (stderr)."""
     r = subprocess.run([sys.executable, str(SCRIPT), "--out", str(out)], capture_output=True, text=True,
                        cwd=ROOT, timeout=1200, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert r.returncode == 0, r.stderr[-4000:]
-    return Path(r.stdout.strip().splitlines()[-1]), time.perf_counter() - t0
+    return Path(r.stdout.strip().splitlines()[-1]), r.stderr
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +64,6 @@ def test_adapter_teaches_the_fact(demo_adapter: Path, model_dir: Path) -> None:
 
 def test_cached_adapter_is_not_trained_again(demo_adapter: Path) -> None:
     before = (demo_adapter / "adapter_model.safetensors").stat().st_mtime_ns
-    path, seconds = _train(demo_adapter)
-    assert path == demo_adapter and seconds < 30
+    path, said = _train(demo_adapter)
+    assert path == demo_adapter and "step 1/" not in said  # no training step ran
     assert (demo_adapter / "adapter_model.safetensors").stat().st_mtime_ns == before
