@@ -2,7 +2,7 @@
 # Issue 13 (multi-LoRA) on the lent GPU, run by the `device` tool after the parts of
 # ../shared/gpu/stage.sh were carried into /tmp/stage, and .gpu/extra (wheels: peft, accelerate,
 # and what the image may lack) into /tmp/stage/extra. Writes logs and JSON under $OUT.
-# Env: SKIP_CHECK=1, SKIP_BENCH=1, BENCH_ARGS (more bench/lora.py options).
+# Env: SKIP_CHECK=1, SKIP_BENCH=1, CHECK_ARGS (more bench/lora_check.py options, e.g. --logits), BENCH_ARGS.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 cd "$(dirname "$0")/.."
@@ -25,7 +25,7 @@ if [ ! -f /tmp/realm/realm.json ]; then
 fi
 if [ "${SKIP_CHECK:-0}" != 1 ]; then
   log "LoRA exactness counts"
-  timeout 300 python3 bench/lora_check.py --device cuda --dtype fp16 --model /tmp/realm --gguf /tmp/stage/model.gguf \
+  timeout 300 python3 bench/lora_check.py --device cuda --dtype fp16 --model /tmp/realm --gguf /tmp/stage/model.gguf ${CHECK_ARGS:-} \
     --out "$OUT/lora_check.json" 2>&1 | grep -v -i "UserWarning\|plugin EP\|Loading weights\|Converting\|Writing" | tail -14
 fi
 if [ "${SKIP_BENCH:-0}" != 1 ]; then

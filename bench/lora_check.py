@@ -32,6 +32,7 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=32)
     ap.add_argument("--new", type=int, default=24)
     ap.add_argument("--peft", type=int, default=8, help="prompts checked against peft (0: none)")
+    ap.add_argument("--logits", action="store_true", help="also compare prompt logits with peft in fp32")
     ap.add_argument("--work", default="/tmp/realm-lora-check")
     ap.add_argument("--out", default="lora_check.json")
     a = ap.parse_args()
@@ -126,6 +127,27 @@ def main() -> int:
         report["vs_peft"] = {"identical": same, "of": len(rows), "common_prefix": prefix,
                              "peft_dtype": "fp16" if dtype == "fp16" else "fp32"}
         print("greedy ids on adapter a0 vs transformers+peft:", report["vs_peft"])
+        if a.logits:  # prompt logits on a0: ours and peft's in this dtype, each against peft in fp32
+            import numpy as np
+
+            llm = LLM(model, dtype=dtype, device=a.device, max_slots=2, max_length=512)
+            llm.load_adapter("a0", paths[0])
+            llm.generate(prompts[rows[0]], SamplingParams(max_tokens=1), adapter="a0")  # uploads it
+            entry = llm.scheduler.router.entry["a0"]
+            hf32 = PeftModel.from_pretrained(load_hf(work / "hf", a.device, "fp32"), str(paths[0])).eval()
+            worst: dict[str, float] = {"ours": 0.0, "peft": 0.0}
+            for i in rows:
+                x = torch.tensor([ids[i]], device=a.device)
+                with torch.no_grad():
+                    ref = hf32(x).logits[0].float().cpu().numpy()
+                    theirs = pm(x).logits[0].float().cpu().numpy()
+                ours = llm.engine.prompt_logits(ids[i], 0, entry).astype(np.float32)
+                worst["ours"] = max(worst["ours"], float(np.abs(ours - ref).max()))
+                worst["peft"] = max(worst["peft"], float(np.abs(theirs - ref).max()))
+            report["logits_vs_peft_fp32"] = {"max_abs_ours": round(worst["ours"], 4),
+                                             "max_abs_peft_same_dtype": round(worst["peft"], 4), "prompts": len(rows)}
+            print("prompt logits vs peft fp32 (max abs):", report["logits_vs_peft_fp32"])
+            llm.close()
     Path(a.out).write_text(json.dumps(report, indent=1))
     print(f"wrote {a.out}")
     return 0
