@@ -94,6 +94,8 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--anchors", default="merged,peft", help="comma list of merged, peft (or none)")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--only", default=None, help="comma list: run only configurations whose name starts so "
+                    "(\"base\" is always run: the anchor)")
     ap.add_argument("--work", default="/tmp/realm-bench-lora")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
@@ -165,6 +167,10 @@ def main() -> int:
                 pm, ids, [f"r{r}-{i % m}" for i in range(n)], a.device)
         notes["peft"] = f"transformers {'fp16' if dtype == 'fp16' else 'fp32'} (eager), peft mixed batch (adapter_names)"
 
+    if a.only:
+        keep = [x.strip() for x in a.only.split(",")]
+        configs = {k: v for k, v in configs.items() if k == "base" or any(k.startswith(x) for x in keep)}
+    realm_runner(llm, texts[:8], [f"r{r}-{k}" for r in ranks for k in range(4)][:8])(2)  # its LoRA graph and tables exist
     say(f"warming up {len(configs)} configurations")
     for name, run in configs.items():
         run(2)
