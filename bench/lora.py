@@ -170,7 +170,8 @@ def main() -> int:
     if a.only:
         keep = [x.strip() for x in a.only.split(",")]
         configs = {k: v for k, v in configs.items() if k == "base" or any(k.startswith(x) for x in keep)}
-    realm_runner(llm, texts[:8], [f"r{r}-{k}" for r in ranks for k in range(4)][:8])(2)  # its LoRA graph and tables exist
+    warm = [f"r{r}-{k}" for r in ranks for k in range(4)][:n]
+    realm_runner(llm, texts[: len(warm)], warm)(2)  # its LoRA graph and tables exist, as after real use
     say(f"warming up {len(configs)} configurations")
     for name, run in configs.items():
         run(2)
