@@ -176,17 +176,19 @@ class OrtNativeEngine:
     # -- bindings ------------------------------------------------------------------------------
     def _bind_span(self, lo: int, hi: int) -> None:
         """Bind slots lo..hi-1 of every cache buffer as past and present (in place)."""
-        if self._span == (lo, hi):
-            return
+        if self._span != (lo, hi):
+            self._bind_rows(self.binding, lo, hi)
+            self._span = (lo, hi)
+
+    def _bind_rows(self, bnd: Any, lo: int, hi: int) -> None:
+        """Bind cache rows lo..hi-1 as past and present of `bnd` (its outputs anew, logits first)."""
         shape = [hi - lo, *self.row_shape]
-        bnd = self.binding
         bnd.clear_binding_outputs()
         bnd.bind_output(self.graph.logits, self.ort_device)  # output 0
         for (past, present), base in zip(self._kv_names, self.cache_ptrs):
             ptr = base + lo * self.row_bytes
             bnd.bind_input(past, self.ort_device, 0, self.kv_dtype, shape, ptr)
             bnd.bind_output(present, self.ort_device, 0, self.kv_dtype, shape, ptr)
-        self._span = (lo, hi)
 
     def _argmax_session(self) -> Any:
         """A one-node graph that takes greedy picks on the device: (rows, 1, vocab) -> (rows, 1)."""
@@ -558,16 +560,9 @@ class OrtNativeEngine:
 
     def _bind_lora_span(self, bnd: Any, lo: int, hi: int) -> None:
         """The LoRA session's binding of the same cache rows (see _bind_span)."""
-        if self._lora_span == (lo, hi):
-            return
-        shape = [hi - lo, *self.row_shape]
-        bnd.clear_binding_outputs()
-        bnd.bind_output(self.graph.logits, self.ort_device)  # output 0
-        for (past, present), base in zip(self._kv_names, self.cache_ptrs):
-            ptr = base + lo * self.row_bytes
-            bnd.bind_input(past, self.ort_device, 0, self.kv_dtype, shape, ptr)
-            bnd.bind_output(present, self.ort_device, 0, self.kv_dtype, shape, ptr)
-        self._lora_span = (lo, hi)
+        if self._lora_span != (lo, hi):
+            self._bind_rows(bnd, lo, hi)
+            self._lora_span = (lo, hi)
 
     def prompt_logits(self, token_ids: list[int], slot: int = 0, adapter_entry: int = 0) -> np.ndarray:
         """Logits (len, vocab) at every position of `token_ids`, run from an empty cache in `slot`
