@@ -87,7 +87,7 @@ def runner(path: Path, a: Any, lora_rows: list[int] | None, threads: int) -> Any
         for name, vi in ins.items():
             if name.startswith("lora.") :
                 shape = [d.dim_value or entries for d in vi.type.tensor_type.shape.dim]
-                t = (rng.standard_normal(shape) * 0.01).astype(ft)
+                t = (rng.standard_normal(shape) * 0.01).astype(np.float16 if vi.type.tensor_type.elem_type == 10 else ft)
                 if a_form(name, shape) == "gather":
                     t[0] = 0
                 keep.append(ort.OrtValue.ortvalue_from_numpy(t, dev, 0))
