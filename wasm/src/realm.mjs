@@ -146,6 +146,37 @@ function fromPython(e) {
 }
 
 let adapterSeq = 0;
+const PEFT_FILES = ["adapter_config.json", "adapter_model.safetensors"];
+
+/** An adapter's files from disk: a PEFT directory's two files, or one GGUF file. */
+function readAdapter(source) {
+  const src = path.resolve(source);
+  let st;
+  try { st = fs.statSync(src); } catch { throw fail("bad_adapter", `${src}: no such adapter (a PEFT directory or a GGUF LoRA file)`, undefined, "path"); }
+  const data = {};
+  if (!st.isDirectory()) {
+    data[path.basename(src)] = new Uint8Array(fs.readFileSync(src));
+    return { data, gguf: path.basename(src), where: src };
+  }
+  for (const f of PEFT_FILES) if (fs.existsSync(path.join(src, f))) data[f] = new Uint8Array(fs.readFileSync(path.join(src, f)));
+  return { data, gguf: null, where: src };
+}
+
+/** An adapter's files over HTTP: a URL ending in .gguf, or a PEFT directory's URL (its two files
+ * under it, e.g. a realm-web server's /adapters/{name}/). */
+async function fetchAdapter(url, headers = {}) {
+  const get = async (u) => {
+    let r;
+    try { r = await fetch(u, { headers }); } catch (e) { throw fail("bad_adapter", `${u}: ${e.message}`, e, "path"); }
+    if (!r.ok) throw fail("bad_adapter", `${u}: HTTP ${r.status}`, undefined, "path");
+    return new Uint8Array(await r.arrayBuffer());
+  };
+  if (/\.gguf(\?|$)/i.test(url)) return { data: { "adapter.gguf": await get(url) }, gguf: "adapter.gguf", where: url };
+  const base = url.endsWith("/") ? url : `${url}/`;
+  const data = {};
+  for (const f of PEFT_FILES) data[f] = await get(base + f);
+  return { data, gguf: null, where: url };
+}
 
 // One onnxruntime-web WASM runtime per process: its thread count is fixed when it starts.
 let wasmThreads = null;
@@ -341,32 +372,23 @@ export class Realm {
   }
 
   /** Load a LoRA adapter from `source` (a PEFT directory: adapter_config.json +
-   * adapter_model.safetensors, or a GGUF LoRA file) for requests to name with `{adapter: name}`;
+   * adapter_model.safetensors, or a GGUF LoRA file; a path, or an http(s) URL fetched with
+   * `options.headers`, e.g. a realm-web server's /adapters/{name}/) for `{adapter: name}`;
    * loading a name again replaces it (refused while requests use it). Resolves to {name, rank,
    * targets}; rejects with code "bad_adapter" (`field` names what is wrong), "adapter_in_use" or
    * "unsupported" (the export has no LoRA graph: `realm-web pull` makes one). */
-  async loadAdapter(name, source) {
+  async loadAdapter(name, source, options = {}) {
     this.#usable();
     if (typeof name !== "string" || !name) throw fail("bad_option", "an adapter needs a non-empty name (string)");
-    if (typeof source !== "string" || !source) throw fail("bad_option", "loadAdapter(name, source): source is the path of a PEFT directory or a GGUF LoRA file");
-    const src = path.resolve(source);
-    let st;
-    try { st = fs.statSync(src); } catch { throw fail("bad_adapter", `${src}: no such adapter (a PEFT directory or a GGUF LoRA file)`, undefined, "path"); }
+    if (typeof source !== "string" || !source)
+      throw fail("bad_option", "loadAdapter(name, source): source is a PEFT directory or a GGUF LoRA file (a path or an http(s) URL)");
+    const files = /^https?:\/\//i.test(source) ? await fetchAdapter(source, options.headers) : readAdapter(source);
     const dir = `/adapters/${++adapterSeq}`;
     const py = this.#py;
     py.FS.mkdirTree(dir);
     try {
-      let target = dir;
-      if (st.isDirectory()) {
-        for (const f of ["adapter_config.json", "adapter_model.safetensors"]) {
-          const p = path.join(src, f);
-          if (fs.existsSync(p)) py.FS.writeFile(`${dir}/${f}`, new Uint8Array(fs.readFileSync(p)));
-        }
-      } else {
-        target = `${dir}/${path.basename(src)}`;
-        py.FS.writeFile(target, new Uint8Array(fs.readFileSync(src)));
-      }
-      return this.#answer(this.#web.load_adapter(name, target), src).adapter;
+      for (const [f, bytes] of Object.entries(files.data)) py.FS.writeFile(`${dir}/${f}`, bytes);
+      return this.#answer(this.#web.load_adapter(name, files.gguf ? `${dir}/${files.gguf}` : dir), files.where).adapter;
     } finally { // the core holds the weights now: the copies in Pyodide's memory go
       for (const f of py.FS.readdir(dir)) if (f !== "." && f !== "..") py.FS.unlink(`${dir}/${f}`);
       py.FS.rmdir(dir);

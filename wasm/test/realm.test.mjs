@@ -280,6 +280,30 @@ describe("LoRA adapters (Node: native and wasm engines)", () => {
     });
   }
 
+  test("loadAdapter takes an http(s) URL too (a PEFT directory's URL)", async () => {
+    const http = await import("node:http");
+    const seen = [];
+    const server = http.createServer((req, res) => {
+      seen.push([req.url, req.headers.authorization]);
+      const f = path.join(dir, decodeURIComponent(req.url));
+      if (!f.startsWith(dir) || !fs.existsSync(f) || fs.statSync(f).isDirectory()) { res.writeHead(404); res.end(); return; }
+      res.writeHead(200, { "content-type": "application/octet-stream" });
+      res.end(fs.readFileSync(f));
+    });
+    await new Promise((r) => server.listen(0, "127.0.0.1", r));
+    const url = `http://127.0.0.1:${server.address().port}`;
+    try {
+      const llm = engines.native.llm;
+      await llm.loadAdapter("a2-web", `${url}/a2/`, { headers: { authorization: "Bearer k" } });
+      assert.deepEqual(seen.map(([u]) => u), ["/a2/adapter_config.json", "/a2/adapter_model.safetensors"]);
+      assert.ok(seen.every(([, h]) => h === "Bearer k"));
+      const r = await llm.generate(PS[0], { maxTokens: N, adapter: "a2-web" });
+      assert.deepEqual(r.tokenIds, ref[llm.info.dtype].a2[0]);
+      await assert.rejects(llm.loadAdapter("x", `${url}/missing/`), (e) => e.code === "bad_adapter" && e.field === "path" && /HTTP 404/.test(e.message));
+      await llm.unloadAdapter("a2-web");
+    } finally { server.close(); }
+  });
+
   test("bad adapters and names: typed errors, and the engine keeps serving", async () => {
     const llm = engines.native.llm;
     if (!llm.adapters().includes("a1")) await llm.loadAdapter("a1", path.join(dir, "a1"));

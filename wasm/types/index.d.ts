@@ -163,9 +163,10 @@ export class Realm {
   generate(prompt: Prompt, options?: GenerateOptions): Promise<Completion>;
   /** Yields deltas; returns the Completion. Leaving the loop early cancels the request. */
   stream(prompt: Prompt, options?: GenerateOptions): AsyncGenerator<Delta, Completion, undefined>;
-  /** Load a LoRA adapter (a PEFT directory or a GGUF LoRA file) for `{adapter: name}`. Requests
+  /** Load a LoRA adapter (a PEFT directory or a GGUF LoRA file: a path, or an http(s) URL such as
+   * a realm-web server's /adapters/{name}/, fetched with `options.headers`) for `{adapter: name}`. Requests
    * on different adapters and on none run together in one batch. */
-  loadAdapter(name: string, source: string): Promise<AdapterInfo>;
+  loadAdapter(name: string, source: string, options?: { headers?: Record<string, string> }): Promise<AdapterInfo>;
   /** Forget an adapter (rejects with "adapter_in_use" while requests use it). */
   unloadAdapter(name: string): Promise<void>;
   /** The loaded adapters' names. */
