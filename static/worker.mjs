@@ -2,12 +2,13 @@
 // page's thread so the page never freezes. Messages in: {id, op, args}; out: {id, result} |
 // {id, error} | {id, delta} | {progress}.
 import { loadPyodide } from "./pyodide/pyodide.mjs";
+import { ADAPTER_CODES, fetchAdapter, loadAdapterFiles } from "./realm/adapters.mjs";
 import { Bridge } from "./realm/bridge.mjs";
 
 const MODEL_FILES = ["realm.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"];
 const CACHE = "realm-web-models-v1";
 const MAX_LORAS = 4; // adapters one step may mix (each entry of the table: ~20 MB fp32 at rank 16 here)
-let py, web, bridge, info, adapterSeq = 0;
+let py, web, bridge, info;
 
 const post = (m) => postMessage(m);
 
@@ -102,27 +103,8 @@ const ops = {
   async stop() { web?.cancel_all(); return true; },
   // LoRA: `url` is a GGUF LoRA file or a PEFT directory (adapter_config.json + adapter_model.safetensors)
   async loadAdapter({ name, url, headers = {} }) {
-    const get = async (u) => {
-      const r = await fetch(u, { headers });
-      if (!r.ok) throw codeError("bad_adapter", `${u}: HTTP ${r.status}`, "path");
-      return new Uint8Array(await r.arrayBuffer());
-    };
-    const dir = `/adapters/${++adapterSeq}`;
-    py.FS.mkdirTree(dir);
-    try {
-      let target = dir;
-      if (/\.gguf(\?|$)/i.test(url)) {
-        target = `${dir}/adapter.gguf`;
-        py.FS.writeFile(target, await get(url));
-      } else {
-        const base = url.endsWith("/") ? url : `${url}/`;
-        for (const f of ["adapter_config.json", "adapter_model.safetensors"]) py.FS.writeFile(`${dir}/${f}`, await get(base + f));
-      }
-      return answer(web.load_adapter(name, target)).adapter;
-    } finally { // the core holds the weights now
-      for (const f of py.FS.readdir(dir)) if (f !== "." && f !== "..") py.FS.unlink(`${dir}/${f}`);
-      py.FS.rmdir(dir);
-    }
+    const fail = (code, message, _cause, field) => codeError(code, message, field);
+    return answer(loadAdapterFiles(py, web, name, await fetchAdapter(url, headers, fail))).adapter;
   },
   async unloadAdapter({ name }) { answer(web.unload_adapter(name)); return true; },
   async adapters() { return JSON.parse(web.adapters()); },
@@ -135,9 +117,7 @@ const ops = {
   },
 };
 
-// Python exception types -> the error codes of the Node package (wasm/src/realm.mjs)
-const PY_CODES = { AdapterNotFound: "adapter_not_found", AdapterInUse: "adapter_in_use", AdapterError: "bad_adapter",
-                   UnsupportedError: "unsupported" };
+const PY_CODES = ADAPTER_CODES; // Python exception types -> error codes, as in the Node package
 
 function codeError(code, message, field = null) {
   return Object.assign(new Error(message), { code, field });

@@ -37,7 +37,8 @@ def main() -> int:
     nm = ROOT / "wasm" / "node_modules"
     link(nm / "pyodide", out / "pyodide")
     link(nm / "onnxruntime-web" / "dist", out / "ort")
-    link(ROOT / "wasm" / "src" / "bridge.mjs", out / "realm" / "bridge.mjs")
+    for f in ("bridge.mjs", "adapters.mjs"):
+        link(ROOT / "wasm" / "src" / f, out / "realm" / f)
     for old in (out / "realm").glob("*.whl"):
         old.unlink()
     wheel = build(out / "realm")

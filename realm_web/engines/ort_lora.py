@@ -86,18 +86,9 @@ class LoraTables:
         used = entries[entries > 0]
         lo, hi = int(used.min()), int(used.max())
         flat = np.repeat(entries, width)  # entry of every (row, position)
-        where = [np.flatnonzero(flat == e) for e in range(lo, hi + 1)]
-        most = max(len(w) for w in where)
-        w = min(max(2, most), CHUNK)
-        chunks = -(-most // w)
-        n = chunks * w
-        total = flat.shape[0]
-        order = np.full((hi - lo + 1, n), total, np.int64)
-        inverse = np.full(total, (hi - lo + 1) * n, np.int64)
-        for k, pos in enumerate(where):
-            order[k, : len(pos)] = pos
-            inverse[pos] = k * n + np.arange(len(pos))
-        return lo, hi, order.reshape(hi - lo + 1, chunks, w), inverse
+        most = max(int((flat == e).sum()) for e in range(lo, hi + 1))
+        order, inverse = _layout(flat, lo, hi - lo + 1, most)
+        return lo, hi, order, inverse
 
 
 def static_groups(entries: np.ndarray, num_entries: int) -> tuple[np.ndarray, np.ndarray]:
@@ -106,14 +97,22 @@ def static_groups(entries: np.ndarray, num_entries: int) -> tuple[np.ndarray, np
     graph: order (num_entries, chunks, w), w = min(max(2, rows), CHUNK), chunks enough for every
     row on one entry; padding is the zero row (index rows), rows without an adapter pick the
     zero result (index num_entries x chunks x w)."""
-    rows = int(entries.shape[0])
-    w = min(max(2, rows), CHUNK)
-    chunks = -(-rows // w)
+    return _layout(entries, 1, num_entries, int(entries.shape[0]))
+
+
+def _layout(flat: np.ndarray, lo: int, num: int, most: int) -> tuple[np.ndarray, np.ndarray]:
+    """`order` (num, chunks, w) of entries lo..lo+num-1 over the (row, position)s `flat` (their
+    entries), room for `most` apiece in chunks of w = min(max(2, most), CHUNK) columns, padded
+    with the zero row (index len(flat)); and `inverse`, each one's result (num x chunks x w for
+    none: the zero result)."""
+    w = min(max(2, most), CHUNK)
+    chunks = -(-most // w)
     n = chunks * w
-    order = np.full((num_entries, n), rows, np.int64)
-    inverse = np.full(rows, num_entries * n, np.int64)
-    for e in range(1, num_entries + 1):
-        pos = np.flatnonzero(entries == e)
-        order[e - 1, : len(pos)] = pos
-        inverse[pos] = (e - 1) * n + np.arange(len(pos))
-    return order.reshape(num_entries, chunks, w), inverse
+    total = int(flat.shape[0])
+    order = np.full((num, n), total, np.int64)
+    inverse = np.full(total, num * n, np.int64)
+    for k in range(num):
+        pos = np.flatnonzero(flat == lo + k)
+        order[k, : len(pos)] = pos
+        inverse[pos] = k * n + np.arange(len(pos))
+    return order.reshape(num, chunks, w), inverse

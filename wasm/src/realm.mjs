@@ -14,6 +14,7 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+import { ADAPTER_CODES, PEFT_FILES, fetchAdapter, loadAdapterFiles } from "./adapters.mjs";
 import { Bridge } from "./bridge.mjs";
 import { RealmError } from "./client.mjs";
 
@@ -39,8 +40,7 @@ export class RealmEngineError extends RealmError {
 const fail = (code, message, cause, field) => new RealmEngineError(code, message, { cause, field });
 
 // Python exception types (realm_web.lora, realm_web.engine) -> error codes
-const PY_CODES = { AdapterNotFound: "adapter_not_found", AdapterInUse: "adapter_in_use", AdapterError: "bad_adapter",
-                   UnsupportedError: "unsupported", SamplingError: "bad_option", SchedulerError: "bad_prompt",
+const PY_CODES = { ...ADAPTER_CODES, SamplingError: "bad_option", SchedulerError: "bad_prompt",
                    ValueError: "bad_prompt", TypeError: "bad_prompt" };
 
 /** $REALM_WEB_HOME (default ~/.cache/realm-web), as the Python side (realm_web/paths.py). */
@@ -145,8 +145,6 @@ function fromPython(e) {
   return fail(PY_CODES[type] ?? "runtime", msg, e);
 }
 
-let adapterSeq = 0;
-const PEFT_FILES = ["adapter_config.json", "adapter_model.safetensors"];
 
 /** An adapter's files from disk: a PEFT directory's two files, or one GGUF file. */
 function readAdapter(source) {
@@ -160,22 +158,6 @@ function readAdapter(source) {
   }
   for (const f of PEFT_FILES) if (fs.existsSync(path.join(src, f))) data[f] = new Uint8Array(fs.readFileSync(path.join(src, f)));
   return { data, gguf: null, where: src };
-}
-
-/** An adapter's files over HTTP: a URL ending in .gguf, or a PEFT directory's URL (its two files
- * under it, e.g. a realm-web server's /adapters/{name}/). */
-async function fetchAdapter(url, headers = {}) {
-  const get = async (u) => {
-    let r;
-    try { r = await fetch(u, { headers }); } catch (e) { throw fail("bad_adapter", `${u}: ${e.message}`, e, "path"); }
-    if (!r.ok) throw fail("bad_adapter", `${u}: HTTP ${r.status}`, undefined, "path");
-    return new Uint8Array(await r.arrayBuffer());
-  };
-  if (/\.gguf(\?|$)/i.test(url)) return { data: { "adapter.gguf": await get(url) }, gguf: "adapter.gguf", where: url };
-  const base = url.endsWith("/") ? url : `${url}/`;
-  const data = {};
-  for (const f of PEFT_FILES) data[f] = await get(base + f);
-  return { data, gguf: null, where: url };
 }
 
 // One onnxruntime-web WASM runtime per process: its thread count is fixed when it starts.
@@ -382,17 +364,8 @@ export class Realm {
     if (typeof name !== "string" || !name) throw fail("bad_option", "an adapter needs a non-empty name (string)");
     if (typeof source !== "string" || !source)
       throw fail("bad_option", "loadAdapter(name, source): source is a PEFT directory or a GGUF LoRA file (a path or an http(s) URL)");
-    const files = /^https?:\/\//i.test(source) ? await fetchAdapter(source, options.headers) : readAdapter(source);
-    const dir = `/adapters/${++adapterSeq}`;
-    const py = this.#py;
-    py.FS.mkdirTree(dir);
-    try {
-      for (const [f, bytes] of Object.entries(files.data)) py.FS.writeFile(`${dir}/${f}`, bytes);
-      return this.#answer(this.#web.load_adapter(name, files.gguf ? `${dir}/${files.gguf}` : dir), files.where).adapter;
-    } finally { // the core holds the weights now: the copies in Pyodide's memory go
-      for (const f of py.FS.readdir(dir)) if (f !== "." && f !== "..") py.FS.unlink(`${dir}/${f}`);
-      py.FS.rmdir(dir);
-    }
+    const files = /^https?:\/\//i.test(source) ? await fetchAdapter(source, options.headers, fail) : readAdapter(source);
+    return this.#answer(loadAdapterFiles(this.#py, this.#web, name, files), files.where).adapter;
   }
 
   /** Forget an adapter; rejects with "adapter_not_found", or "adapter_in_use" while requests use it. */
