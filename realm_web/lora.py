@@ -151,12 +151,8 @@ def _read_peft(d: Path) -> dict[tuple[int, str], tuple[Floats, Floats, int, floa
         pairs.setdefault(m.group(1), {})[m.group(2)] = t
     for module_path, ab in sorted(pairs.items()):
         layer, module = _module_of(module_path, str(weights))
-        if "lora_A" not in ab or "lora_B" not in ab:
-            raise AdapterError(f"{weights}: {module_path} has lora_A or lora_B but not both", module_path)
-        (sa, a), (sb, b) = ab["lora_A"], ab["lora_B"]
-        if len(sa) != 2 or len(sb) != 2 or sa[0] != sb[1]:
-            raise AdapterError(f"{weights}: {module_path}: lora_A {list(sa)} and lora_B {list(sb)} do not pair",
-                               module_path)
+        sa, a, sb, b = _pair(ab.get("lora_A"), ab.get("lora_B"), ("lora_A", "lora_B"), f"{weights}: {module_path}",
+                             module_path)
         r = sa[0]
         key = module_path.removeprefix("base_model.model.")
         r_cfg = int(rank_pattern.get(_pattern_key(rank_pattern, key), base_r))
@@ -237,12 +233,7 @@ def _read_gguf_lora(p: Path, arch: Mapping[str, Any]) -> dict[tuple[int, str], t
     n_head, n_kv = int(arch["num_heads"]), int(arch["num_kv_heads"])
     out: dict[tuple[int, str], tuple[Floats, Floats, int, float]] = {}
     for (layer, module), ab in sorted(pairs.items()):
-        if "a" not in ab or "b" not in ab:
-            raise AdapterError(f"{p}: layer {layer} {module} has lora_a or lora_b but not both", module)
-        (sa, a), (sb, b) = ab["a"], ab["b"]
-        if len(sa) != 2 or len(sb) != 2 or sa[0] != sb[1]:
-            raise AdapterError(f"{p}: layer {layer} {module}: lora_a {list(sa)} and lora_b {list(sb)} do not pair",
-                               module)
+        sa, a, sb, b = _pair(ab.get("a"), ab.get("b"), ("lora_a", "lora_b"), f"{p}: layer {layer} {module}", module)
         r = sa[0]
         if module in ("q_proj", "k_proj"):  # llama.cpp's rotary row order -> Hugging Face's
             b = _unpermute_rows(b, sb[0], r, n_head if module == "q_proj" else n_kv)
@@ -250,6 +241,21 @@ def _read_gguf_lora(p: Path, arch: Mapping[str, Any]) -> dict[tuple[int, str], t
     if not out:
         raise AdapterError(f"{p}: no LoRA tensors", "tensors")
     return out
+
+
+Tensor: TypeAlias = "tuple[tuple[int, ...], Floats]"
+
+
+def _pair(a: Tensor | None, b: Tensor | None, names: tuple[str, str], where: str,
+          field: str) -> tuple[tuple[int, ...], Floats, tuple[int, ...], Floats]:
+    """One module's A (r, in) and B (out, r) with their shapes; AdapterError when one is missing
+    or they do not pair."""
+    if a is None or b is None:
+        raise AdapterError(f"{where} has {names[0]} or {names[1]} but not both", field)
+    (sa, fa), (sb, fb) = a, b
+    if len(sa) != 2 or len(sb) != 2 or sa[0] != sb[1]:
+        raise AdapterError(f"{where}: {names[0]} {list(sa)} and {names[1]} {list(sb)} do not pair", field)
+    return sa, fa, sb, fb
 
 
 def _unpermute_rows(b: Floats, rows: int, cols: int, n_head: int) -> Floats:
