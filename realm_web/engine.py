@@ -21,6 +21,7 @@ from .manifest import Manifest, Variant, load_manifest
 from .sampling import SamplingParams
 from .scheduler import RequestOutput, Scheduler
 from .service import ModelInfo, ServiceStats, Sink
+from .speculative import SpeculativeConfig
 from .step import EngineCaps, StepPlan, StepResult
 from .tokenizer import Tokenizer, load_tokenizer
 
@@ -114,7 +115,9 @@ class LLM:
     engine), which is also the prefill chunk size; `max_loras` adapters can be in use at once
     (their requests run together in one batch; others wait for an entry). `warmup` (default: on for CUDA) runs every
     step shape once at load, so that no request pays a runtime's first-shape cost. `cuda_graph`
-    (default: on for CUDA) replays decode steps as CUDA graphs.
+    (default: on for CUDA) replays decode steps as CUDA graphs. `speculative` turns on speculative
+    decoding: "ngram", or a mapping / SpeculativeConfig such as {"method": "ngram",
+    "num_speculative_tokens": 4}; its output is the same as without it (realm_web/speculative.py).
 
     It implements `realm_web.service.ModelService`, the interface the server is built on.
     """
@@ -123,7 +126,9 @@ class LLM:
                  dtype: str | None = None, device: str = "cpu", threads: int | None = None,
                  max_slots: int = 16, max_length: int | None = None, max_tokens_per_step: int | None = None,
                  kv_capacity: int | None = None, warmup: bool | None = None,
-                 cuda_graph: bool | None = None, max_loras: int = 8) -> None:
+                 cuda_graph: bool | None = None, max_loras: int = 8,
+                 speculative: SpeculativeConfig | Mapping[str, Any] | str | None = None) -> None:
+        spec = SpeculativeConfig.of(speculative)
         if engine is None:
             model_dir = Path(model) if model is not None else _default_model()
             from .engines.ort_native import OrtNativeEngine
@@ -140,7 +145,8 @@ class LLM:
                                    max_slots=engine.max_slots, max_length=engine.max_length,
                                    max_tokens_per_step=max_tokens_per_step or (4096 if engine.device == "cuda" else 512),
                                    kv_capacity=kv_capacity or engine.kv_capacity, caps=engine.caps,
-                                   max_loras=getattr(engine, "max_loras", 8))
+                                   max_loras=getattr(engine, "max_loras", 8), speculative=spec)
+        self.speculative = spec
         if warmup if warmup is not None else engine.device == "cuda":  # see OrtNativeEngine.warmup
             warm = getattr(engine, "warmup", None)
             if callable(warm):
@@ -226,18 +232,22 @@ class LLM:
         finish_reason "error" and the engine's exception is raised. The loop behind
         `stream`/`submit` runs the same step, awaiting the engine instead (and serving on)."""
         plan = self.scheduler.schedule()
+        t0 = time.perf_counter()
         try:
             result = self.engine.run_sync(plan) if not plan.empty else _NOTHING
         except Exception:
             self._deliver(plan, self._fail(plan))
             raise
+        self.scheduler.observe_step(plan, time.perf_counter() - t0)
         return self._deliver(plan, result)
 
     async def _run_loop(self) -> None:
         while self.scheduler.has_work():
             plan = self.scheduler.schedule()
+            t0 = time.perf_counter()
             try:
                 result = await self.engine.run(plan) if not plan.empty else _NOTHING
+                self.scheduler.observe_step(plan, time.perf_counter() - t0)
             except Exception:  # noqa: BLE001 - the requests of this step fail, the loop serves on
                 log.exception("engine step failed", extra={"fields": {"requests": [q.seq_id for q in plan.seqs]}})
                 result = self._fail(plan)

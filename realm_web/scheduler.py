@@ -62,6 +62,7 @@ from typing import Any, Protocol, Sequence
 
 from .lora import AdapterInUse, LoraRouter
 from .sampling import SamplingParams, draw, random_seed
+from .speculative import Acceptance, NgramIndex, SpeculativeConfig, StepCost, accepted_prefix, choose_drafts
 from .step import AdapterLoad, EngineCaps, NewSeq, SamplingSpec, SeqStep, StepPlan, StepResult
 from .stream import IncrementalDetokenizer, StopStrings
 
@@ -114,6 +115,9 @@ class Request:
     announced: bool = False  # the engine has had this request's NewSeq for its current slot
     adapter_entry: int = 0  # the adapter table entry it holds while running (0: no adapter)
     blocked_since: int | None = None  # the step it began waiting for an adapter entry
+    ngram: NgramIndex | None = None  # speculative n-gram drafter over prompt + output
+    accept: Acceptance = field(default_factory=Acceptance)  # its draft acceptance so far
+    shadow: int | None = None  # the draft it would have fed this step (checked for free, n-gram)
 
     def __post_init__(self) -> None:
         self.spec = self.params.spec()
@@ -164,7 +168,8 @@ class Scheduler:
 
     def __init__(self, tokenizer: _Tok, *, eos_token_ids: Sequence[int], max_slots: int = 1,
                  max_length: int = 2048, max_tokens_per_step: int = 512, kv_capacity: int | None = None,
-                 caps: EngineCaps | None = None, max_loras: int = 8) -> None:
+                 caps: EngineCaps | None = None, max_loras: int = 8,
+                 speculative: SpeculativeConfig | None = None) -> None:
         if max_slots < 1 or max_tokens_per_step < 1 or max_length < 2:
             raise ValueError("max_slots and max_tokens_per_step must be >= 1, max_length >= 2")
         self.tokenizer = tokenizer
@@ -190,6 +195,12 @@ class Scheduler:
         self._steps = 0
         self._last_kind = "prefill"
         self.num_preemptions = 0
+        # speculative decoding (speculative.py): drafts per decode step, sized by the cost model
+        self.speculative = speculative
+        if speculative is not None and speculative.method == "draft" and not self.caps.draft_model:
+            raise SchedulerError("speculative method 'draft' needs an engine with a draft model")
+        self.cost = StepCost(self.caps.step_overhead)
+        self.spec_stats = {"verify_steps": 0, "draft_tokens": 0, "accepted_tokens": 0, "emitted_tokens": 0}
 
     # -- requests ------------------------------------------------------------------------------
     def add(self, prompt_ids: Sequence[int], params: SamplingParams, *, adapter: str | None = None,
@@ -266,11 +277,13 @@ class Scheduler:
         if prefillers and (not decoders or self._last_kind == "decode"):
             chosen = self._prefill_step(prefillers)
             self._last_kind = "prefill"
+            seqs = [self._seq(r, toks) for r, toks in chosen]
         else:  # one token each: the last sample, or (after a preemption) an output token replayed
             decoders.sort(key=lambda r: r.rank)
             chosen = [(r, [r.token_at(r.num_computed)]) for r in decoders[: self.budget]]
-            self._last_kind = "decode"
-        plan = StepPlan(seqs=[self._seq(r, toks) for r, toks in chosen])
+            self._last_kind = "decode"  # ... plus drafts to verify, with speculation
+            seqs = self._speculate(chosen) if self.speculative else [self._seq(r, toks) for r, toks in chosen]
+        plan = StepPlan(seqs=seqs)
         for r, _ in chosen:
             if not r.announced:
                 assert r.slot is not None
@@ -368,16 +381,75 @@ class Scheduler:
             return [self._chunk(first)]
         return [self._chunk(r) for r in cand[lo:hi + 1]]
 
+    def _speculate(self, chosen: list[tuple[Request, list[int]]]) -> list[SeqStep]:
+        """A decode step's rows with drafts where the policy finds them worth it (speculative.py)."""
+        spec = self.speculative
+        assert spec is not None
+        cands: list[tuple[Request, list[int] | int]] = []
+        plain = 0
+        for r, _ in chosen:
+            r.shadow = None
+            room = min(spec.num_speculative_tokens, r.params.max_tokens - len(r.output_ids) - 1,
+                       self.max_length - r.length - 1)
+            if r.pending != 1 or room <= 0:  # replaying after a preemption, or no room for a draft
+                plain += 1
+                continue
+            if spec.method == "ngram":
+                if r.ngram is None:
+                    r.ngram = NgramIndex(spec.ngram_min, spec.ngram_max)
+                r.ngram.sync(r.all_ids)
+                prop = r.ngram.propose(room)
+                if not prop:
+                    plain += 1
+                    continue
+                cands.append((r, prop))
+            else:
+                cands.append((r, room))
+        ks = choose_drafts([r.accept.rate for r, _ in cands], [p if isinstance(p, int) else len(p) for _, p in cands],
+                           plain, self.cost.overhead, spec.adaptive)
+        spare = self.budget - len(chosen)  # draft tokens the step budget still holds
+        picked: dict[int, tuple[list[int], int]] = {}
+        for (r, offer), k in zip(cands, ks):
+            k = min(k, max(0, spare))
+            spare -= k
+            if k and isinstance(offer, list):
+                picked[r.request_id] = (offer[:k], 0)
+            elif k:
+                picked[r.request_id] = ([], k)
+            elif isinstance(offer, list):
+                r.shadow = offer[0]  # checked against the token this step samples
+        out = []
+        for r, toks in chosen:
+            drafts, propose = picked.get(r.request_id, ([], 0))
+            out.append(self._seq(r, toks + drafts, len(drafts), propose))
+        return out
+
+    def observe_step(self, plan: StepPlan, seconds: float) -> None:
+        """The measured duration of a step the engine ran: refits the speculative policy's cost
+        model from decode steps (a verify row runs on its own: one run each, see speculative.py)."""
+        if self.speculative is None or not plan.seqs or any(q.start == 0 for q in plan.seqs):
+            return
+        verify = sum(1 for q in plan.seqs if len(q.tokens) > 1 or q.propose)
+        if verify < len(plan.seqs) and any(len(q.tokens) > 1 and not q.drafts for q in plan.seqs):
+            return  # a prompt chunk
+        runs = verify + (1 if verify < len(plan.seqs) else 0)
+        self.cost.observe(runs, sum(len(q.tokens) + q.propose for q in plan.seqs), seconds)
+
     def _chunk(self, req: Request) -> tuple[Request, list[int]]:
         end = req.num_computed + min(req.prompt_left, self.chunk)
         return req, req.prompt_ids[req.num_computed:end]
 
-    def _seq(self, req: Request, tokens: list[int]) -> SeqStep:
+    def _seq(self, req: Request, tokens: list[int], drafts: int = 0, propose: int = 0) -> SeqStep:
+        """A row's step: `tokens` (ending in `drafts` draft tokens, or followed by `propose` the
+        engine drafts) and, when it reaches the end, a sample at the last position and after each
+        draft, with the draws of the output indices they would take without speculation."""
         assert req.slot is not None
-        sample = req.num_computed + len(tokens) == req.length  # the piece reaches the end
+        sample = req.num_computed + len(tokens) - drafts == req.length  # the piece reaches the end
+        n = 1 + drafts + propose if sample else 0
+        out = len(req.output_ids)
         return SeqStep(seq_id=req.request_id, slot=req.slot, start=req.num_computed, tokens=tokens,
-                       num_samples=1 if sample else 0,
-                       draws=[draw(req.seed, len(req.output_ids))] if sample and not req.spec.greedy else [])
+                       num_samples=n, draws=[draw(req.seed, out + i) for i in range(n)] if not req.spec.greedy else [],
+                       drafts=drafts, propose=propose)
 
     def update(self, plan: StepPlan, result: StepResult) -> list[RequestOutput]:
         """Apply an engine result to the plan it ran; returns the deltas of this step."""
@@ -393,8 +465,33 @@ class Scheduler:
             if len(new) != seq.num_samples:
                 raise RuntimeError(f"the engine returned {len(new)} tokens for sequence {seq.seq_id}, "
                                    f"which asked for {seq.num_samples}")
+            if seq.drafts or seq.propose:
+                new = self._verify(req, seq, new, result)
+            elif req.shadow is not None:  # what the n-gram drafter would have fed: a free check
+                req.accept.observe(1, int(new[0] == req.shadow), shadow=True)
+            req.shadow = None
             outputs.append(self._append(req, new, result.logprobs.get(seq.seq_id)))
         return outputs
+
+    def _verify(self, req: Request, seq: SeqStep, samples: list[int], result: StepResult) -> list[int]:
+        """A verify row's outcome (speculative.accepted_prefix): the tokens it emits; its cache
+        stays valid up to the last accepted draft."""
+        if seq.drafts:
+            drafted = seq.tokens[len(seq.tokens) - seq.drafts:]
+        else:
+            drafted = result.drafts.get(seq.seq_id, [])
+            if len(drafted) != seq.propose:
+                raise RuntimeError(f"the engine proposed {len(drafted)} drafts for sequence {seq.seq_id}, "
+                                   f"which asked for {seq.propose}")
+        n = accepted_prefix(drafted, samples)
+        req.num_computed = seq.start + len(seq.tokens) - seq.drafts + n
+        req.accept.observe(len(drafted), n)
+        st = self.spec_stats
+        st["verify_steps"] += 1
+        st["draft_tokens"] += len(drafted)
+        st["accepted_tokens"] += n
+        st["emitted_tokens"] += n + 1
+        return samples[: n + 1]
 
     def _append(self, req: Request, tokens: list[int], logprobs: list[float] | None) -> RequestOutput:
         p = req.params

@@ -15,6 +15,10 @@ Who owns what:
   sampling spec and adapter); `released` lists the requests that gave their slot up since the
   last plan (finished, aborted or preempted), whose state the engine may drop. A request that
   comes back after a preemption is announced again.
+* A row verifying drafts (speculative.py) feeds `[last, d1..dk]` with `drafts = k` and a
+  sample at each of the k+1 positions; a row with `propose = k` feeds `[last]` and the engine's
+  draft model proposes the k drafts (returned in `StepResult.drafts`). The scheduler applies the
+  accept rule and starts the row's next step after the accepted tokens.
 * `copies` copy a prefix of one slot's cache into another before the step runs, and
   `adapter_loads` put a LoRA adapter into an entry of the engine's adapter table (see
   realm_web/lora.py's LoraRouter).
@@ -102,6 +106,8 @@ class SeqStep:
     tokens: list[int]  # tokens fed this step (a prefill chunk, the last sampled token, drafts)
     num_samples: int = 0  # pick a token at each of the last `num_samples` positions of `tokens`
     draws: list[float] = field(default_factory=list)  # one uniform draw per sample (empty when greedy)
+    drafts: int = 0  # the last `drafts` of `tokens` are draft tokens to verify (speculative.py)
+    propose: int = 0  # the engine's draft model proposes this many tokens after `tokens`, verified in this step
 
 
 @dataclass(slots=True)
@@ -126,10 +132,13 @@ class StepPlan:
 @dataclass(slots=True)
 class StepResult:
     """Per seq_id of a row that asked for samples: one token per sample (rows that sample
-    nothing may be left out), and, for requests whose spec asks, their log-probabilities."""
+    nothing may be left out), and, for requests whose spec asks, their log-probabilities. For a
+    row with `propose`, `drafts` holds the tokens the engine's draft model proposed (the samples
+    are at `tokens[-1]` and after each of them)."""
 
     tokens: dict[int, list[int]]
     logprobs: dict[int, list[float]] = field(default_factory=dict)
+    drafts: dict[int, list[int]] = field(default_factory=dict)
 
 
 PrefillBatch = Literal["fresh", "any", "none"]
@@ -151,6 +160,9 @@ class EngineCaps:
     * `multi_position_logits`: a row may ask for samples at several positions (verification).
     * `adapters`: per-row LoRA adapters. `token_masks`: per-row allowed-token masks.
     * `kv_copy`: the engine performs `StepPlan.copies`.
+    * `draft_model`: the engine holds a draft model and serves `SeqStep.propose`.
+    * `step_overhead`: a run's fixed cost in units of one fed token (the speculative policy's
+      starting point; the LLM facade refits it from measured steps).
     """
 
     padded_span: bool = True
@@ -160,6 +172,8 @@ class EngineCaps:
     adapters: bool = False
     token_masks: bool = False
     kv_copy: bool = True
+    draft_model: bool = False
+    step_overhead: float = 4.0
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "EngineCaps":

@@ -216,10 +216,23 @@ class OrtNativeEngine:
 
     def _run(self, plan: StepPlan) -> StepResult:
         self._learn(plan)
-        seqs = plan.seqs
-        if not seqs:
+        if not plan.seqs:
             return StepResult(tokens={})
-        lo, hi, width, k = self._take(plan)
+        self._take(plan)
+        parts = _parts(plan)
+        if len(parts) == 1:
+            return self._run_part(plan)
+        out = StepResult(tokens={})
+        for part in parts:
+            res = self._run_part(part)
+            out.tokens.update(res.tokens)
+            out.logprobs.update(res.logprobs)
+        return out
+
+    def _run_part(self, plan: StepPlan) -> StepResult:
+        """One run over the plan's rows (see _parts), then their samples."""
+        seqs = plan.seqs
+        lo, hi, width, k = self._geometry(plan)
         lora = any(self._entry_of.get(q.slot) for q in seqs)
         if self.static_decode and width == 1 and (not lora or self._lora_static):
             return self._static_decode(plan, hi, lora)
@@ -247,17 +260,29 @@ class OrtNativeEngine:
         logits = self._forward(lo, ids, totals, index, entries)
         return self._sample(plan, lo, logits)
 
-    def _take(self, plan: StepPlan) -> tuple[int, int, int, int]:
-        """Check the plan's rows against the slots they name, the context and CAPS; then cut
-        each slot's tokens to where its row starts and append what it feeds. Returns the span,
-        the width and the positions per row to compute logits for."""
+    def _take(self, plan: StepPlan) -> None:
+        """Check the plan's rows against the slots they name and the context; then cut each
+        slot's tokens to where its row starts and append what it feeds."""
         seqs, tokens, limit, slots = plan.seqs, self._tokens, self.max_length, self.max_slots
-        lo, hi, width, k = slots, 0, 1, 1
         for q in seqs:
             slot, start, n, m = q.slot, q.start, len(q.tokens), q.num_samples
             if not (0 <= slot < slots and 0 <= start <= len(tokens[slot]) and 0 < n and start + n <= limit
-                    and 0 <= m <= n):
+                    and 0 <= m <= n) or q.propose:
                 raise self._refusal(q)
+        if len({q.slot for q in seqs}) != len(seqs):
+            raise ValueError("two rows of one step name the same slot")
+        for q in seqs:
+            t = tokens[q.slot]
+            if len(t) != q.start:
+                del t[q.start:]  # a rollback, or a fresh start
+            t += q.tokens
+
+    def _geometry(self, plan: StepPlan) -> tuple[int, int, int, int]:
+        """The span of a run's rows, its width and the positions per row to compute logits for."""
+        seqs = plan.seqs
+        lo, hi, width, k = self.max_slots, 0, 1, 1
+        for q in seqs:
+            slot, n, m = q.slot, len(q.tokens), q.num_samples
             if slot < lo:
                 lo = slot
             if slot >= hi:
@@ -268,14 +293,11 @@ class OrtNativeEngine:
                 k = m
         if width > 1 and len(seqs) > 1 and (any(q.start for q in seqs) or any(lo <= s < hi for s in plan.idle)):
             raise ValueError("a multi-token step of several rows must span only empty slots (prefill_batch 'fresh')")
-        for q in seqs:
-            t = tokens[q.slot]
-            if len(t) != q.start:
-                del t[q.start:]  # a rollback, or a fresh start
-            t += q.tokens
         return lo, hi, width, k
 
     def _refusal(self, q: SeqStep) -> ValueError:
+        if q.propose:
+            return ValueError(f"sequence {q.seq_id}: this engine has no draft model to propose tokens")
         if not 0 <= q.slot < self.max_slots:
             return ValueError(f"sequence {q.seq_id}: slot {q.slot} is not in [0, {self.max_slots})")
         held = len(self._tokens[q.slot])
@@ -634,6 +656,24 @@ class OrtNativeEngine:
         self.binding.clear_binding_inputs()
         self.binding.clear_binding_outputs()
         self._keep.clear()
+
+
+def _parts(plan: StepPlan) -> list[StepPlan]:
+    """The runs a step takes. onnxruntime's GroupQueryAttention takes several new tokens on top of
+    a cache for one row at a time, so in a step of several rows each such row (a verify row with
+    drafts) runs on its own, after one run of the others, in which its slot is idle at its start
+    (the padding written there is overwritten by its own run)."""
+    seqs = plan.seqs
+    solo = [q for q in seqs if len(q.tokens) > 1 and q.start > 0] if len(seqs) > 1 else []
+    if not solo:
+        return [plan]
+    rest = [q for q in seqs if not (len(q.tokens) > 1 and q.start > 0)]
+    parts = []
+    if rest:
+        idle = dict(plan.idle)
+        idle.update({q.slot: q.start for q in solo})
+        parts.append(StepPlan(seqs=rest, idle=idle))
+    return parts + [StepPlan(seqs=[q]) for q in solo]
 
 
 def _pow2(n: int) -> int:
