@@ -57,7 +57,7 @@ def _cmd_generate(a: argparse.Namespace) -> None:
         from .export.pull import pull
 
         model = pull()
-    llm = LLM(model, dtype=a.dtype, device=a.device, threads=a.threads)
+    llm = LLM(model, dtype=a.dtype, device=a.device, threads=a.threads, speculative=_speculative(a))
     adapter = None
     if a.lora:
         llm.load_adapter("lora", a.lora)
@@ -124,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--stream", action="store_true", help="print tokens as they are made")
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.add_argument("--lora", help="a LoRA adapter to answer with: a PEFT directory or a GGUF LoRA file")
+    _speculative_args(s)
     s.set_defaults(func=_cmd_generate)
 
     s = sub.add_parser("serve", help="the OpenAI-compatible HTTP + WebSocket server")
@@ -143,8 +144,43 @@ def build_parser() -> argparse.ArgumentParser:
                    help="LoRA adapters to serve, each as model NAME (a PEFT directory or a GGUF LoRA file)")
     s.add_argument("--lora-root", help="admin tenants may load adapters from under this directory at run time")
     s.add_argument("--max-loras", type=int, default=8, help="adapters in use at once (default 8)")
+    _speculative_args(s)
     s.set_defaults(func=_cmd_serve)
     return p
+
+
+def _speculative_args(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--speculative", choices=["ngram", "draft"],
+                   help="speculative decoding: ngram (prompt lookup) or draft (a draft model); same output, faster")
+    s.add_argument("--num-speculative-tokens", type=int, default=None, metavar="K",
+                   help="most draft tokens per verify step (default 4)")
+    s.add_argument("--draft-model", help="with --speculative draft: the draft model's directory (default: this model)")
+    s.add_argument("--draft-dtype", choices=["fp32", "fp16", "int8", "int4"],
+                   help="with --speculative draft: the draft export's dtype (default int4)")
+
+
+def _speculative(a: argparse.Namespace) -> dict[str, object] | None:
+    """--speculative and its options -> LLM(speculative=...); a CLI error for a bad combination."""
+    from .speculative import SpeculativeConfig, SpeculativeError
+
+    if a.speculative is None:
+        if a.num_speculative_tokens is not None or a.draft_model or a.draft_dtype:
+            raise CliError("--num-speculative-tokens, --draft-model and --draft-dtype need --speculative")
+        return None
+    cfg: dict[str, object] = {"method": a.speculative}
+    if a.num_speculative_tokens is not None:
+        cfg["num_speculative_tokens"] = a.num_speculative_tokens
+    if a.draft_model:
+        if not (Path(a.draft_model) / "realm.json").exists():
+            raise CliError(f"--draft-model {a.draft_model}: not a realm-web model directory (no realm.json)")
+        cfg["draft_model"] = a.draft_model
+    if a.draft_dtype:
+        cfg["draft_dtype"] = a.draft_dtype
+    try:
+        SpeculativeConfig.of(cfg)
+    except SpeculativeError as e:
+        raise CliError(f"--speculative: {e}") from None
+    return cfg
 
 
 def _cmd_serve(a: argparse.Namespace) -> int:
@@ -177,7 +213,8 @@ def _cmd_serve(a: argparse.Namespace) -> int:
     try:
         return serve(host=a.host, port=a.port, model=a.model, config=a.config, device=a.device, dtype=a.dtype,
                      threads=a.threads, max_slots=a.max_slots, max_length=a.max_length, log_level=a.log_level,
-                     web=a.web, lora_modules=modules, lora_root=a.lora_root, max_loras=a.max_loras)
+                     web=a.web, lora_modules=modules, lora_root=a.lora_root, max_loras=a.max_loras,
+                     speculative=_speculative(a))
     except ConfigError as e:
         raise CliError(str(e)) from None
 

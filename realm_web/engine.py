@@ -431,8 +431,10 @@ class LLM:
 
     def stats(self) -> ServiceStats:
         s = self.scheduler
+        spec = s.speculative
         return ServiceStats(running=len(s.running), waiting=len(s.waiting), kv_used=s.kv_used(),
-                            kv_capacity=s.kv_capacity)
+                            kv_capacity=s.kv_capacity, speculative_method=spec.method if spec else None,
+                            speculative=dict(s.spec_stats) if spec else None)
 
     def waiting(self, request_ids: Sequence[int]) -> int:
         reqs = self.scheduler.requests

@@ -58,11 +58,11 @@ import bisect
 import heapq
 import itertools
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 from .lora import AdapterInUse, LoraRouter
 from .sampling import SamplingParams, draw, random_seed
-from .speculative import Acceptance, NgramIndex, SpeculativeConfig, StepCost, accepted_prefix, choose_drafts
+from .speculative import Acceptance, Drafter, NgramIndex, SpeculativeConfig, StepCost, accepted_prefix, choose_drafts
 from .step import AdapterLoad, EngineCaps, NewSeq, SamplingSpec, SeqStep, StepPlan, StepResult
 from .stream import IncrementalDetokenizer, StopStrings
 
@@ -115,7 +115,7 @@ class Request:
     announced: bool = False  # the engine has had this request's NewSeq for its current slot
     adapter_entry: int = 0  # the adapter table entry it holds while running (0: no adapter)
     blocked_since: int | None = None  # the step it began waiting for an adapter entry
-    ngram: NgramIndex | None = None  # speculative n-gram drafter over prompt + output
+    drafter: Drafter | None = None  # speculative drafter over prompt + output (n-gram lookup)
     accept: Acceptance = field(default_factory=Acceptance)  # its draft acceptance so far
     shadow: int | None = None  # the draft it would have fed this step (checked for free, n-gram)
 
@@ -200,6 +200,9 @@ class Scheduler:
         if speculative is not None and speculative.method == "draft" and not self.caps.draft_model:
             raise SchedulerError("speculative method 'draft' needs an engine with a draft model")
         self.cost = StepCost(self.caps.step_overhead)
+        # a request's drafter (method "ngram"; tests put an oracle or an always-wrong one here)
+        self.new_drafter: Callable[[], Drafter] = lambda: NgramIndex(speculative.ngram_min if speculative else 1,
+                                                                     speculative.ngram_max if speculative else 4)
         self.spec_stats = {"verify_steps": 0, "draft_tokens": 0, "accepted_tokens": 0, "emitted_tokens": 0}
 
     # -- requests ------------------------------------------------------------------------------
@@ -395,10 +398,10 @@ class Scheduler:
                 plain += 1
                 continue
             if spec.method == "ngram":
-                if r.ngram is None:
-                    r.ngram = NgramIndex(spec.ngram_min, spec.ngram_max)
-                r.ngram.sync(r.all_ids)
-                prop = r.ngram.propose(room)
+                if r.drafter is None:
+                    r.drafter = self.new_drafter()
+                r.drafter.sync(r.all_ids)
+                prop = r.drafter.propose(room)
                 if not prop:
                     plain += 1
                     continue

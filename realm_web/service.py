@@ -34,6 +34,8 @@ class ServiceStats:
     waiting: int
     kv_used: int
     kv_capacity: int
+    speculative_method: str | None = None  # speculative decoding in force, if any
+    speculative: dict[str, int] | None = None  # its counters: verify_steps, draft/accepted/emitted_tokens
 
 
 Sink = Callable[[RequestOutput], None]

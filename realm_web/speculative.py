@@ -39,7 +39,7 @@ itself down.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Protocol, Sequence
 
 METHODS = ("ngram", "draft")
 MAX_SPECULATIVE_TOKENS = 16
@@ -117,7 +117,17 @@ def accepted_prefix(drafts: Sequence[int], samples: Sequence[int]) -> int:
     return n
 
 
-# -- the n-gram drafter -----------------------------------------------------------------------
+# -- drafters --------------------------------------------------------------------------------
+class Drafter(Protocol):
+    """Proposes draft tokens for one request from its tokens so far (prompt + output)."""
+
+    def sync(self, tokens: Sequence[int]) -> None:
+        """The request's tokens now (they only ever grow while it runs)."""
+
+    def propose(self, k: int) -> list[int]:
+        """Up to k tokens that may come next (fewer, or none, when it has no guess)."""
+
+
 class NgramIndex:
     """Prompt lookup over one request's tokens: for each n in [min_n, max_n], the latest
     position that followed each n-gram. `propose(k)` continues the longest suffix of the

@@ -13,6 +13,7 @@ from .lora import AdapterError
 from .manifest import load_manifest
 from .sampling import SamplingParams
 from .scheduler import RequestOutput
+from .speculative import SpeculativeConfig
 
 _llm: LLM | None = None
 
@@ -49,10 +50,28 @@ def start(model_dir: str, bridge: Any, options: str = "{}") -> str:
     engine = OrtWebEngine(load_manifest(model_dir), bridge, backend=str(opts.get("backend", "wasm")),
                           dtype=opts.get("dtype"), max_slots=int(opts.get("maxSlots", 4)),
                           max_length=opts.get("maxLength"), max_loras=int(opts.get("maxLoras", 8)))
-    _llm = LLM(engine=engine, max_tokens_per_step=int(opts.get("maxTokensPerStep", 256)))
+    _llm = LLM(engine=engine, max_tokens_per_step=int(opts.get("maxTokensPerStep", 256)),
+               speculative=_speculative(opts.get("speculative")))
     m = _llm.manifest
+    spec = _llm.speculative
     return json.dumps({"name": m.name, "max_length": engine.max_length, "eos_token_ids": m.eos_token_ids,
-                       "adapters": engine.caps.adapters, "max_loras": engine.max_loras})
+                       "adapters": engine.caps.adapters, "max_loras": engine.max_loras,
+                       "speculative": spec.to_json() if spec else None})
+
+
+def _speculative(value: Any) -> SpeculativeConfig | None:
+    """The JS option (camelCase keys, as everywhere in JS) -> SpeculativeConfig."""
+    if isinstance(value, dict):
+        names = {"numSpeculativeTokens": "num_speculative_tokens", "draftModel": "draft_model",
+                 "draftDtype": "draft_dtype", "ngramMin": "ngram_min", "ngramMax": "ngram_max"}
+        value = {names.get(k, k): v for k, v in value.items()}
+    return SpeculativeConfig.of(value)
+
+
+def speculative_stats() -> str:
+    """JSON: the speculative counters (draft, accepted, emitted tokens, verify steps)."""
+    s = _need().scheduler.spec_stats
+    return json.dumps(s)
 
 
 def load_adapter(name: str, path: str) -> str:

@@ -1,11 +1,13 @@
 """Prometheus metrics of one server (its own registry, so several apps can live in one process)."""
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Iterator
 
 from ..service import ServiceStats
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series: scrapes stay small
 
@@ -43,6 +45,7 @@ class Metrics:
 
     def watch(self, stats: Callable[[], ServiceStats], adapters: Callable[[], list[str]] | None = None) -> None:
         """Read the live gauges from the model's stats at each scrape."""
+        self.registry.register(_Speculative(stats))
         if adapters is not None:
             self.adapters_loaded.set_function(lambda: len(adapters()))
         self.running.set_function(lambda: stats().running)
@@ -62,3 +65,31 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _Speculative(Collector):
+    """Speculative decoding, by method: draft tokens fed, accepted, emitted by verify steps; the
+    acceptance rate and the mean tokens a verify step emits (accepted + 1)."""
+
+    def __init__(self, stats: Callable[[], ServiceStats]) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        st = self.stats()
+        if st.speculative is None or st.speculative_method is None:
+            return
+        s, m = st.speculative, [st.speculative_method]
+        for key, help_ in (("verify_steps", "Verify steps (rows that fed draft tokens)"),
+                           ("draft_tokens", "Draft tokens fed for verification"),
+                           ("accepted_tokens", "Draft tokens accepted"),
+                           ("emitted_tokens", "Tokens emitted by verify steps (accepted + one each)")):
+            c = CounterMetricFamily(f"realm_spec_{key}", help_, labels=["method"])
+            c.add_metric(m, s[key])
+            yield c
+        rate = GaugeMetricFamily("realm_spec_acceptance_rate", "Accepted / draft tokens so far", labels=["method"])
+        rate.add_metric(m, s["accepted_tokens"] / s["draft_tokens"] if s["draft_tokens"] else 0.0)
+        yield rate
+        mean = GaugeMetricFamily("realm_spec_mean_accepted_length",
+                                 "Tokens emitted per verify step (accepted drafts + 1), so far", labels=["method"])
+        mean.add_metric(m, s["emitted_tokens"] / s["verify_steps"] if s["verify_steps"] else 0.0)
+        yield mean

@@ -40,7 +40,7 @@ export class RealmEngineError extends RealmError {
 const fail = (code, message, cause, field) => new RealmEngineError(code, message, { cause, field });
 
 // Python exception types (realm_web.lora, realm_web.engine) -> error codes
-const PY_CODES = { ...ADAPTER_CODES, SamplingError: "bad_option", SchedulerError: "bad_prompt",
+const PY_CODES = { ...ADAPTER_CODES, SamplingError: "bad_option", SpeculativeError: "bad_option", SchedulerError: "bad_prompt",
                    ValueError: "bad_prompt", TypeError: "bad_prompt" };
 
 /** $REALM_WEB_HOME (default ~/.cache/realm-web), as the Python side (realm_web/paths.py). */
@@ -77,6 +77,8 @@ const LOAD_OPTIONS = {
   maxTokensPerStep: (v) => isInt(v) && v >= 1 || "an integer >= 1",
   batching: (v) => typeof v === "boolean" || "a boolean",
   maxLoras: (v) => isInt(v) && v >= 1 && v <= 64 || "an integer in [1, 64] (adapters one step may use)",
+  speculative: (v) => v == null || v === "ngram" || (typeof v === "object" && !Array.isArray(v)) ||
+    '"ngram" or {method: "ngram", numSpeculativeTokens} (speculative decoding)',
   wheel: (v) => typeof v === "string" || "the path of a realm_web wheel",
 };
 
@@ -253,10 +255,11 @@ export class Realm {
     try {
       facts = JSON.parse(web.start("/model", host, JSON.stringify({ maxSlots: o.maxSlots ?? 8, maxLength: o.maxLength ?? null,
                                                                      maxTokensPerStep: o.maxTokensPerStep ?? 256, maxLoras,
-                                                                     backend: ENGINES[engine], dtype: cfg.dtype })));
+                                                                     backend: ENGINES[engine], dtype: cfg.dtype,
+                                                                     speculative: o.speculative ?? null })));
     } catch (e) { await bridge.dispose(); throw fromPython(e); }
     const info = { name: facts.name, engine, dtype: cfg.dtype, file, modelDir, threads, maxSlots: o.maxSlots ?? 8,
-                   maxLength: facts.max_length, adapters: facts.adapters, maxLoras, vocabSize: cfg.vocabSize, eosTokenIds: facts.eos_token_ids,
+                   maxLength: facts.max_length, adapters: facts.adapters, maxLoras, speculative: facts.speculative, vocabSize: cfg.vocabSize, eosTokenIds: facts.eos_token_ids,
                    runtime: engine === "wasm" ? `onnxruntime-web ${ort.env.versions?.web ?? ""}`.trim()
                                               : `onnxruntime-node ${ort.env.versions?.node ?? ""}`.trim(),
                    loadMs: Math.round(performance.now() - t0) };
@@ -395,7 +398,8 @@ export class Realm {
   /** Counters of the engine: steps (awaited calls from Python), runs (session.run calls),
    * batchedRuns, maxRows (most sequences in one run), rowsRun, runMs, sampleMs, gatherMs. */
   stats() {
-    return { ...this.#bridge.timings, inflight: this.#inflight.size };
+    return { ...this.#bridge.timings, inflight: this.#inflight.size,
+             speculative: this.info.speculative ? JSON.parse(this.#web.speculative_stats()) : null };
   }
 
   /** Stop every request in flight (they end with an "aborted"/"closed" error) and free the model. */

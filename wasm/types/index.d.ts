@@ -55,8 +55,30 @@ export interface LoadOptions {
   batching?: boolean;
   /** LoRA adapters that one step may mix (the adapter table's entries, default 8). */
   maxLoras?: number;
+  /** Speculative decoding: "ngram" (prompt lookup), or its settings. Output is the same as
+   * without it; only the speed changes. */
+  speculative?: "ngram" | SpeculativeOptions | null;
   /** The realm_web core wheel that Pyodide installs (default: the one in the package's dist/). */
   wheel?: string;
+}
+
+/** realm_web.speculative.SpeculativeConfig in camelCase. */
+export interface SpeculativeOptions {
+  method: "ngram";
+  /** The most draft tokens a verify step feeds (default 4, at most 16). */
+  numSpeculativeTokens?: number;
+  /** The n-gram lengths the lookup tries, longest first (default 1..4). */
+  ngramMin?: number;
+  ngramMax?: number;
+  /** Size drafts per request from its acceptance and per step from the batch (default true). */
+  adaptive?: boolean;
+}
+
+export interface SpeculativeStats {
+  verify_steps: number;
+  draft_tokens: number;
+  accepted_tokens: number;
+  emitted_tokens: number;
 }
 
 /** The same names as the browser's window.realm API and the Python SamplingParams. */
@@ -129,6 +151,8 @@ export interface RealmInfo {
   /** Whether the export has a LoRA-capable graph (loadAdapter works). */
   adapters: boolean;
   maxLoras: number;
+  /** The speculative settings in force (snake_case, as realm_web.speculative), or null. */
+  speculative: Record<string, unknown> | null;
 }
 
 export interface AdapterInfo {
@@ -152,6 +176,8 @@ export interface RealmStats {
   sampleMs: number;
   gatherMs: number;
   inflight: number;
+  /** Speculative counters, when speculative decoding is on. */
+  speculative: SpeculativeStats | null;
 }
 
 /** A model loaded in this process: the Python core in Pyodide over onnxruntime-web or -node. */
