@@ -8,6 +8,8 @@
 //   await realm.loadAdapter(name, url)   // a LoRA adapter: a PEFT directory URL or a .gguf file
 //   await realm.generate(prompt, {adapter: name}); realm.unloadAdapter(name); await realm.adapters()
 //   await realm.serverAdapters()          // the adapters of the realm-web server serving this page
+//   await realm.setSpeculative("ngram")   // speculative decoding in the tab (or ?speculative=ngram);
+//                                         // {method, numSpeculativeTokens}; null: off. Same output.
 const params = new URLSearchParams(location.search);
 
 function defaultBackend() {
@@ -20,6 +22,7 @@ class Realm {
   constructor() {
     this.modelUrl = new URL(params.get("model") || "./models/default", location.href).href;
     this.threads = Number(params.get("threads") || Math.min(4, navigator.hardwareConcurrency || 1));
+    this.speculative = params.get("speculative") || null;
     this.onprogress = null;
     this.info = null;
     this._n = 0;
@@ -49,7 +52,7 @@ class Realm {
     this._worker.onmessage = (e) => this._message(e.data);
     this._worker.onerror = (e) => { for (const p of this._pending.values()) p.reject(new Error(e.message || "worker failed")); };
     const ready = this._call("init", { modelUrl: this.modelUrl, backend, threads: this.threads,
-                                       dtype: params.get("dtype") }).then((info) => {
+                                       dtype: params.get("dtype"), speculative: this.speculative }).then((info) => {
       this.info = info;
       return info;
     });
@@ -99,6 +102,17 @@ class Realm {
    * adapter_model.safetensors under it) or a GGUF LoRA file. Resolves to {name, rank, targets};
    * rejects with an Error whose `code` is "bad_adapter" (`field` says what), "adapter_in_use" or
    * "unsupported". On the "server" backend the server's own adapters are used instead. */
+  /** Speculative decoding for the in-tab model: "ngram", {method: "ngram", numSpeculativeTokens},
+   * or null (off). The model starts again with it (its files come from the browser's cache). */
+  async setSpeculative(value) {
+    this.speculative = value ?? null;
+    if (this.backend !== "server") {
+      this.ready = this._start(this.backend);
+      await this.ready;
+    }
+    return this.info?.speculative ?? null;
+  }
+
   async loadAdapter(name, url) {
     await this.ready;
     if (this.backend === "server") throw Object.assign(new Error("on the server backend, use the server's adapters (serverAdapters())"), { code: "unsupported" });

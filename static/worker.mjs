@@ -45,7 +45,7 @@ async function cachedFetch(url, onBytes) {
   return { bytes: buf, fromCache };
 }
 
-async function init({ modelUrl, backend, threads = 2, dtype = null }) {
+async function init({ modelUrl, backend, threads = 2, dtype = null, speculative = null }) {
   const t0 = performance.now();
   if (backend === "webgpu") {
     if (!navigator.gpu) throw new Error("WebGPU is not available in this browser: choose WASM");
@@ -84,7 +84,9 @@ async function init({ modelUrl, backend, threads = 2, dtype = null }) {
   }
   // The prompt chunk is the engine's to say (the bridge's capabilities: 16 tokens on WebGPU).
   info = { ...JSON.parse(web.start("/model", bridge, JSON.stringify({ maxSlots: 2, maxTokensPerStep: 256, backend,
-                                                                      dtype: cfg.dtype, maxLoras: MAX_LORAS }))), ...cfg,
+                                                                      dtype: cfg.dtype, maxLoras: MAX_LORAS,
+                                                                      speculative: typeof speculative === "string" && speculative.startsWith("{")
+                                                                        ? JSON.parse(speculative) : speculative }))), ...cfg,
            threads: ort.env.wasm.numThreads, crossOriginIsolated: self.crossOriginIsolated, fromCache,
            loadSeconds: (performance.now() - t0) / 1000 };
   return info;
@@ -108,7 +110,7 @@ const ops = {
   },
   async unloadAdapter({ name }) { answer(web.unload_adapter(name)); return true; },
   async adapters() { return JSON.parse(web.adapters()); },
-  async stats() { return { ...bridge?.timings }; },
+  async stats() { return { ...bridge?.timings, speculative: info?.speculative ? JSON.parse(web.speculative_stats()) : null }; },
   // Per-step timestamps for benchmarks (bench/browser.py): on -> start recording; off -> return them.
   async trace({ on }) {
     const t = bridge?.trace || null;

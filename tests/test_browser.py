@@ -109,3 +109,31 @@ def test_page_answers_paris_on_webgpu(site: str, model_dir: Path) -> None:
         b.close()
     assert info["backend"] == "webgpu" and info["dtype"] == load_manifest(model_dir).variant_for("webgpu").dtype
     assert "Paris" in r["text"], r["text"]
+
+
+PASSAGE = ("The city council met on Tuesday evening to review the annual budget. It approved funding for the new "
+           "public library on Elm Street and postponed the road repairs until next spring.")
+
+
+def test_speculative_decoding_in_the_page(site: str) -> None:
+    """window.realm.setSpeculative("ngram"): the tab's output is the same, greedy and seeded."""
+    from playwright.sync_api import sync_playwright
+
+    prompt = json.dumps(f"Repeat the following text exactly, word for word:\n\n{PASSAGE}")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        page = b.new_page()
+        page.goto(f"{site}/?backend=wasm&threads=2")
+        page.evaluate("() => window.realm.ready")
+        js = (f"async () => {{ const g = await window.realm.generate({prompt}, {{maxTokens: 40}});"
+              f" const s = await window.realm.generate({prompt}, {{maxTokens: 24, temperature: 0.8, topP: 0.9, seed: 3}});"
+              " return [g.tokenIds, s.tokenIds]; }")
+        plain = page.evaluate(js)
+        assert page.evaluate("() => window.realm.setSpeculative({method: 'ngram', numSpeculativeTokens: 4})")["method"] == "ngram"
+        spec = page.evaluate(js)
+        stats = page.evaluate("() => window.realm.stats()")
+        with pytest.raises(Exception, match="num_speculative_tokens"):
+            page.evaluate("() => window.realm.setSpeculative({method: 'ngram', numSpeculativeTokens: 99})")
+        b.close()
+    assert spec == plain
+    assert stats["speculative"]["accepted_tokens"] > 0, stats
