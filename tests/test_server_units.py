@@ -139,3 +139,35 @@ def test_an_unexpected_error_in_a_frame_is_that_frames_own(model_dir, monkeypatc
     assert frames[-1]["status"] == "complete" and frames[-1]["data"]["tokens_generated"] == 8
     assert after["id"] == "after" and after["data"]["status"] == "ok"
     assert 'realm_refusals_total{reason="internal_error"} 1.0' in metrics
+
+
+def test_speculative_server_answers_as_plain_and_counts(model_dir) -> None:  # type: ignore[no-untyped-def]
+    """The real app over an LLM with n-gram speculation: an OpenAI completion equals the plain
+    model's, and /metrics carries the speculative counters by method."""
+    import time
+
+    from starlette.testclient import TestClient
+
+    from realm_web import LLM
+    from realm_web.server import app as app_module
+
+    text = "The council approved the library, postponed the road repairs and asked for a new forecast."
+    body = {"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": f"Repeat exactly: {text}"}],
+            "max_tokens": 32, "temperature": 0}
+    plain = LLM(model_dir, dtype="fp32", max_slots=2, max_length=256)
+    want = plain.generate(body["messages"], max_tokens=32)[0].text  # type: ignore[arg-type]
+    llm = LLM(model_dir, dtype="fp32", max_slots=2, max_length=256,
+              speculative={"method": "ngram", "num_speculative_tokens": 4, "adaptive": False})
+    with TestClient(app_module.create_app(lambda: llm)) as client:
+        for _ in range(100):
+            if client.get("/health").status_code == 200:
+                break
+            time.sleep(0.1)
+        body["model"] = client.get("/v1/models").json()["data"][0]["id"]
+        r = client.post("/v1/chat/completions", json=body)
+        metrics = client.get("/metrics").text
+    assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == want
+    st = llm.scheduler.spec_stats
+    assert st["accepted_tokens"] > 0
+    assert f'realm_spec_accepted_tokens_total{{method="ngram"}} {float(st["accepted_tokens"])}' in metrics
+    assert 'realm_spec_mean_accepted_length{method="ngram"}' in metrics
