@@ -247,7 +247,7 @@ def choose_drafts(rates: Sequence[float], available: Sequence[int], plain_rows: 
     n = len(rates)
     ks = [0] * n
     if not adaptive:
-        return [a for a in available]
+        return list(available)
     tokens = float(plain_rows + n)  # expected tokens this step
     cost = overhead + plain_rows + n  # one batched run
     batched = plain_rows + n
