@@ -133,9 +133,13 @@ class LLM:
             model_dir = Path(model) if model is not None else _default_model()
             from .engines.ort_native import OrtNativeEngine
 
+            drafting = spec is not None and spec.method == "draft"
             engine = OrtNativeEngine(model_dir, dtype=dtype, device=device, threads=threads,
                                      max_slots=max_slots, max_length=max_length, cuda_graph=cuda_graph,
-                                     max_loras=max_loras)
+                                     max_loras=max_loras,
+                                     draft_model=(spec.draft_model or model_dir) if spec and drafting else None,
+                                     draft_dtype=spec.draft_dtype or (None if spec.draft_model else "int4")
+                                     if spec and drafting else None)
         self.engine = engine
         self.manifest = engine.manifest
         d = self.manifest.directory
@@ -147,6 +151,9 @@ class LLM:
                                    kv_capacity=kv_capacity or engine.kv_capacity, caps=engine.caps,
                                    max_loras=getattr(engine, "max_loras", 8), speculative=spec)
         self.speculative = spec
+        calibrate = getattr(engine, "calibrate", None)
+        if spec is not None and callable(calibrate):
+            self.scheduler.calibrate(**calibrate())
         if warmup if warmup is not None else engine.device == "cuda":  # see OrtNativeEngine.warmup
             warm = getattr(engine, "warmup", None)
             if callable(warm):

@@ -62,7 +62,7 @@ from typing import Any, Callable, Protocol, Sequence
 
 from .lora import AdapterInUse, LoraRouter
 from .sampling import SamplingParams, draw, random_seed
-from .speculative import Acceptance, Drafter, NgramIndex, SpeculativeConfig, StepCost, accepted_prefix, choose_drafts
+from .speculative import DRAFT_PRIOR, Acceptance, Drafter, NgramIndex, SpeculativeConfig, StepCost, accepted_prefix, choose_drafts
 from .step import AdapterLoad, EngineCaps, NewSeq, SamplingSpec, SeqStep, StepPlan, StepResult
 from .stream import IncrementalDetokenizer, StopStrings
 
@@ -223,6 +223,8 @@ class Scheduler:
         seed = params.seed if params.seed is not None else random_seed()
         req = Request(rid, ids, params, seed, adapter, priority, next(self._arrivals),
                       detok=IncrementalDetokenizer(self.tokenizer), stops=StopStrings(params.stop))
+        if self.speculative is not None and self.speculative.method == "draft":
+            req.accept = Acceptance(DRAFT_PRIOR)
         self.requests[rid] = req
         if params.max_tokens == 0:
             self._finish_now(req, "length")
@@ -409,7 +411,7 @@ class Scheduler:
             else:
                 cands.append((r, room))
         ks = choose_drafts([r.accept.rate for r, _ in cands], [p if isinstance(p, int) else len(p) for _, p in cands],
-                           plain, self.cost.overhead, spec.adaptive)
+                           plain, self.cost.overhead, spec.adaptive, self._draft_cost())
         spare = self.budget - len(chosen)  # draft tokens the step budget still holds
         picked: dict[int, tuple[list[int], int]] = {}
         for (r, offer), k in zip(cands, ks):
@@ -427,16 +429,29 @@ class Scheduler:
             out.append(self._seq(r, toks + drafts, len(drafts), propose))
         return out
 
+    def _draft_cost(self) -> float:
+        """A draft-model token's cost in the policy's units (one draft run each)."""
+        if self.speculative is None or self.speculative.method != "draft":
+            return 0.0
+        return self.cost.draft
+
+    def calibrate(self, run_seconds: float, token_seconds: float, draft_seconds: float = 0.0) -> None:
+        """The engine's measured step costs (a run's fixed seconds, seconds per fed token, a
+        draft-model run's seconds): the speculative policy's lasting prior (StepCost.seed)."""
+        self.cost.seed(run_seconds, token_seconds, draft_seconds)
+
     def observe_step(self, plan: StepPlan, seconds: float) -> None:
         """The measured duration of a step the engine ran: refits the speculative policy's cost
-        model from decode steps (a verify row runs on its own: one run each, see speculative.py)."""
+        model from decode steps (a verify row runs on its own: one run each, see speculative.py;
+        the draft model's runs, one per draft position, are priced by StepCost.draft)."""
         if self.speculative is None or not plan.seqs or any(q.start == 0 for q in plan.seqs):
             return
         verify = sum(1 for q in plan.seqs if len(q.tokens) > 1 or q.propose)
         if verify < len(plan.seqs) and any(len(q.tokens) > 1 and not q.drafts for q in plan.seqs):
             return  # a prompt chunk
         runs = verify + (1 if verify < len(plan.seqs) else 0)
-        self.cost.observe(runs, sum(len(q.tokens) + q.propose for q in plan.seqs), seconds)
+        self.cost.observe(runs, sum(len(q.tokens) + q.propose for q in plan.seqs), seconds,
+                          draft_runs=max((q.propose for q in plan.seqs), default=0))
 
     def _chunk(self, req: Request) -> tuple[Request, list[int]]:
         end = req.num_computed + min(req.prompt_left, self.chunk)
@@ -472,6 +487,8 @@ class Scheduler:
                 new = self._verify(req, seq, new, result)
             elif req.shadow is not None:  # what the n-gram drafter would have fed: a free check
                 req.accept.observe(1, int(new[0] == req.shadow), shadow=True)
+            elif self.speculative is not None:
+                req.accept.relax()
             req.shadow = None
             outputs.append(self._append(req, new, result.logprobs.get(seq.seq_id)))
         return outputs

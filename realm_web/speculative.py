@@ -168,7 +168,8 @@ class NgramIndex:
 
 
 # -- acceptance and the policy -----------------------------------------------------------------
-PRIOR = 0.5  # acceptance assumed before a request has shown any
+PRIOR = 0.5  # acceptance assumed before a request has shown any (n-gram lookup)
+DRAFT_PRIOR = 0.8  # ... for a draft model (the target's own weights in int4 accept ~0.85 on chat)
 PRIOR_WEIGHT = 2.0  # ... worth this many draft positions
 DECAY = 0.9  # older evidence fades per verify (acceptance changes as the text does)
 
@@ -177,9 +178,10 @@ class Acceptance:
     """One request's per-token draft acceptance estimate: accepted / checked draft positions,
     with older evidence decayed and a weak prior."""
 
-    __slots__ = ("hits", "trials", "proposed", "accepted", "verifies")
+    __slots__ = ("prior", "hits", "trials", "proposed", "accepted", "verifies")
 
-    def __init__(self) -> None:
+    def __init__(self, prior: float = PRIOR) -> None:
+        self.prior = prior
         self.hits = 0.0
         self.trials = 0.0
         self.proposed = 0  # drafts fed (for metrics)
@@ -197,9 +199,15 @@ class Acceptance:
             self.accepted += accepted
             self.verifies += 1
 
+    def relax(self) -> None:
+        """A step without a check: the evidence fades toward the prior, so that a request that
+        stopped speculating tries again once its text may have changed."""
+        self.hits *= DECAY
+        self.trials *= DECAY
+
     @property
     def rate(self) -> float:
-        return (self.hits + PRIOR * PRIOR_WEIGHT) / (self.trials + PRIOR_WEIGHT)
+        return (self.hits + self.prior * PRIOR_WEIGHT) / (self.trials + PRIOR_WEIGHT)
 
 
 def expected_accepted(rate: float, k: int) -> float:
@@ -213,37 +221,64 @@ def expected_accepted(rate: float, k: int) -> float:
 
 @dataclass
 class StepCost:
-    """A step's cost in units of one fed token: `overhead` per engine run plus one per token.
-    `observe` refits the ratio from measured steps (runs, tokens, seconds) by least squares with
-    older steps fading, so the policy follows the engine it runs on."""
+    """A step's cost in units of one fed token: `overhead` per engine run plus one per token,
+    plus `draft` per draft-model run (0 without a draft model). `observe` refits overhead from
+    measured steps (runs, tokens, seconds) by least squares, older steps fading; `seed` adds a
+    lasting prior (an engine's own calibration) so that noisy timings cannot swing the fit."""
 
     overhead: float = 4.0
+    draft: float = 0.0
     _s: tuple[float, float, float, float, float] = (0.0, 0.0, 0.0, 0.0, 0.0)  # sums rr, rt, tt, ry, ty
+    _prior: tuple[float, float, float, float, float] = (0.0, 0.0, 0.0, 0.0, 0.0)
+    _token_seconds: float = 0.0  # the last fit's seconds per token (to price draft runs)
 
-    def observe(self, runs: int, tokens: int, seconds: float, fade: float = 0.98) -> None:
+    def seed(self, run_seconds: float, token_seconds: float, draft_seconds: float = 0.0, weight: float = 32.0) -> None:
+        """An engine's calibration: a run costs `run_seconds` plus `token_seconds` per token fed, a
+        draft-model run `draft_seconds`. Kept as `weight` steps' worth of evidence, never faded."""
+        if not (run_seconds > 0 and token_seconds > 0):
+            return
+        self.overhead = min(500.0, max(0.25, run_seconds / token_seconds))
+        self.draft = max(0.0, draft_seconds / token_seconds)
+        self._token_seconds = token_seconds
+        pts = [(1.0, 1.0), (1.0, 8.0)]  # a plain run and a run of 8 tokens, as the calibration prices them
+        acc = [0.0] * 5
+        for r, t in pts:
+            y = r * run_seconds + t * token_seconds
+            for i, v in enumerate((r * r, r * t, t * t, r * y, t * y)):
+                acc[i] += v * weight / len(pts)
+        self._prior = (acc[0], acc[1], acc[2], acc[3], acc[4])
+
+    def observe(self, runs: float, tokens: float, seconds: float, draft_runs: float = 0.0, fade: float = 0.98) -> None:
+        """A measured step: `runs` engine runs feeding `tokens` tokens, plus `draft_runs` runs of
+        the draft model (priced at `draft` tokens each), took `seconds`."""
         if runs <= 0 or tokens <= 0 or not seconds > 0:
             return
+        tokens = tokens + self.draft * draft_runs
         rr, rt, tt, ry, ty = (v * fade for v in self._s)
         self._s = (rr + runs * runs, rt + runs * tokens, tt + tokens * tokens, ry + runs * seconds, ty + tokens * seconds)
-        rr, rt, tt, ry, ty = self._s
+        rr, rt, tt, ry, ty = (v + p for v, p in zip(self._s, self._prior))
         det = rr * tt - rt * rt
-        if det <= 1e-9 * rr * tt:  # every step alike so far: no fit yet
+        if det <= 1e-3 * rr * tt:  # steps all alike so far: no fit yet
             return
         a = (ry * tt - rt * ty) / det  # seconds per run
         b = (rr * ty - rt * ry) / det  # seconds per token
         if b > 0 and a > 0:
             self.overhead = min(500.0, max(0.25, a / b))
+            if self._token_seconds > 0:  # draft runs keep their measured seconds
+                self.draft *= self._token_seconds / b
+                self._token_seconds = b
 
 
 MARGIN = 1.05  # a plan with drafts must promise this much more than plain decoding
 
 
 def choose_drafts(rates: Sequence[float], available: Sequence[int], plain_rows: int, overhead: float,
-                  adaptive: bool = True) -> list[int]:
+                  adaptive: bool = True, draft_cost: float = 0.0) -> list[int]:
     """How many drafts each candidate row feeds this step (0: decode plainly). `rates[i]` is a
     row's acceptance estimate and `available[i]` the drafts it has (at most k); `plain_rows`
     the other rows decoding one token in the batched run. A verify row runs on its own: it
-    costs `overhead + 1 + k` units against 1 inside the batch (see the module docstring)."""
+    costs `overhead + 1 + k` units against 1 inside the batch (see the module docstring), plus
+    `draft_cost` per draft token a draft model makes (0 for n-gram lookup)."""
     n = len(rates)
     ks = [0] * n
     if not adaptive:
@@ -254,7 +289,7 @@ def choose_drafts(rates: Sequence[float], available: Sequence[int], plain_rows: 
     for i in sorted(range(n), key=lambda i: -rates[i]):
         best, best_k, best_cost = tokens / cost, 0, cost
         for k in range(1, available[i] + 1):
-            c = cost - 1 + overhead + 1 + k - (overhead if batched == 1 else 0.0)
+            c = cost - 1 + overhead + 1 + k + k * draft_cost - (overhead if batched == 1 else 0.0)
             value = (tokens + expected_accepted(rates[i], k)) / c
             if value > best * (MARGIN if best_k == 0 else 1.0):
                 best, best_k, best_cost = value, k, c

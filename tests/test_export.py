@@ -21,8 +21,11 @@ IDS = [1, 9690, 198, 2683, 359, 253, 5356, 30, 504, 3575, 282, 4649, 314, 7042, 
 def run_graph(model_dir: Path, dtype: str, ids: list[int]) -> np.ndarray:
     import onnxruntime as ort
 
+    from realm_web.engines.ort_native import session_options
+
     m = load_manifest(model_dir)
-    s = ort.InferenceSession(str(model_dir / m.variants[dtype].file), providers=["CPUExecutionProvider"])
+    s = ort.InferenceSession(str(model_dir / m.variants[dtype].file), session_options(ort),
+                             providers=["CPUExecutionProvider"])
     kv = np.float16 if dtype == "fp16" else np.float32
     feeds = {"input_ids": np.array([ids], np.int64), "attention_mask": np.ones((1, len(ids)), np.int64),
              "logits_index": np.arange(len(ids), dtype=np.int64)[None]}

@@ -2,6 +2,7 @@
 seeded output identical with and without speculation."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 from realm_web import LLM, SamplingParams
-from realm_web.speculative import SpeculativeConfig
+from realm_web.speculative import SpeculativeConfig, SpeculativeError
 from realm_web.step import NewSeq, SamplingSpec, SeqStep, StepPlan
 
 pytestmark = pytest.mark.model
@@ -34,9 +35,22 @@ def plain(model_dir: Path) -> LLM:
     return LLM(model_dir, dtype="fp32", max_slots=16, max_length=512)
 
 
-def spec_llm(model_dir: Path, k: int, adaptive: bool = True, **kw: object) -> LLM:
+def spec_llm(model_dir: Path, k: int, adaptive: bool = True, method: str = "ngram", **kw: object) -> LLM:
     return LLM(model_dir, dtype="fp32", max_slots=kw.pop("max_slots", 16), max_length=kw.pop("max_length", 512),  # type: ignore[arg-type]
-               speculative=SpeculativeConfig(num_speculative_tokens=k, adaptive=adaptive), **kw)  # type: ignore[arg-type]
+               speculative=SpeculativeConfig(method=method, num_speculative_tokens=k, adaptive=adaptive), **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def drafting(model_dir: Path) -> LLM:
+    """The target in fp32 with its own int4 export as the draft model (settings changed per test)."""
+    return spec_llm(model_dir, 4, adaptive=False, method="draft")
+
+
+def configure(llm: LLM, k: int, adaptive: bool) -> LLM:
+    """Another k / policy for the next requests (the scheduler reads its config every step)."""
+    assert llm.scheduler.speculative is not None and not llm.scheduler.has_work()
+    llm.scheduler.speculative = replace(llm.scheduler.speculative, num_speculative_tokens=k, adaptive=adaptive)
+    return llm
 
 
 def ids(cs: Sequence[object]) -> list[list[int]]:
@@ -52,11 +66,23 @@ def test_alone_identical_for_every_k(model_dir: Path, plain: LLM, k: int) -> Non
     assert llm.scheduler.spec_stats["accepted_tokens"] > 0
 
 
-def test_32_staggered_requests_identical(model_dir: Path, plain: LLM) -> None:
+def test_draft_model_alone_identical_for_every_k(plain: LLM, drafting: LLM) -> None:
+    for k in range(1, 9):
+        llm = configure(drafting, k, adaptive=False)
+        before = dict(llm.scheduler.spec_stats)
+        for i, prompt in enumerate(PROMPTS[:3]):
+            p = params(i)
+            assert ids(llm.generate(prompt, p)) == ids(plain.generate(prompt, p)), (k, i)
+        st = llm.scheduler.spec_stats
+        assert st["verify_steps"] > before["verify_steps"] and st["accepted_tokens"] > before["accepted_tokens"]
+
+
+@pytest.mark.parametrize("method", ["ngram", "draft"])
+def test_32_staggered_requests_identical(model_dir: Path, plain: LLM, drafting: LLM, method: str) -> None:
     reqs = [(PROMPTS[i % len(PROMPTS)], params(i, 24 + i % 17)) for i in range(32)]
     want = ids(plain.generate([r[0] for r in reqs], [r[1] for r in reqs]))
     for k, adaptive in ((4, False), (8, True)):
-        llm = spec_llm(model_dir, k, adaptive=adaptive)
+        llm = spec_llm(model_dir, k, adaptive=adaptive) if method == "ngram" else configure(drafting, k, adaptive)
         got: list[list[int]] = [[] for _ in reqs]
         rid_of: dict[int, int] = {}
         sink = lambda i: (lambda d: got[i].extend(d.token_ids))  # noqa: E731
@@ -67,14 +93,15 @@ def test_32_staggered_requests_identical(model_dir: Path, plain: LLM) -> None:
                 rid_of[llm._add(llm.encode_prompt(reqs[i][0]), reqs[i][1], sink(i))] = i
             llm.step()
             step += 1
-        assert got == want, k
+        assert got == want, (method, k)
         assert llm.scheduler.spec_stats["verify_steps"] > 0
 
 
-def test_stops_and_context_end_inside_accepted_runs(model_dir: Path, plain: LLM) -> None:
+@pytest.mark.parametrize("method", ["ngram", "draft"])
+def test_stops_and_context_end_inside_accepted_runs(model_dir: Path, plain: LLM, drafting: LLM, method: str) -> None:
     prompt = PROMPTS[0]
     full = plain.generate(prompt, SamplingParams(max_tokens=60))[0]
-    llm = spec_llm(model_dir, 6, adaptive=False)
+    llm = spec_llm(model_dir, 6, adaptive=False) if method == "ngram" else configure(drafting, 6, adaptive=False)
     stop = full.text[30:36]
     cases = [SamplingParams(max_tokens=23), SamplingParams(max_tokens=60, stop=[stop]),
              SamplingParams(max_tokens=60, stop_token_ids=(full.token_ids[17],))]
@@ -83,17 +110,45 @@ def test_stops_and_context_end_inside_accepted_runs(model_dir: Path, plain: LLM)
         assert (a.token_ids, a.text, a.finish_reason) == (b.token_ids, b.text, b.finish_reason)
     n = len(plain.encode_prompt(prompt))
     short_plain = LLM(model_dir, dtype="fp32", max_slots=2, max_length=n + 19)
-    short_spec = spec_llm(model_dir, 6, adaptive=False, max_slots=2, max_length=n + 19)
+    short_spec = spec_llm(model_dir, 6, adaptive=False, method=method, max_slots=2, max_length=n + 19)
     a, b = short_plain.generate(prompt, max_tokens=60)[0], short_spec.generate(prompt, max_tokens=60)[0]
     assert a.token_ids == b.token_ids and a.finish_reason == b.finish_reason == "length"
 
 
-def test_preemption_keeps_outputs(model_dir: Path, plain: LLM) -> None:
+@pytest.mark.parametrize("method", ["ngram", "draft"])
+def test_preemption_keeps_outputs(model_dir: Path, plain: LLM, method: str) -> None:
     reqs = [(PROMPTS[i % 3], params(i, 40)) for i in range(6)]
     want = ids(plain.generate([r[0] for r in reqs], [r[1] for r in reqs]))
-    llm = spec_llm(model_dir, 4, adaptive=False, max_slots=4, max_length=160, kv_capacity=230)
+    llm = spec_llm(model_dir, 4, adaptive=False, method=method, max_slots=4, max_length=160, kv_capacity=230)
     assert ids(llm.generate([r[0] for r in reqs], [r[1] for r in reqs])) == want
-    assert llm.scheduler.num_preemptions > 0
+    assert llm.scheduler.num_preemptions > 0 and llm.scheduler.spec_stats["verify_steps"] > 0
+
+
+def test_a_smaller_draft_model_with_the_same_tokenizer(model_dir: Path, plain: LLM, tiny_hf_dir: Path,
+                                                       tmp_path: Path) -> None:
+    """A user-given draft model (a random 2-layer Llama on the same tokenizer): its drafts are
+    mostly wrong, the output is still the target's; one with a shorter context is refused."""
+    from realm_web.export import export_model
+
+    draft = tmp_path / "tiny"
+    export_model(tiny_hf_dir, draft, ["fp32"], progress=None)
+    with pytest.raises(SpeculativeError, match="context"):
+        LLM(model_dir, dtype="fp32", max_slots=2, max_length=512,
+            speculative={"method": "draft", "draft_model": str(draft)})
+    llm = LLM(model_dir, dtype="fp32", max_slots=4, max_length=256,
+              speculative={"method": "draft", "draft_model": str(draft), "adaptive": False})
+    for i, prompt in enumerate(PROMPTS[:3]):
+        p = params(i, 24)
+        assert ids(llm.generate(prompt, p)) == ids(plain.generate(prompt, p)), i
+    st = llm.scheduler.spec_stats
+    assert st["verify_steps"] > 0 and st["draft_tokens"] > st["accepted_tokens"]
+
+
+def test_draft_model_refusals(model_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(SpeculativeError, match="target itself"):
+        LLM(model_dir, dtype="int4", max_slots=1, max_length=128, speculative="draft")
+    with pytest.raises(SpeculativeError, match="draft_model"):
+        SpeculativeConfig(method="ngram", draft_model=str(model_dir))
 
 
 class Oracle:

@@ -25,7 +25,9 @@ import asyncio
 import logging
 import mmap
 import os
+import statistics
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -35,6 +37,7 @@ import numpy as np
 
 from ..manifest import Manifest, load_manifest
 from ..step import EngineCaps, KVCopy, NewSeq, SamplingSpec, SeqStep, StepPlan, StepResult
+from .ort_draft import DraftError, DraftModel
 from .ort_lora import LoraTables, static_groups
 from .sampler import sample_positions
 
@@ -45,6 +48,29 @@ log = logging.getLogger("realm_web.engine")
 # when every row of the span starts empty.
 CAPS = EngineCaps(padded_span=True, prefill_batch="fresh", prefill_width=None, multi_position_logits=True,
                   adapters=False, token_masks=False, kv_copy=True)
+
+
+_global_threads: int | None = None  # the size of the process's shared intra-op pool, once made
+
+
+def _use_global_pool(ort: Any, threads: int) -> None:
+    """Make the process-wide pool of onnxruntime threads (once; every later session of the
+    process must use it: onnxruntime's rule). Used by CPU engines with a draft model."""
+    global _global_threads
+    if _global_threads is None:
+        ort.capi._pybind_state.set_global_thread_pool_sizes(threads, 1)
+        _global_threads = threads
+    elif _global_threads != threads:
+        log.info("shared onnxruntime thread pool", extra={"fields": {"threads": _global_threads, "asked": threads}})
+
+
+def session_options(ort: Any) -> Any:
+    """SessionOptions for a plain CPU session that works in this process (tests, tools)."""
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if _global_threads is not None:
+        so.use_per_session_threads = False
+    return so
 
 
 def default_threads() -> int:
@@ -61,7 +87,8 @@ class OrtNativeEngine:
     def __init__(self, model_dir: str | os.PathLike[str], *, dtype: str | None = None, device: str = "cpu",
                  threads: int | None = None, max_slots: int = 1, max_length: int | None = None,
                  bucket_shapes: bool | None = None, step_thread: bool = True, cuda_graph: bool | None = None,
-                 static_decode: bool | None = None, max_loras: int = 8) -> None:
+                 static_decode: bool | None = None, max_loras: int = 8,
+                 draft_model: str | os.PathLike[str] | None = None, draft_dtype: str | None = None) -> None:
         import onnxruntime as ort
 
         self.manifest: Manifest = load_manifest(model_dir)
@@ -80,6 +107,11 @@ class OrtNativeEngine:
             # Python threads that feed it (measured: it costs the serving loop milliseconds).
             so.intra_op_num_threads = threads or 1
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        elif draft_model is not None or _global_threads is not None:
+            # A target and its draft model take turns: with a pool each, one pool's threads spin
+            # while the other's work (measured here: steps 2x slower), so both use one pool
+            _use_global_pool(ort, threads or default_threads())
+            so.use_per_session_threads = False
         else:
             so.intra_op_num_threads = threads or default_threads()
         so.inter_op_num_threads = 1
@@ -172,6 +204,21 @@ class OrtNativeEngine:
         if step_thread:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="realm-engine")
             self._worker = self._executor.submit(threading.get_ident).result()
+        # speculative method "draft": a second engine over a cheaper model, made on the step thread
+        self.draft: DraftModel | None = None
+        if draft_model is not None:
+            self.draft = self._on_worker(self._make_draft, draft_model, draft_dtype, threads)
+            self.caps = replace(self.caps, draft_model=True)
+
+    def _make_draft(self, model_dir: str | os.PathLike[str], dtype: str | None, threads: int | None) -> DraftModel:
+        draft = OrtNativeEngine(model_dir, dtype=dtype, device=self.device, threads=threads, max_slots=self.max_slots,
+                                max_length=self.max_length, bucket_shapes=self.bucket_shapes, step_thread=False,
+                                cuda_graph=self.cuda_graph)
+        if draft.max_length < self.max_length:
+            raise DraftError(f"the draft model's context ({draft.max_length}) is shorter than the target's ({self.max_length})")
+        if Path(draft.manifest.directory, draft.variant.file).resolve() == Path(self.manifest.directory, self.variant.file).resolve():
+            raise DraftError(f"the draft model is the target itself ({self.variant.dtype}): pick another draft_dtype or model")
+        return DraftModel(draft, self.manifest)
 
     # -- bindings ------------------------------------------------------------------------------
     def _bind_span(self, lo: int, hi: int) -> None:
@@ -219,15 +266,35 @@ class OrtNativeEngine:
         if not plan.seqs:
             return StepResult(tokens={})
         self._take(plan)
+        drafts: dict[int, list[int]] = {}
+        if any(q.propose for q in plan.seqs):
+            plan, drafts = self._drafted(plan)
         parts = _parts(plan)
         if len(parts) == 1:
-            return self._run_part(plan)
-        out = StepResult(tokens={})
-        for part in parts:
-            res = self._run_part(part)
-            out.tokens.update(res.tokens)
-            out.logprobs.update(res.logprobs)
+            out = self._run_part(plan)
+        else:
+            out = StepResult(tokens={})
+            for part in parts:
+                res = self._run_part(part)
+                out.tokens.update(res.tokens)
+                out.logprobs.update(res.logprobs)
+        out.drafts = drafts
         return out
+
+    def _drafted(self, plan: StepPlan) -> tuple[StepPlan, dict[int, list[int]]]:
+        """The plan with each proposing row's drafts fed after its token, as a verify row."""
+        assert self.draft is not None
+        props = [q for q in plan.seqs if q.propose]
+        got = self.draft.propose([(q.slot, self._tokens[q.slot], q.propose) for q in props])
+        seqs, drafts = [], {}
+        for q in plan.seqs:
+            if q.propose:
+                d = got[q.slot]
+                drafts[q.seq_id] = d
+                self._tokens[q.slot] += d
+                q = replace(q, tokens=q.tokens + d, drafts=len(d), propose=0)
+            seqs.append(q)
+        return replace(plan, seqs=seqs), drafts
 
     def _run_part(self, plan: StepPlan) -> StepResult:
         """One run over the plan's rows (see _parts), then their samples."""
@@ -266,8 +333,8 @@ class OrtNativeEngine:
         seqs, tokens, limit, slots = plan.seqs, self._tokens, self.max_length, self.max_slots
         for q in seqs:
             slot, start, n, m = q.slot, q.start, len(q.tokens), q.num_samples
-            if not (0 <= slot < slots and 0 <= start <= len(tokens[slot]) and 0 < n and start + n <= limit
-                    and 0 <= m <= n) or q.propose:
+            if not (0 <= slot < slots and 0 <= start <= len(tokens[slot]) and 0 < n and start + n + q.propose <= limit
+                    and 0 <= m <= n + q.propose) or (q.propose and (self.draft is None or m != n + q.propose)):
                 raise self._refusal(q)
         if len({q.slot for q in seqs}) != len(seqs):
             raise ValueError("two rows of one step name the same slot")
@@ -276,6 +343,8 @@ class OrtNativeEngine:
             if len(t) != q.start:
                 del t[q.start:]  # a rollback, or a fresh start
             t += q.tokens
+            if self.draft is not None:
+                self.draft.cut(q.slot, q.start)
 
     def _geometry(self, plan: StepPlan) -> tuple[int, int, int, int]:
         """The span of a run's rows, its width and the positions per row to compute logits for."""
@@ -296,8 +365,11 @@ class OrtNativeEngine:
         return lo, hi, width, k
 
     def _refusal(self, q: SeqStep) -> ValueError:
-        if q.propose:
+        if q.propose and self.draft is None:
             return ValueError(f"sequence {q.seq_id}: this engine has no draft model to propose tokens")
+        if q.propose and q.num_samples != len(q.tokens) + q.propose:
+            return ValueError(f"sequence {q.seq_id}: proposing {q.propose} drafts needs {len(q.tokens) + q.propose} "
+                              f"samples, not {q.num_samples}")
         if not 0 <= q.slot < self.max_slots:
             return ValueError(f"sequence {q.seq_id}: slot {q.slot} is not in [0, {self.max_slots})")
         held = len(self._tokens[q.slot])
@@ -305,8 +377,8 @@ class OrtNativeEngine:
             return ValueError(f"slot {q.slot} holds {held} tokens but sequence {q.seq_id}'s step starts at {q.start}")
         if not 0 <= q.num_samples <= len(q.tokens):
             return ValueError(f"sequence {q.seq_id}: {q.num_samples} samples for {len(q.tokens)} tokens")
-        return ValueError(f"sequence {q.seq_id}: a step of {len(q.tokens)} tokens from position {q.start} does not "
-                          f"fit the context of {self.max_length} tokens")
+        return ValueError(f"sequence {q.seq_id}: a step of {len(q.tokens) + q.propose} tokens from position {q.start} "
+                          f"does not fit the context of {self.max_length} tokens")
 
     def _learn(self, plan: StepPlan) -> None:
         """The plan's news: requests gone (their slots' memory is given back), adapters to
@@ -317,12 +389,16 @@ class OrtNativeEngine:
             if slot is not None and slot not in self._slot_of.values():
                 self._drop_slot(slot)
                 self._entry_of.pop(slot, None)
+                if self.draft is not None:
+                    self.draft.drop(slot)
         for load in plan.adapter_loads:
             self._lora_graph()[2].upload(load.entry, load.adapter)
         for n in plan.new_seqs:
             self._announce(n)
         for c in plan.copies:
             self._copy(c)
+            if self.draft is not None:
+                self.draft.copy(c)
 
     def _announce(self, n: NewSeq) -> None:
         if n.adapter is not None and not self.caps.adapters:
@@ -539,6 +615,37 @@ class OrtNativeEngine:
         for t in self._tokens:
             t.clear()
         return n
+
+    def calibrate(self, reps: int = 5) -> dict[str, float]:
+        """Measured step costs for the speculative policy (Scheduler.calibrate): a run's fixed
+        seconds, seconds per fed token (from runs of 1 and 8 tokens on 64 tokens of context), and
+        a draft-model run's seconds (0 without one). Needs an idle engine; medians of `reps`."""
+        return self._on_worker(self._calibrate, reps)  # type: ignore[no-any-return]
+
+    def _calibrate(self, reps: int) -> dict[str, float]:
+        if self._specs or self.max_length < 80:
+            return {}
+        ctx = [self.pad_id] * 64
+
+        def timed(engine: OrtNativeEngine, width: int) -> float:
+            engine._specs[-1] = SamplingSpec()
+            engine._run(StepPlan(seqs=[SeqStep(-1, 0, 0, ctx, 1)]))
+            ts = []
+            for _ in range(reps + 1):
+                t0 = time.perf_counter()
+                engine._run(StepPlan(seqs=[SeqStep(-1, 0, len(ctx), [self.pad_id] * width, 1)]))
+                ts.append(time.perf_counter() - t0)
+            del engine._specs[-1]
+            engine._tokens[0].clear()
+            return statistics.median(ts[1:])
+
+        one, eight = timed(self, 1), timed(self, 8)
+        per_token = max(1e-6, (eight - one) / 7)
+        out = {"run_seconds": max(1e-6, one - per_token), "token_seconds": per_token}
+        if self.draft is not None:
+            out["draft_seconds"] = timed(self.draft.engine, 1)
+            self.draft.synced[0] = 0
+        return out
 
     def _warm_static(self, rows: int, lora: bool = False) -> None:
         """The first run of a graph id warms up, the next captures it."""
