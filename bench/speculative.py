@@ -1,6 +1,9 @@
 """Speculative decoding: tokens/s of realm-web's LLM with speculation against plain decoding, in
 the same run, per workload and batch size, with the acceptance and the tokens per verify step.
 
+Methods (--methods): ngram (prompt lookup) and draft (the model's own int4 export drafting for
+the --dtype target; --draft-dtype another).
+
 Workloads (--workloads): grounded (repeat / edit a given text, summarize a passage, extract
 fields), code (edit a given function), chat (open questions, nothing to look up). Batch 1 runs
 each prompt alone; batch B runs B prompts of the workload together. Greedy, --new tokens each
@@ -10,7 +13,7 @@ decoding of the same workload and batch in the same run. The outputs of every co
 compared with plain decoding's ("identical" column).
 
     .venv/bin/python bench/speculative.py [--dtype fp32] [--batches 1,16] [--new 96] [--reps 3]
-        [--methods ngram] [--k 4] [--out bench/results/speculative_cpu.json]
+        [--methods ngram,draft] [--k 4] [--out bench/results/speculative_cpu.json]
 """
 from __future__ import annotations
 
@@ -65,6 +68,7 @@ def main() -> int:
     ap.add_argument("--workloads", default="grounded,code,chat")
     ap.add_argument("--methods", default="ngram")
     ap.add_argument("--k", type=int, default=4)
+    ap.add_argument("--draft-dtype", default=None)
     ap.add_argument("--new", type=int, default=96)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None)
@@ -80,9 +84,15 @@ def main() -> int:
     configs: dict[str, Any] = {"plain": None}
     for m in a.methods.split(","):
         configs[m] = {"method": m, "num_speculative_tokens": a.k}
+        if m == "draft" and a.draft_dtype:
+            configs[m]["draft_dtype"] = a.draft_dtype
     slots = max(batches)
+    # a draft model's engine puts onnxruntime on one shared thread pool (ort_native.py): made first,
+    # so that every configuration runs on the same kind of pool
+    order = sorted(configs, key=lambda n: n != "draft")
     llms = {name: LLM(model, dtype=a.dtype, device=a.device, threads=a.threads, max_slots=slots, max_length=1024,
-                      speculative=cfg) for name, cfg in configs.items()}
+                      speculative=configs[name]) for name in order}
+    llms = {name: llms[name] for name in configs}
     params = SamplingParams(max_tokens=a.new)
 
     def run(name: str, texts: list[str]) -> tuple[float, int, list[list[int]], dict[str, int]]:
@@ -140,7 +150,8 @@ def main() -> int:
     env = {"device": a.device, "dtype": a.dtype, "k": a.k, "new": a.new, "reps": a.reps, "batches": batches,
            "model": str(model), "threads": a.threads or len(os.sched_getaffinity(0)), "python": platform.python_version(),
            "cpus": os.cpu_count(), "onnxruntime": onnxruntime.__version__, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-           "overhead_fit": {n: round(l.scheduler.cost.overhead, 2) for n, l in llms.items() if n != "plain"}}
+           "overhead_fit": {n: round(l.scheduler.cost.overhead, 2) for n, l in llms.items() if n != "plain"},
+           "draft_cost": {n: round(l.scheduler.cost.draft, 2) for n, l in llms.items() if n == "draft"}}
     out = {"env": env, "rows": rows}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(out, indent=1))

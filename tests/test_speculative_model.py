@@ -206,3 +206,20 @@ def test_engine_takes_any_logits_width_on_the_same_span(model_dir: Path) -> None
     assert both[0] == r1[:3] and both[1] == alone[1]
     lg = e.prompt_logits(ids_ + [11, 12], slot=0)
     assert r1[:2] == [int(np.argmax(lg[n - 1 + j])) for j in range(1, 3)]
+
+
+@pytest.mark.parametrize("method", ["ngram", "draft"])
+def test_static_verify_buffers_identical(model_dir: Path, plain: LLM, method: str) -> None:
+    """The CUDA-graph path's verify rows (fixed buffers per slot and power-of-two width, the
+    padding past the drafts), run here on the CPU without capture: same outputs."""
+    from realm_web.engines.ort_native import OrtNativeEngine
+
+    engine = OrtNativeEngine(model_dir, dtype="fp32", max_slots=4, max_length=256, static_decode=True,
+                             draft_model=model_dir if method == "draft" else None,
+                             draft_dtype="int4" if method == "draft" else None)
+    llm = LLM(engine=engine, speculative=SpeculativeConfig(method=method, num_speculative_tokens=5, adaptive=False))
+    reqs = [(PROMPTS[i % 4], params(i, 30)) for i in range(6)]
+    assert ids(llm.generate([r[0] for r in reqs], [r[1] for r in reqs])) == \
+        ids(plain.generate([r[0] for r in reqs], [r[1] for r in reqs]))
+    assert llm.scheduler.spec_stats["verify_steps"] > 0
+    assert {(w, slot) for rows, _, slot, w in engine._static if w > 1} >= {(8, 0)}  # 1 + 5 tokens -> 8 wide

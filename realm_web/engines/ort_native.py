@@ -114,7 +114,8 @@ class OrtNativeEngine:
             so.use_per_session_threads = False
         else:
             so.intra_op_num_threads = threads or default_threads()
-        so.inter_op_num_threads = 1
+        if so.use_per_session_threads:
+            so.inter_op_num_threads = 1
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if device == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
@@ -185,7 +186,7 @@ class OrtNativeEngine:
         # set per R; with cuda_graph each R is captured once as a CUDA graph and replayed.
         self.cuda_graph = cuda_graph
         self.static_decode = cuda_graph if static_decode is None else static_decode
-        self._static: dict[tuple[int, bool], dict[str, Any]] = {}  # (rows, lora) -> buffers
+        self._static: dict[tuple[int, bool, int, int], dict[str, Any]] = {}  # (rows, lora, slot, width) -> buffers
         self._plain_options = ort.RunOptions()
         if cuda_graph:
             self._plain_options.add_run_config_entry("gpu_graph_id", "-1")  # prompts: no capture
@@ -303,6 +304,9 @@ class OrtNativeEngine:
         lora = any(self._entry_of.get(q.slot) for q in seqs)
         if self.static_decode and width == 1 and (not lora or self._lora_static):
             return self._static_decode(plan, hi, lora)
+        if self.static_decode and len(seqs) == 1 and seqs[0].drafts and not lora \
+                and seqs[0].start + _pow2(width) <= self.max_length:
+            return self._static_verify(plan, _pow2(width))
         if self.bucket_shapes:
             lo, hi, width = self._bucketed(plan, lo, hi, width)
         ids = np.full((hi - lo, width), self.pad_id, dtype=np.int64)
@@ -500,7 +504,7 @@ class OrtNativeEngine:
             ids[q.slot, 0] = q.tokens[0]
             totals[q.slot] = q.start + 1
         mask = (np.arange(self.max_length)[None, :] < totals[:, None]).astype(np.int64)
-        key = (rows, lora)
+        key = (rows, lora, 0, 1)
         st = self._static.get(key) or self._make_static(rows, lora)
         st["ids"].update_inplace(ids)
         st["mask"].update_inplace(mask)
@@ -514,14 +518,34 @@ class OrtNativeEngine:
         st["session"].run_with_iobinding(st["binding"], st["options"])
         return self._sample(plan, 0, st["logits"])
 
-    def _make_static(self, rows: int, lora: bool = False) -> dict[str, Any]:
+    def _static_verify(self, plan: StepPlan, width: int) -> StepResult:
+        """One verify row (speculative decoding: its last token and drafts) on fixed device buffers
+        for its slot, padded to `width` (a power of two): a CUDA graph per (slot, width), captured
+        on first use. The padding lands past the row's drafts, where the next step overwrites it."""
+        q = plan.seqs[0]
+        n, m = len(q.tokens), q.num_samples
+        ids = np.full((1, width), self.pad_id, dtype=np.int64)
+        ids[0, :n] = q.tokens
+        mask = (np.arange(self.max_length) < q.start + width).astype(np.int64)[None]
+        index = np.full((1, width), n - 1, dtype=np.int64)
+        index[0, :m] = np.arange(n - m, n)
+        st = self._static.get((1, False, q.slot, width)) or self._make_static(1, False, q.slot, width)
+        st["ids"].update_inplace(ids)
+        st["mask"].update_inplace(mask)
+        st["index"].update_inplace(index)
+        st["session"].run_with_iobinding(st["binding"], st["options"])
+        return self._sample(plan, q.slot, st["logits"])
+
+    def _make_static(self, rows: int, lora: bool = False, slot: int = 0, width: int = 1) -> dict[str, Any]:
+        """Fixed buffers (and, with cuda_graph, a graph id) for runs of `rows` rows from `slot` on,
+        `width` tokens each."""
         ort, dev = self.ort, self.ort_device
         sess = self._lora_graph()[0] if lora else self.session
         st: dict[str, Any] = {
-            "ids": ort.OrtValue.ortvalue_from_numpy(np.zeros((rows, 1), np.int64), dev, 0),
+            "ids": ort.OrtValue.ortvalue_from_numpy(np.zeros((rows, width), np.int64), dev, 0),
             "mask": ort.OrtValue.ortvalue_from_numpy(np.zeros((rows, self.max_length), np.int64), dev, 0),
-            "index": ort.OrtValue.ortvalue_from_numpy(np.zeros((rows, 1), np.int64), dev, 0),
-            "logits": ort.OrtValue.ortvalue_from_shape_and_type((rows, 1, self.manifest.vocab_size),
+            "index": ort.OrtValue.ortvalue_from_numpy(np.zeros((rows, width), np.int64), dev, 0),
+            "logits": ort.OrtValue.ortvalue_from_shape_and_type((rows, width, self.manifest.vocab_size),
                                                                  self._logits_type, dev, 0),
             "session": sess,
             "binding": sess.io_binding(),
@@ -535,8 +559,8 @@ class OrtNativeEngine:
         bnd.bind_ortvalue_output(g.logits, st["logits"])
         shape = [rows, *self.row_shape]
         for (past, present), ptr in zip(self._kv_names, self.cache_ptrs):
-            bnd.bind_input(past, dev, 0, self.kv_dtype, shape, ptr)
-            bnd.bind_output(present, dev, 0, self.kv_dtype, shape, ptr)
+            bnd.bind_input(past, dev, 0, self.kv_dtype, shape, ptr + slot * self.row_bytes)
+            bnd.bind_output(present, dev, 0, self.kv_dtype, shape, ptr + slot * self.row_bytes)
         if lora:
             tables = self._lora_graph()[2]
             tables.bind(bnd, 1, self.max_loras)  # the whole table: its addresses never change
@@ -549,7 +573,7 @@ class OrtNativeEngine:
             bnd.bind_ortvalue_input(c.inverse, st["inverse"])
         if self.cuda_graph:
             st["options"].add_run_config_entry("gpu_graph_id", str(len(self._static) + 1))
-        self._static[(rows, lora)] = st
+        self._static[(rows, lora, slot, width)] = st
         return st
 
     def _bucketed(self, plan: StepPlan, lo: int, hi: int, width: int) -> tuple[int, int, int]:
@@ -600,7 +624,7 @@ class OrtNativeEngine:
                     n += 1
                 width *= 2
             rows *= 2
-        if self.static_decode and (self.max_slots, False) not in self._static:  # max_slots not a power of two
+        if self.static_decode and (self.max_slots, False, 0, 1) not in self._static:  # max_slots not a power of two
             self._warm_static(self.max_slots)
             n += 1
         if self.static_decode and self.caps.adapters:  # LoRA decode graphs too (the LoRA session is made now)
