@@ -138,8 +138,9 @@ def main() -> int:
             key = (w, b, name)
             rate = toks[key] / statistics.median(times[key])
             st = stats[key]
+            same = sum(x == y for x, y in zip(outs[key], outs[(w, b, "plain")]))
             row = {"tok_s": round(rate, 1), "vs_plain": round(rate / base, 3), "tokens": toks[key],
-                   "identical": outs[key] == outs[(w, b, "plain")]}
+                   "identical": outs[key] == outs[(w, b, "plain")], "identical_outputs": f"{same}/{len(outs[key])}"}
             if name != "plain":
                 row.update(verify_steps=st["verify_steps"], draft_tokens=st["draft_tokens"],
                            acceptance=round(st["accepted_tokens"] / st["draft_tokens"], 3) if st["draft_tokens"] else None,
@@ -158,7 +159,7 @@ def main() -> int:
     print(f"{'configuration':34s} {'tok/s':>8s} {'vs plain':>8s} {'accept':>7s} {'tok/verify':>10s} {'identical':>9s}")
     for k, r in rows.items():
         print(f"{k:34s} {r['tok_s']:8.1f} {r['vs_plain']:8.3f} {str(r.get('acceptance', '')):>7s} "
-              f"{str(r.get('mean_accepted_length', '')):>10s} {str(r['identical']):>9s}")
+              f"{str(r.get('mean_accepted_length', '')):>10s} {r['identical_outputs']:>9s}")
     print(f"wrote {a.out}")
     return 0
 

@@ -390,6 +390,11 @@ class Scheduler:
         """A decode step's rows with drafts where the policy finds them worth it (speculative.py)."""
         spec = self.speculative
         assert spec is not None
+        if spec.adaptive and not choose_drafts([1.0], [spec.num_speculative_tokens], len(chosen) - 1,
+                                               self.cost.overhead, True, self._draft_cost())[0]:
+            for r, _ in chosen:  # not even drafts that always stand would pay in a batch this size
+                r.shadow = None
+            return [self._seq(r, toks) for r, toks in chosen]
         cands: list[tuple[Request, list[int] | int]] = []
         plain = 0
         for r, _ in chosen:

@@ -212,9 +212,19 @@ class OrtNativeEngine:
             self.caps = replace(self.caps, draft_model=True)
 
     def _make_draft(self, model_dir: str | os.PathLike[str], dtype: str | None, threads: int | None) -> DraftModel:
-        draft = OrtNativeEngine(model_dir, dtype=dtype, device=self.device, threads=threads, max_slots=self.max_slots,
-                                max_length=self.max_length, bucket_shapes=self.bucket_shapes, step_thread=False,
-                                cuda_graph=self.cuda_graph)
+        def make(cuda_graph: bool) -> OrtNativeEngine:
+            return OrtNativeEngine(model_dir, dtype=dtype, device=self.device, threads=threads, max_slots=self.max_slots,
+                                   max_length=self.max_length, bucket_shapes=self.bucket_shapes, step_thread=False,
+                                   cuda_graph=cuda_graph)
+        try:
+            draft = make(self.cuda_graph)
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types
+            if not self.cuda_graph:
+                raise
+            # CUDA graphs need every node on the CUDA provider (a quantized export may have some
+            # on the CPU): the draft then runs uncaptured
+            log.warning("draft model: no CUDA graphs", extra={"fields": {"error": str(e).splitlines()[0][:200]}})
+            draft = make(False)
         if draft.max_length < self.max_length:
             raise DraftError(f"the draft model's context ({draft.max_length}) is shorter than the target's ({self.max_length})")
         if Path(draft.manifest.directory, draft.variant.file).resolve() == Path(self.manifest.directory, self.variant.file).resolve():
