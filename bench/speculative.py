@@ -83,6 +83,9 @@ def main() -> int:
     workloads = a.workloads.split(",")
     configs: dict[str, Any] = {"plain": None}
     for m in a.methods.split(","):
+        if m == "plain2":  # a second plain LLM: the noise between two identical configurations
+            configs[m] = None
+            continue
         configs[m] = {"method": m, "num_speculative_tokens": a.k}
         if m == "draft" and a.draft_dtype:
             configs[m]["draft_dtype"] = a.draft_dtype
@@ -141,7 +144,7 @@ def main() -> int:
             same = sum(x == y for x, y in zip(outs[key], outs[(w, b, "plain")]))
             row = {"tok_s": round(rate, 1), "vs_plain": round(rate / base, 3), "tokens": toks[key],
                    "identical": outs[key] == outs[(w, b, "plain")], "identical_outputs": f"{same}/{len(outs[key])}"}
-            if name != "plain":
+            if configs[name] is not None:
                 row.update(verify_steps=st["verify_steps"], draft_tokens=st["draft_tokens"],
                            acceptance=round(st["accepted_tokens"] / st["draft_tokens"], 3) if st["draft_tokens"] else None,
                            mean_accepted_length=round(st["emitted_tokens"] / st["verify_steps"], 2) if st["verify_steps"] else None)

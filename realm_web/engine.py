@@ -157,7 +157,7 @@ class LLM:
         if warmup if warmup is not None else engine.device == "cuda":  # see OrtNativeEngine.warmup
             warm = getattr(engine, "warmup", None)
             if callable(warm):
-                warm(self.scheduler.budget)
+                warm(self.scheduler.budget, 1 + spec.num_speculative_tokens if spec else 0)
         self._sinks: dict[int, Sink] = {}
         self._loop_task: asyncio.Task[None] | None = None
 

@@ -609,16 +609,17 @@ class OrtNativeEngine:
             raise RuntimeError("the engine is closed, or runs steps only on the thread that made it (step_thread=False)")
         return self._executor.submit(fn, *args).result()
 
-    def warmup(self, max_width: int) -> int:
+    def warmup(self, max_width: int, verify_width: int = 0) -> int:
         """Run each bucketed shape once (decode spans, prompt widths, batched prompts up to
-        `max_width` tokens) so that no request pays the provider's first-shape cost. Only empty
-        slots are touched; returns the number of shapes run."""
-        return int(self._on_worker(self._warmup, max_width))
+        `max_width` tokens; with `verify_width`, the static verify graphs of every slot up to that
+        many tokens) so that no request pays the provider's first-shape cost. Only empty slots
+        are touched; returns the number of shapes run."""
+        return int(self._on_worker(self._warmup, max_width, verify_width))
 
-    def _warmup(self, max_width: int) -> int:
+    def _warmup(self, max_width: int, verify_width: int = 0) -> int:
         if self._specs:
             raise RuntimeError("warmup() needs an idle engine")
-        n = 0
+        n = self._warm_verify(verify_width) if self.static_decode and verify_width > 1 else 0
         rows = 1
         while rows <= self.max_slots:
             width = 1
@@ -680,6 +681,23 @@ class OrtNativeEngine:
             out["draft_seconds"] = timed(self.draft.engine, 1)
             self.draft.synced[0] = 0
         return out
+
+    def _warm_verify(self, verify_width: int) -> int:
+        """The static verify graphs (see _static_verify) of each slot and power-of-two width."""
+        n = 0
+        for slot in range(self.max_slots):
+            w = 2
+            while w <= _pow2(verify_width) and w <= self.max_length:
+                for _ in range(2):  # the first run of a graph id warms up, the next captures it
+                    q = SeqStep(seq_id=-1, slot=slot, start=0, tokens=[self.pad_id] * w, num_samples=w, drafts=w - 1)
+                    plan = StepPlan(seqs=[q], new_seqs=[NewSeq(-1, slot, SamplingSpec())])
+                    self._learn(plan)
+                    self._take(plan)
+                    self._static_verify(plan, w)
+                    self._learn(StepPlan(seqs=[], released=[-1]))
+                n += 1
+                w *= 2
+        return n
 
     def _warm_static(self, rows: int, lora: bool = False) -> None:
         """The first run of a graph id warms up, the next captures it."""
