@@ -7,7 +7,7 @@ speculation against plain decoding, same run, per workload of bench/speculative.
 Each page loads the model once (`?speculative=ngram` or plain), warms up with a short
 generation, then generates each prompt of each workload alone (batch 1, greedy, up to --new
 tokens, ending where the model ends it), timing window.realm.generate from the call to the
-answer (prefill included). Pages alternate between configurations in rounds, --pages rounds;
+answer (prefill included; "decode" columns: from the first token to the answer). Pages alternate between configurations in rounds, --pages rounds;
 tok/s is the tokens over the median time per workload; "vs plain" is the ratio to plain
 decoding in the same run; "identical" compares the token ids with plain decoding's. Not a test:
 nothing here asserts a timing.
@@ -37,9 +37,11 @@ RUN = """async ({prompts, maxTokens}) => {
   const before = (await window.realm.stats()).speculative || null;
   const out = [];
   for (const p of prompts) {
+    let first = null;
     const t0 = performance.now();
-    const r = await window.realm.generate(p, {maxTokens});
-    out.push({seconds: (performance.now() - t0) / 1000, ids: r.tokenIds});
+    const r = await window.realm.stream(p, {maxTokens}, (d) => { if (first === null && d.tokenIds.length) first = performance.now(); });
+    const t1 = performance.now();
+    out.push({seconds: (t1 - t0) / 1000, decode_seconds: (t1 - (first ?? t1)) / 1000, ids: r.tokenIds});
   }
   const after = (await window.realm.stats()).speculative || null;
   return {info: {backend: info.backend, dtype: info.dtype, threads: info.threads, speculative: info.speculative},
@@ -67,7 +69,7 @@ def main() -> int:
     srv, site = serve(model_dir, gguf)
     from playwright.sync_api import sync_playwright
 
-    configs = {"plain": "", "ngram": f"&speculative=ngram"}
+    configs = {"plain": "", "ngram": "&speculative=ngram"}
     samples: dict[str, list[dict[str, Any]]] = {c: [] for c in configs}
     with tempfile.TemporaryDirectory() as profile, sync_playwright() as p:
         ctx = p.chromium.launch_persistent_context(profile, executable_path=CHROMIUM, args=ARGS, headless=True)
@@ -90,15 +92,20 @@ def main() -> int:
     rows: dict[str, Any] = {}
     for w in workloads:
         idx = [i for i, pr in enumerate(prompts) if pr in WORKLOADS[w]]
-        base = None
+        base = dec_base = None
         for name in configs:
             smp = samples[name]
             times = [sum(s["out"][i]["seconds"] for i in idx) for s in smp]
             ids = [smp[0]["out"][i]["ids"] for i in idx]
             tokens = sum(len(x) for x in ids)
             rate = tokens / statistics.median(times)
+            dec = statistics.median([sum(s["out"][i]["decode_seconds"] for i in idx) for s in smp])
+            dec_rate = (tokens - len(idx)) / dec if dec > 0 else 0.0
             base = rate if name == "plain" else base
+            dec_base = dec_rate if name == "plain" else dec_base
             row: dict[str, Any] = {"tok_s": round(rate, 2), "vs_plain": round(rate / base, 3) if base else None,
+                                   "decode_tok_s": round(dec_rate, 2),
+                                   "decode_vs_plain": round(dec_rate / dec_base, 3) if dec_base else None,
                                    "tokens": tokens, "seconds": [round(t, 2) for t in times],
                                    "identical": ids == [samples["plain"][0]["out"][i]["ids"] for i in idx]}
             rows[f"{w}, batch 1, {name}"] = row
@@ -112,10 +119,11 @@ def main() -> int:
            "date": time.strftime("%Y-%m-%d %H:%M:%S")}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps({"env": env, "rows": rows}, indent=1))
-    print(f"{'configuration':30s} {'tok/s':>8s} {'vs plain':>8s} {'identical':>9s}")
+    print(f"{'configuration':30s} {'tok/s':>8s} {'vs plain':>8s} {'decode tok/s':>12s} {'vs plain':>8s} {'identical':>9s}")
     for k, r in rows.items():
         if "tok_s" in r:
-            print(f"{k:30s} {r['tok_s']:8.2f} {r['vs_plain']:8.3f} {str(r['identical']):>9s}")
+            print(f"{k:30s} {r['tok_s']:8.2f} {r['vs_plain']:8.3f} {r['decode_tok_s']:12.2f} {r['decode_vs_plain']:8.3f} "
+                  f"{str(r['identical']):>9s}")
         else:
             print(f"{k:30s} {r}")
     print(f"wrote {a.out}")

@@ -101,7 +101,11 @@ export class Bridge {
     if (!st) throw new Error(`slot ${slot} holds no cache but the step starts at ${start}`);
     const held = st.past[this.names.kv[0][0]].dims[2];
     if (start > held) throw new Error(`slot ${slot} holds ${held} positions but the step starts at ${start}`);
-    if (st.rows > 1 || held > start) { // leaves a batch, or rolls back: its own cache of `start` positions
+    // Leaving a batch, or rolling back on WebGPU: its own cache of `start` positions. On the CPU
+    // backends a rollback keeps the longer tensor: GroupQueryAttention reads each row's past length
+    // from the attention mask (start + new tokens), so the stale positions past `start` are never
+    // read and the new tokens overwrite them (no copy per rejected draft).
+    if (st.rows > 1 || (held > start && this.cfg.backend === "webgpu")) {
       const old = st.past;
       Object.assign(st, { past: await this.build([st], [start]), row: 0, rows: 1 });
       disposeGpu(old);
