@@ -47,6 +47,16 @@ def test_stream_and_sampling_options(model_dir: Path) -> None:
     assert r2.stdout == r.stdout  # same seed, same text
 
 
+@pytest.mark.parametrize("method", ["ngram", "draft"])
+def test_speculative_generate_is_plain_generate(model_dir: Path, method: str) -> None:
+    args = ("generate", "Repeat exactly: the quick brown fox jumps over the lazy dog.", "--json", "--dtype", "fp32",
+            "--max-tokens", "24")
+    plain = json.loads(cli(*args, model=model_dir).stdout)
+    r = cli(*args, "--speculative", method, "--num-speculative-tokens", "3", model=model_dir)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["token_ids"] == plain["token_ids"]
+
+
 def test_raw_prompt_and_max_tokens(model_dir: Path) -> None:
     r = cli("generate", "1, 2, 3, 4,", "--raw", "--max-tokens", "6", "--json", model=model_dir)
     out = json.loads(r.stdout)
@@ -61,6 +71,10 @@ def test_raw_prompt_and_max_tokens(model_dir: Path) -> None:
     (["generate", "hi", "--model", "/nonexistent/model"], "no such model directory"),
     (["generate", "hi", "--model", "{file}"], "not a directory"),
     (["generate", "hi", "--model", "{tmp}"], "not a realm-web model directory"),
+    (["generate", "hi", "--speculative", "draft", "--dtype", "int4", "--model", "{model}"], "the target itself"),
+    (["generate", "hi", "--draft-dtype", "int4", "--model", "{model}"], "need --speculative"),
+    (["generate", "hi", "--speculative", "ngram", "--num-speculative-tokens", "0", "--model", "{model}"],
+     "num_speculative_tokens"),
     (["export", "/nonexistent.gguf", "-o", "{tmp}/x"], "no such file"),
     (["export", "{file}", "-o", "{tmp}/x"], "not a GGUF file"),
 ])
