@@ -23,14 +23,27 @@ are stale and the feed overwrites them, the same rollback the target uses.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import Protocol, Sequence
 
+from ..manifest import Manifest
 from ..speculative import SpeculativeError
-from ..step import KVCopy, SamplingSpec, SeqStep, StepPlan
+from ..step import KVCopy, SamplingSpec, SeqStep, StepPlan, StepResult
 
-if TYPE_CHECKING:
-    from ..manifest import Manifest
-    from .ort_native import OrtNativeEngine
+
+class DraftEngine(Protocol):
+    """What the draft model needs of its engine (an OrtNativeEngine; named here by its shape so
+    that the two modules do not import each other)."""
+
+    manifest: Manifest
+    max_slots: int
+    _specs: dict[int, SamplingSpec]
+    _tokens: list[list[int]]
+
+    def _run(self, plan: StepPlan) -> StepResult: ...
+
+    def _drop_slot(self, slot: int) -> None: ...
+
+    def _copy(self, c: KVCopy) -> None: ...
 
 
 class DraftError(SpeculativeError):
@@ -40,7 +53,7 @@ class DraftError(SpeculativeError):
 class DraftModel:
     """Greedy drafts from a second engine whose cache follows the target's rows."""
 
-    def __init__(self, engine: "OrtNativeEngine", target: "Manifest") -> None:
+    def __init__(self, engine: DraftEngine, target: Manifest) -> None:
         m = engine.manifest
         if m.vocab_size != target.vocab_size:
             raise DraftError(f"the draft model's vocabulary has {m.vocab_size} tokens, the target's {target.vocab_size}: "
