@@ -96,4 +96,5 @@ def test_static_decode_buffers_give_the_same_tokens(model_dir: Path) -> None:
     static = run_staggered(LLM(engine=eng, max_tokens_per_step=256), prompts, params, arrive)
     plain = run_staggered(LLM(model_dir, max_slots=12, max_length=256, max_tokens_per_step=256), prompts, params, arrive)
     assert static == plain
-    assert sorted(eng._static) == [(r, lora) for r in (1, 2, 4, 8, 12) for lora in (False, True)]  # LoRA: warmed too
+    # (rows, lora, first slot, width): decode spans from slot 0, LoRA warmed too
+    assert sorted(eng._static) == [(r, lora, 0, 1) for r in (1, 2, 4, 8, 12) for lora in (False, True)]

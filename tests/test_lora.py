@@ -466,7 +466,7 @@ def test_static_decode_with_adapters_equals_the_dynamic_path(model_dir: Path, tm
         seeded = [c.token_ids for c in llm.generate(prompts, max_tokens=12, temperature=0.8, seed=3, adapter=names)]
         got.append((greedy, seeded))
         if static:
-            assert (8, True) in eng._static  # the LoRA decode buffers were used
+            assert (8, True, 0, 1) in eng._static  # the LoRA decode buffers were used
         llm.close()
     assert got[0] == got[1]
     assert got[0][0][1] != got[0][0][0] or got[0][0][2] != got[0][0][0]
