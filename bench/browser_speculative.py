@@ -59,7 +59,6 @@ def main() -> int:
     ap.add_argument("--new", type=int, default=96)
     ap.add_argument("--pages", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--k", type=int, default=4)
     ap.add_argument("--quiet", type=float, default=0.25)
     ap.add_argument("--out", default=str(HERE / "results" / "speculative_browser.json"))
     a = ap.parse_args()

@@ -4,12 +4,7 @@
 # Env: SIZES (1,16,128), ANCHORS (sequential,hf,plain,genai), SKIP_CHECK=1, GRAPH_CHECK=1 (check
 # and profile the CUDA-graph engine first), SKIP_BENCH=1, OUTNAME,
 # EXTRA (e.g. "--inline --no-graph" to A/B the engine variants in the same run).
-set -uo pipefail
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-cd "$(dirname "$0")/.."
-log() { echo "[gpu $(date +%T)] $*" | tee -a "$OUT/steps.log"; }
-[ -f /tmp/site/LD_PATH ] || python3 /tmp/stage/assemble.py 2>&1 | tail -2
-export PYTHONPATH=/tmp/site:/tmp/site2:$PWD:${PYTHONPATH:-} LD_LIBRARY_PATH=$(cat /tmp/site/LD_PATH):${LD_LIBRARY_PATH:-}
+source "$(dirname "$0")/gpu_env.sh"
 for m in onnx ml_dtypes google.protobuf accelerate; do
   python3 -c "import $m" 2>/dev/null || missing="${missing:-} $m"
 done

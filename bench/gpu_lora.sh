@@ -3,12 +3,7 @@
 # ../shared/gpu/stage.sh were carried into /tmp/stage, and .gpu/extra (wheels: peft, accelerate,
 # and what the image may lack) into /tmp/stage/extra. Writes logs and JSON under $OUT.
 # Env: SKIP_CHECK=1, SKIP_BENCH=1, CHECK_ARGS (more bench/lora_check.py options, e.g. --logits), BENCH_ARGS.
-set -uo pipefail
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-cd "$(dirname "$0")/.."
-log() { echo "[gpu $(date +%T)] $*" | tee -a "$OUT/steps.log"; }
-[ -f /tmp/site/LD_PATH ] || python3 /tmp/stage/assemble.py 2>&1 | tail -2
-export PYTHONPATH=/tmp/site:/tmp/site2:$PWD:${PYTHONPATH:-} LD_LIBRARY_PATH=$(cat /tmp/site/LD_PATH):${LD_LIBRARY_PATH:-}
+source "$(dirname "$0")/gpu_env.sh"
 declare -A WHEEL=([onnx]=onnx [ml_dtypes]=ml_dtypes [google.protobuf]=protobuf [accelerate]=accelerate [peft]=peft
                   [psutil]=psutil [yaml]=pyyaml [safetensors]=safetensors)
 for m in "${!WHEEL[@]}"; do

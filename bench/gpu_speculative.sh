@@ -3,12 +3,7 @@
 # ../shared/gpu/stage.sh were carried into /tmp/stage: bench/speculative.py on CUDA (fp16 target;
 # n-gram, and the int4 export drafting), plain decoding as the anchor in the same run, and the
 # static-verify path's exactness. Writes logs and JSON under $OUT.
-set -uo pipefail
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-cd "$(dirname "$0")/.."
-log() { echo "[gpu $(date +%T)] $*" | tee -a "$OUT/steps.log"; }
-[ -f /tmp/site/LD_PATH ] || python3 /tmp/stage/assemble.py 2>&1 | tail -2
-export PYTHONPATH=/tmp/site:/tmp/site2:$PWD:${PYTHONPATH:-} LD_LIBRARY_PATH=$(cat /tmp/site/LD_PATH):${LD_LIBRARY_PATH:-}
+source "$(dirname "$0")/gpu_env.sh"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 python3 -c "import onnxruntime as o; print('ort', o.__version__, o.get_available_providers())" 2>&1 | tee -a "$OUT/gpu.txt"
 if [ ! -f /tmp/realm/realm.json ]; then
