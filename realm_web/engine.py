@@ -227,6 +227,37 @@ class LLM:
         tok = self.tokenizer
         return [tok.token_bytes(t).decode("utf-8", errors="replace") for t in ids]
 
+    def tokenize(self, prompt: Prompt, *, add_special_tokens: bool = False, add_generation_prompt: bool = True) -> list[int]:
+        """Token ids of a text (as is: no chat template) or of chat messages (through the chat
+        template); `add_special_tokens` applies the tokenizer's post-processor (BOS/EOS where it
+        has them). With the defaults these are the ids the server's completions and chats use."""
+        if isinstance(prompt, str):
+            if not prompt:
+                raise ValueError("the prompt is empty")
+            return self.tokenizer.encode(prompt, add_special_tokens=add_special_tokens)
+        messages = list(prompt)
+        if not messages or not all(isinstance(m, Mapping) for m in messages):
+            raise ValueError("messages must be a non-empty list of objects")
+        if self.chat_template is None:
+            raise ValueError("this model has no chat template: pass raw text")
+        text = self.chat_template.render(messages, add_generation_prompt=add_generation_prompt)  # type: ignore[arg-type]
+        return self.tokenizer.encode(text, add_special_tokens=add_special_tokens)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """The text of token ids (special tokens written out); ValueError for an id outside the vocabulary."""
+        v = self.manifest.vocab_size
+        if not all(isinstance(t, int) and 0 <= t < v for t in ids):
+            raise ValueError(f"token ids must be integers in [0, {v})")
+        return self.tokenizer.decode(list(ids))
+
+    def tokenizer_info(self) -> dict[str, Any]:
+        """Vocabulary size, context, end-of-sequence ids, special tokens and the chat template."""
+        m = self.manifest
+        return {"vocab_size": m.vocab_size, "max_model_len": self.engine.max_length,
+                "eos_token_ids": list(m.eos_token_ids), "special_tokens": dict(m.special_tokens),
+                "chat_template": self.chat_template.source if self.chat_template else None,
+                "tokenizer_file": m.tokenizer}
+
     def _params(self, params: SamplingParams | None, kw: dict[str, Any]) -> SamplingParams:
         if params is not None and kw:
             raise TypeError("pass either params= or keyword sampling arguments, not both")

@@ -55,6 +55,20 @@ class ModelService(Protocol):
         """Each token's text (its bytes decoded alone, undecodable bytes replaced)."""
         ...
 
+    def tokenize(self, prompt: Any, *, add_special_tokens: bool = False, add_generation_prompt: bool = True) -> list[int]:
+        """Token ids of a text (as is) or of chat messages (through the chat template); ValueError
+        when it is unusable. With the defaults, the ids the completion and chat paths use."""
+        ...
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """The text of a sequence of token ids (special tokens included)."""
+        ...
+
+    def tokenizer_info(self) -> dict[str, Any]:
+        """What a client may learn of the tokenizer: vocabulary size, special and end tokens,
+        the chat template."""
+        ...
+
     def submit(self, prompt_ids: Sequence[int], params: SamplingParams, sink: Sink, *, priority: int = 0,
                adapter: str | None = None) -> int:
         """Start a request; `sink` gets its deltas (the last has `finished`). Returns its id.

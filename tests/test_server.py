@@ -345,3 +345,36 @@ def test_serve_refuses_open_mode_off_loopback_and_bad_config(model_dir: Path, tm
     r = subprocess.run([sys.executable, "-m", "realm_web.cli", "serve", "--config", str(bad), "--model", str(model_dir)],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "api_keys" in r.stderr
+
+
+def test_tokenizer_endpoints(server: ServerProcess) -> None:
+    """vLLM's /tokenize, /detokenize, /tokenizer_info: counts equal the completion paths' usage."""
+    text = "Grüße aus Köln: 日本語 and emoji 🙂, then <|im_end|>."
+    r = post(server, "/tokenize", {"prompt": text, "return_token_strs": True})
+    assert r.status_code == 200, r.text
+    tok = r.json()
+    assert tok["count"] == len(tok["tokens"]) == len(tok["token_strs"]) and tok["max_model_len"] > 0
+    comp = post(server, "/v1/completions", {"model": "smollm2-135m-instruct", "prompt": text, "max_tokens": 1}).json()
+    assert comp["usage"]["prompt_tokens"] == tok["count"]
+    assert post(server, "/detokenize", {"tokens": tok["tokens"]}).json() == {"prompt": text}
+    msgs = chat_body()["messages"]
+    chat = post(server, "/tokenize", {"messages": msgs, "model": "smollm2-135m-instruct"}).json()
+    assert chat["count"] == post(server, "/v1/chat/completions", chat_body(max_tokens=1)).json()["usage"]["prompt_tokens"]
+    bare = post(server, "/tokenize", {"messages": msgs, "add_generation_prompt": False}).json()
+    assert bare["count"] < chat["count"] and chat["tokens"][:bare["count"]] == bare["tokens"]
+    info = httpx.get(server.url + "/tokenizer_info", headers={"Authorization": f"Bearer {ALPHA}"}, timeout=10).json()
+    assert info["vocab_size"] == 49152 and info["chat_template"] and info["eos_token_ids"]
+    for path, body, status, code in [
+        ("/tokenize", {"prompt": "a", "messages": msgs}, 400, "invalid_value"),
+        ("/tokenize", {"prompt": ""}, 400, "invalid_type"),
+        ("/tokenize", {"prompt": "a", "truncate": 3}, 400, "unknown_parameter"),
+        ("/tokenize", {"prompt": "a", "add_special_tokens": "yes"}, 400, "invalid_type"),
+        ("/tokenize", {"messages": [{"role": "robot", "content": "x"}]}, 400, "invalid_value"),
+        ("/tokenize", {"prompt": "a", "model": "gpt-17"}, 404, "model_not_found"),
+        ("/detokenize", {"tokens": [1, 49152]}, 400, "invalid_value"),
+        ("/detokenize", {"tokens": "1 2"}, 400, "invalid_value"),
+        ("/detokenize", [1, 2], 400, "invalid_json"),
+    ]:
+        r = post(server, path, body)
+        assert r.status_code == status and r.json()["error"]["code"] == code, (path, body, r.text)
+    assert post(server, "/tokenize", {"prompt": "a"}, key=None).status_code == 401

@@ -23,11 +23,13 @@ from ..lora import AdapterError, AdapterInUse, AdapterNotFound
 from ..service import ModelService
 from . import protocol as P
 from .auth import api_key, authenticate
+from .body import read_json
 from .config import ServerConfig
 from .errors import ApiError
 from .hub import Hub, Job
 from .metrics import Metrics
 from .web import CrossOriginIsolation, web_routes
+from .tokenize import detokenize, tokenize, tokenizer_info
 from .ws import websocket_endpoint
 
 log = logging.getLogger("realm_web.server")
@@ -36,31 +38,6 @@ log = logging.getLogger("realm_web.server")
 def _hub(request: Request) -> Hub:
     hub: Hub = request.app.state.hub
     return hub
-
-
-async def read_json(request: Request, config: ServerConfig) -> Any:
-    """The body as JSON: at most max_body_bytes, all of it within body_timeout_s (a client that
-    trickles its body in gets 408, and holds no slot meanwhile)."""
-    limit = config.max_body_bytes
-    size = request.headers.get("content-length")
-    if size is not None and (not size.isdigit() or int(size) > limit):
-        raise ApiError(413, f"the request body is larger than {limit} bytes", code="body_too_large")
-
-    async def read() -> bytes:
-        chunks, n = [], 0
-        async for chunk in request.stream():
-            n += len(chunk)
-            if n > limit:
-                raise ApiError(413, f"the request body is larger than {limit} bytes", code="body_too_large")
-            chunks.append(chunk)
-        return b"".join(chunks)
-
-    try:
-        data = await asyncio.wait_for(read(), config.body_timeout_s)
-    except asyncio.TimeoutError:
-        raise ApiError(408, f"the request body did not arrive within {config.body_timeout_s:g} s",
-                       code="body_timeout", headers={"Connection": "close"}) from None
-    return P.decode_json(data)
 
 
 # -- handlers ------------------------------------------------------------------------------------
@@ -307,6 +284,9 @@ def create_app(load: Callable[[], ModelService], config: ServerConfig | None = N
         Route("/v1/chat/completions", chat, methods=["POST"]),
         Route("/v1/completions", completions, methods=["POST"]),
         Route("/v1/load_lora_adapter", load_lora_adapter, methods=["POST"]),
+        Route("/tokenize", tokenize, methods=["POST"]),
+        Route("/detokenize", detokenize, methods=["POST"]),
+        Route("/tokenizer_info", tokenizer_info, methods=["GET"]),
         Route("/v1/unload_lora_adapter", unload_lora_adapter, methods=["POST"]),
         WebSocketRoute("/ws", websocket_endpoint),
         Route("/adapters/{name}/{file}", adapter_file, methods=["GET", "HEAD"]),

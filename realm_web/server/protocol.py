@@ -225,13 +225,8 @@ def _content(m: Mapping[str, Any], i: int) -> str:
                       "invalid_type")
 
 
-def parse_chat(body: Any, model: Model) -> GenRequest:
-    """POST /v1/chat/completions body -> GenRequest."""
-    if not isinstance(body, dict):
-        raise bad_request("the request body must be a JSON object", None, "invalid_json")
-    _check_fields(body, _CHAT)
-    name = _model(body)
-    msgs = body.get("messages")
+def parse_messages(msgs: Any) -> list[dict[str, str]]:
+    """A chat's `messages` -> [{"role", "content"}] (text parts joined; developer -> system)."""
     if not isinstance(msgs, list) or not msgs:
         raise bad_request("'messages' must be a non-empty list", "messages", "invalid_value")
     clean = []
@@ -242,6 +237,16 @@ def parse_chat(body: Any, model: Model) -> GenRequest:
         if not isinstance(role, str) or role not in _ROLES:
             raise bad_request(f"messages[{i}].role must be one of {sorted(_ROLES)}, got {role!r}", f"messages[{i}].role")
         clean.append({"role": "system" if role == "developer" else role, "content": _content(m, i)})
+    return clean
+
+
+def parse_chat(body: Any, model: Model) -> GenRequest:
+    """POST /v1/chat/completions body -> GenRequest."""
+    if not isinstance(body, dict):
+        raise bad_request("the request body must be a JSON object", None, "invalid_json")
+    _check_fields(body, _CHAT)
+    name = _model(body)
+    clean = parse_messages(body.get("messages"))
     if body.get("tools"):
         raise bad_request("'tools' are not supported by this model", "tools", "unsupported_parameter")
     choice = body.get("tool_choice")
