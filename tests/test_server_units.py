@@ -141,9 +141,10 @@ def test_an_unexpected_error_in_a_frame_is_that_frames_own(model_dir, monkeypatc
     assert 'realm_refusals_total{reason="internal_error"} 1.0' in metrics
 
 
-def test_speculative_server_answers_as_plain_and_counts(model_dir) -> None:  # type: ignore[no-untyped-def]
-    """The real app over an LLM with n-gram speculation: an OpenAI completion equals the plain
-    model's, and /metrics carries the speculative counters by method."""
+@pytest.mark.parametrize("method", ["ngram", "draft"])
+def test_speculative_server_answers_as_plain_and_counts(model_dir, method) -> None:  # type: ignore[no-untyped-def]
+    """The real app over an LLM with speculation (n-gram, or the int4 export drafting): an
+    OpenAI completion equals the plain model's, and /metrics carries the counters by method."""
     import time
 
     from starlette.testclient import TestClient
@@ -157,7 +158,7 @@ def test_speculative_server_answers_as_plain_and_counts(model_dir) -> None:  # t
     plain = LLM(model_dir, dtype="fp32", max_slots=2, max_length=256)
     want = plain.generate(body["messages"], max_tokens=32)[0].text  # type: ignore[arg-type]
     llm = LLM(model_dir, dtype="fp32", max_slots=2, max_length=256,
-              speculative={"method": "ngram", "num_speculative_tokens": 4, "adaptive": False})
+              speculative={"method": method, "num_speculative_tokens": 4, "adaptive": False})
     with TestClient(app_module.create_app(lambda: llm)) as client:
         for _ in range(100):
             if client.get("/health").status_code == 200:
@@ -169,5 +170,5 @@ def test_speculative_server_answers_as_plain_and_counts(model_dir) -> None:  # t
     assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == want
     st = llm.scheduler.spec_stats
     assert st["accepted_tokens"] > 0
-    assert f'realm_spec_accepted_tokens_total{{method="ngram"}} {float(st["accepted_tokens"])}' in metrics
-    assert 'realm_spec_mean_accepted_length{method="ngram"}' in metrics
+    assert f'realm_spec_accepted_tokens_total{{method="{method}"}} {float(st["accepted_tokens"])}' in metrics
+    assert f'realm_spec_mean_accepted_length{{method="{method}"}}' in metrics
