@@ -811,6 +811,8 @@ class OrtNativeEngine:
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
+        if self.draft is not None:
+            self.draft.engine.close()
         self._span = None
         self.binding.clear_binding_inputs()
         self.binding.clear_binding_outputs()
