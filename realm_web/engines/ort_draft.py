@@ -45,6 +45,8 @@ class DraftEngine(Protocol):
 
     def _copy(self, c: KVCopy) -> None: ...
 
+    def close(self) -> None: ...
+
 
 class DraftError(SpeculativeError):
     """A draft model that cannot draft for this target (another tokenizer, a shorter context)."""
