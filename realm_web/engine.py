@@ -133,13 +133,14 @@ class LLM:
             model_dir = Path(model) if model is not None else _default_model()
             from .engines.ort_native import OrtNativeEngine
 
-            drafting = spec is not None and spec.method == "draft"
+            draft_model: str | Path | None = None
+            draft_dtype: str | None = None
+            if spec is not None and spec.method == "draft":  # default: this model's own int4 export drafts
+                draft_model = spec.draft_model or model_dir
+                draft_dtype = spec.draft_dtype or (None if spec.draft_model else "int4")
             engine = OrtNativeEngine(model_dir, dtype=dtype, device=device, threads=threads,
                                      max_slots=max_slots, max_length=max_length, cuda_graph=cuda_graph,
-                                     max_loras=max_loras,
-                                     draft_model=(spec.draft_model or model_dir) if spec and drafting else None,
-                                     draft_dtype=spec.draft_dtype or (None if spec.draft_model else "int4")
-                                     if spec and drafting else None)
+                                     max_loras=max_loras, draft_model=draft_model, draft_dtype=draft_dtype)
         self.engine = engine
         self.manifest = engine.manifest
         d = self.manifest.directory

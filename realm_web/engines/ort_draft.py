@@ -67,7 +67,6 @@ class DraftModel:
         self.synced = [0] * engine.max_slots  # per slot: draft tokens known equal to the target's
         for slot in range(engine.max_slots):  # the draft's rows are named by their slot
             engine._specs[slot] = SamplingSpec()
-        self.runs = 0  # draft runs so far (for the cost model and metrics)
 
     # -- following the target's rows -------------------------------------------------------------
     def cut(self, slot: int, start: int) -> None:
@@ -121,6 +120,5 @@ class DraftModel:
         e = self.engine
         fed = {q.slot for q in seqs}
         idle = {s: len(t) for s, t in enumerate(e._tokens) if t and s not in fed}
-        self.runs += 1
         res = e._run(StepPlan(seqs=seqs, idle=idle))
         return {q.slot: res.tokens[q.seq_id][0] for q in seqs}

@@ -653,8 +653,8 @@ class OrtNativeEngine:
 
     def calibrate(self, reps: int = 5) -> dict[str, float]:
         """Measured step costs for the speculative policy (Scheduler.calibrate): a run's fixed
-        seconds, seconds per fed token (from runs of 1 and 8 tokens on 64 tokens of context), and
-        a draft-model run's seconds (0 without one). Needs an idle engine; medians of `reps`."""
+        seconds, seconds per fed token (from runs of 1 and 8 tokens on 64 tokens of context), and,
+        with a draft model, its run's seconds. Needs an idle engine (else {}); medians of `reps`."""
         return self._on_worker(self._calibrate, reps)  # type: ignore[no-any-return]
 
     def _calibrate(self, reps: int) -> dict[str, float]:
