@@ -61,6 +61,10 @@ class Completion:
     finish_reason: str | None
     usage: dict[str, int]
     timings: dict[str, float] = field(default_factory=dict)
+    logprobs: list[float] | None = None  # per output token (logprobs=True)
+    top_logprobs: list[list[tuple[int, float]]] | None = None  # per output token: (id, logprob) of the top N
+    prompt_logprobs: list[float | None] | None = None  # per prompt token (prompt_logprobs=N); the first is None
+    prompt_top_logprobs: list[list[tuple[int, float]] | None] | None = None
 
 
 class _Collector:
@@ -76,12 +80,21 @@ class _Collector:
         self.ids: list[int] = []
         self.text = ""
         self.reason: str | None = None
+        self.lps: list[float] | None = None
+        self.tops: list[list[tuple[int, float]]] | None = None
+        self.prompt: RequestOutput | None = None
 
     def __call__(self, d: RequestOutput) -> None:
         if d.token_ids and self.t_first is None:
             self.t_first = time.perf_counter()
         self.ids += d.token_ids
         self.text += d.text
+        if d.logprobs is not None:
+            self.lps = (self.lps or []) + d.logprobs
+        if d.top_logprobs is not None:
+            self.tops = (self.tops or []) + d.top_logprobs
+        if d.prompt_logprobs is not None:
+            self.prompt = d
         if d.finished:
             self.reason = d.finish_reason
             self.t_end = time.perf_counter()
@@ -100,6 +113,9 @@ class _Collector:
             timings={"ttft_s": round(t_first - self.t0, 4), "decode_s": round(decode_s, 4),
                      "total_s": round(t1 - self.t0, 4),
                      "decode_tokens_per_s": round((n - 1) / decode_s, 2) if n > 1 and decode_s > 0 else 0.0},
+            logprobs=self.lps, top_logprobs=self.tops,
+            prompt_logprobs=self.prompt.prompt_logprobs if self.prompt else None,
+            prompt_top_logprobs=self.prompt.prompt_top_logprobs if self.prompt else None,
         )
 
 

@@ -15,6 +15,9 @@ from dataclasses import dataclass, field, replace
 from .step import SamplingSpec
 
 
+MAX_LOGPROBS = 20  # the most alternatives a position reports (OpenAI's limit)
+
+
 class SamplingError(ValueError):
     """Invalid sampling parameters."""
 
@@ -33,7 +36,9 @@ class SamplingParams:
     stop: tuple[str, ...] = field(default_factory=tuple)
     stop_token_ids: tuple[int, ...] = field(default_factory=tuple)
     ignore_eos: bool = False
-    logprobs: bool = False
+    logprobs: bool = False  # each output token's logprob (the log-softmax of the raw logits)
+    top_logprobs: int = 0  # and the N most likely tokens at each output position (0..20)
+    prompt_logprobs: int | None = None  # each prompt token's logprob (the first: None) and its position's top N
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -60,6 +65,13 @@ class SamplingParams:
              f"seed must be an integer, got {self.seed!r}")
         need(all(isinstance(s, str) and s for s in self.stop), "stop must be a list of non-empty strings")
         need(all(isinstance(t, int) and t >= 0 for t in self.stop_token_ids), "stop_token_ids must be non-negative integers")
+        need(isinstance(self.top_logprobs, int) and not isinstance(self.top_logprobs, bool)
+             and 0 <= self.top_logprobs <= MAX_LOGPROBS, f"top_logprobs must be an integer in [0, {MAX_LOGPROBS}], "
+             f"got {self.top_logprobs!r}")
+        need(self.prompt_logprobs is None or (isinstance(self.prompt_logprobs, int)
+                                              and not isinstance(self.prompt_logprobs, bool)
+                                              and 0 <= self.prompt_logprobs <= MAX_LOGPROBS),
+             f"prompt_logprobs must be None or an integer in [0, {MAX_LOGPROBS}], got {self.prompt_logprobs!r}")
 
     @property
     def greedy(self) -> bool:
@@ -72,7 +84,8 @@ class SamplingParams:
         """What an engine needs to pick a token (the step contract's part of these parameters)."""
         return SamplingSpec(temperature=float(self.temperature), top_k=self.top_k, top_p=float(self.top_p),
                             min_p=float(self.min_p), repetition_penalty=float(self.repetition_penalty),
-                            logprobs=self.logprobs)
+                            logprobs=self.logprobs or self.top_logprobs > 0,
+                            top_logprobs=max(self.top_logprobs, self.prompt_logprobs or 0))
 
 
 def _is_num(x: object) -> bool:

@@ -91,7 +91,11 @@ class RequestOutput:
     text: str
     finished: bool = False
     finish_reason: str | None = None  # "stop" | "length" | "abort" | "error" (the engine failed)
-    logprobs: list[float] | None = None
+    logprobs: list[float] | None = None  # per token (params.logprobs)
+    top_logprobs: list[list[tuple[int, float]]] | None = None  # per token: the N most likely (params.top_logprobs)
+    # with params.prompt_logprobs, in the request's first delta: per prompt token (the first: None)
+    prompt_logprobs: list[float | None] | None = None
+    prompt_top_logprobs: list[list[tuple[int, float]] | None] | None = None
 
 
 @dataclass
@@ -118,9 +122,13 @@ class Request:
     drafter: Drafter | None = None  # speculative drafter over prompt + output (n-gram lookup)
     accept: Acceptance = field(default_factory=Acceptance)  # its draft acceptance so far
     shadow: int | None = None  # the draft it would have fed this step (checked for free, n-gram)
+    prompt_lps: list[float | None] | None = None  # prompt logprobs so far (params.prompt_logprobs)
+    prompt_tops: list[list[tuple[int, float]] | None] | None = None
 
     def __post_init__(self) -> None:
         self.spec = self.params.spec()
+        if self.params.prompt_logprobs is not None:
+            self.prompt_lps, self.prompt_tops = [None], [None]
 
     @property
     def finished(self) -> bool:
@@ -226,7 +234,7 @@ class Scheduler:
         if self.speculative is not None and self.speculative.method == "draft":
             req.accept = Acceptance(DRAFT_PRIOR)
         self.requests[rid] = req
-        if params.max_tokens == 0:
+        if params.max_tokens == 0 and params.prompt_logprobs is None:
             self._finish_now(req, "length")
             return rid
         self._enqueue(req)
@@ -467,12 +475,17 @@ class Scheduler:
         engine drafts) and, when it reaches the end, a sample at the last position and after each
         draft, with the draws of the output indices they would take without speculation."""
         assert req.slot is not None
-        sample = req.num_computed + len(tokens) - drafts == req.length  # the piece reaches the end
+        start = req.num_computed
+        sample = start + len(tokens) - drafts == req.length and req.params.max_tokens > 0  # the piece reaches the end
         n = 1 + drafts + propose if sample else 0
         out = len(req.output_ids)
-        return SeqStep(seq_id=req.request_id, slot=req.slot, start=req.num_computed, tokens=tokens,
+        score: list[int] = []
+        p = len(req.prompt_ids)
+        if req.prompt_lps is not None and len(req.prompt_lps) < p and start < p:  # prompt logprobs still to get
+            score = req.prompt_ids[start + 1: min(start + len(tokens) + 1, p)]
+        return SeqStep(seq_id=req.request_id, slot=req.slot, start=start, tokens=tokens,
                        num_samples=n, draws=[draw(req.seed, out + i) for i in range(n)] if not req.spec.greedy else [],
-                       drafts=drafts, propose=propose)
+                       drafts=drafts, propose=propose, score=score)
 
     def update(self, plan: StepPlan, result: StepResult) -> list[RequestOutput]:
         """Apply an engine result to the plan it ran; returns the deltas of this step."""
@@ -482,7 +495,11 @@ class Scheduler:
             if req is None or req.slot != seq.slot:
                 continue  # aborted (or preempted) while the step ran: drop its token
             req.num_computed = seq.start + len(seq.tokens)
+            if seq.score:
+                self._scored(req, seq, result)
             if not seq.num_samples:
+                if req.params.max_tokens == 0 and not req.in_prefill:  # prompt logprobs only
+                    outputs.append(self._append(req, [], None))
                 continue
             new = result.tokens.get(seq.seq_id, [])
             if len(new) != seq.num_samples:
@@ -495,7 +512,7 @@ class Scheduler:
             elif self.speculative is not None:
                 req.accept.relax()
             req.shadow = None
-            outputs.append(self._append(req, new, result.logprobs.get(seq.seq_id)))
+            outputs.append(self._append(req, new, result.logprobs.get(seq.seq_id), result.top_logprobs.get(seq.seq_id)))
         return outputs
 
     def _verify(self, req: Request, seq: SeqStep, samples: list[int], result: StepResult) -> list[int]:
@@ -518,7 +535,24 @@ class Scheduler:
         st["emitted_tokens"] += n + 1
         return samples[: n + 1]
 
-    def _append(self, req: Request, tokens: list[int], logprobs: list[float] | None) -> RequestOutput:
+    def _scored(self, req: Request, seq: SeqStep, result: StepResult) -> None:
+        """Keep the prompt logprobs a prefill chunk brought (those not already kept: after a
+        preemption the prompt is computed again)."""
+        assert req.prompt_lps is not None and req.prompt_tops is not None
+        lps = result.scores.get(seq.seq_id)
+        if lps is None or len(lps) != len(seq.score):
+            raise RuntimeError(f"the engine scored {len(lps or [])} tokens for sequence {seq.seq_id}, "
+                               f"which asked for {len(seq.score)}")
+        tops = result.score_tops.get(seq.seq_id)
+        n = req.params.prompt_logprobs or 0
+        skip = len(req.prompt_lps) - (seq.start + 1)
+        if skip < 0:
+            return
+        req.prompt_lps += lps[skip:]
+        req.prompt_tops += [t[:n] for t in tops[skip:]] if tops is not None else [[] for _ in lps[skip:]]
+
+    def _append(self, req: Request, tokens: list[int], logprobs: list[float] | None,
+                tops: list[list[tuple[int, float]]] | None = None) -> RequestOutput:
         p = req.params
         emitted: list[int] = []
         text = ""
@@ -538,6 +572,8 @@ class Scheduler:
             if len(req.output_ids) >= p.max_tokens or req.length >= self.max_length:
                 req.finish_reason = "length"
                 break
+        if not tokens and p.max_tokens == 0:
+            req.finish_reason = "length"
         if req.finished:
             if not hit:  # emit what was held back: a partial character, a possible stop-string start
                 tail, hit = req.stops.feed(req.detok.flush())
@@ -545,8 +581,14 @@ class Scheduler:
             self._release(req)
             del self.requests[req.request_id]
         req.text += text
-        return RequestOutput(req.request_id, emitted, text, req.finished, req.finish_reason,
-                             logprobs[: len(emitted)] if logprobs is not None else None)
+        out = RequestOutput(req.request_id, emitted, text, req.finished, req.finish_reason,
+                            logprobs[: len(emitted)] if logprobs is not None else None,
+                            [t[: p.top_logprobs] for t in tops[: len(emitted)]] if tops is not None and p.top_logprobs
+                            else None)
+        if req.prompt_lps is not None:  # the first delta carries the prompt's logprobs
+            out.prompt_logprobs, out.prompt_top_logprobs = req.prompt_lps, req.prompt_tops
+            req.prompt_lps = req.prompt_tops = None
+        return out
 
     def _finish_now(self, req: Request, reason: str) -> None:
         """Finish outside a step's update: the last delta goes out with the next update."""

@@ -35,9 +35,12 @@ class SamplingSpec:
     """How an engine picks a token from one position's logits: repetition penalty over the row's
     tokens, then greedy (temperature 0) or temperature -> top-k -> top-p -> min-p -> the inverse
     CDF at the step's draw, over the candidates in canonical order (logit descending, token id
-    ascending). `logprobs`: also return the picked token's log-probability (after the penalty,
-    before temperature). Every engine implements exactly this; tests/golden/sampling.json holds
-    the vectors they all must reproduce."""
+    ascending). A row's `masks` (SeqStep) first rule tokens out (their logits become -inf).
+    `logprobs`: also return the picked token's log-probability; `top_logprobs` (0..20): also the
+    N most likely tokens of each sampled or scored position (logprob descending, id ascending).
+    Log-probabilities are always the log-softmax of the model's raw logits (no penalty, mask or
+    temperature: vLLM's default). Every engine implements exactly this; tests/golden/sampling.json
+    holds the vectors they all must reproduce."""
 
     temperature: float = 0.0
     top_k: int = 0  # 0: no limit
@@ -45,6 +48,7 @@ class SamplingSpec:
     min_p: float = 0.0
     repetition_penalty: float = 1.0
     logprobs: bool = False
+    top_logprobs: int = 0
 
     @property
     def greedy(self) -> bool:
@@ -53,7 +57,8 @@ class SamplingSpec:
     @property
     def plain_greedy(self) -> bool:
         """An argmax over the raw logits is all it takes (no penalty, no logprob)."""
-        return self.temperature == 0.0 and self.repetition_penalty == 1.0 and not self.logprobs
+        return self.temperature == 0.0 and self.repetition_penalty == 1.0 and not self.logprobs \
+            and not self.top_logprobs
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -96,6 +101,17 @@ class KVCopy:
     length: int
 
 
+@dataclass(frozen=True, eq=False)
+class TokenMask:
+    """The tokens a constrained position may take (realm_web/constrain.py): `allowed[t]` is 1 for
+    an allowed token id t, 0 otherwise, over the model's whole vocabulary. `key` names it for
+    good: the same key always means the same mask, so an engine may keep it (the web bridge
+    uploads each key once)."""
+
+    key: int
+    allowed: bytes
+
+
 @dataclass(slots=True)
 class SeqStep:
     """What one request does in one step."""
@@ -108,6 +124,8 @@ class SeqStep:
     draws: list[float] = field(default_factory=list)  # one uniform draw per sample (empty when greedy)
     drafts: int = 0  # the last `drafts` of `tokens` are draft tokens to verify (speculative.py)
     propose: int = 0  # the engine's draft model proposes this many tokens after `tokens`, verified in this step
+    score: list[int] = field(default_factory=list)  # score[j]: a token to score at position j of `tokens` (prompt logprobs)
+    masks: list[TokenMask | None] = field(default_factory=list)  # per sample (empty: none): the tokens it may pick
 
 
 @dataclass(slots=True)
@@ -132,13 +150,18 @@ class StepPlan:
 @dataclass(slots=True)
 class StepResult:
     """Per seq_id of a row that asked for samples: one token per sample (rows that sample
-    nothing may be left out), and, for requests whose spec asks, their log-probabilities. For a
-    row with `propose`, `drafts` holds the tokens the engine's draft model proposed (the samples
-    are at `tokens[-1]` and after each of them)."""
+    nothing may be left out), and, for requests whose spec asks, their log-probabilities
+    (`logprobs`) and each sample position's top N (`top_logprobs`: [token id, logprob] pairs).
+    A row with `score` gets each scored token's logprob in `scores` (and the top N of its
+    position in `score_tops`). For a row with `propose`, `drafts` holds the tokens the engine's
+    draft model proposed (the samples are at `tokens[-1]` and after each of them)."""
 
     tokens: dict[int, list[int]]
     logprobs: dict[int, list[float]] = field(default_factory=dict)
     drafts: dict[int, list[int]] = field(default_factory=dict)
+    top_logprobs: dict[int, list[list[tuple[int, float]]]] = field(default_factory=dict)
+    scores: dict[int, list[float]] = field(default_factory=dict)
+    score_tops: dict[int, list[list[tuple[int, float]]]] = field(default_factory=dict)
 
 
 PrefillBatch = Literal["fresh", "any", "none"]

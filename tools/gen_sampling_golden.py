@@ -17,11 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from realm_web.engines.sampler import sample_positions
+from realm_web.engines.sampler import sample_positions, top_logprobs
 from realm_web.step import SamplingSpec
 
-ABOUT = ("Token selection: logits (float16 as uint16 bits), spec, draws, the row's tokens and the first "
-         "position -> tokens and logprobs. Made by tools/gen_sampling_golden.py; realm_web/engines/sampler.py "
+ABOUT = ("Token selection: logits (float16 as uint16 bits), spec, draws, the row's tokens, the first "
+         "position and per position the allowed token ids (masks, or null) -> tokens, logprobs (of the raw "
+         "logits) and the top N (spec.top_logprobs) of each position. Made by tools/gen_sampling_golden.py; realm_web/engines/sampler.py "
          "and wasm/src/bridge.mjs must both reproduce every case.")
 OUT = Path(__file__).resolve().parent.parent / "tests" / "golden" / "sampling.json"
 
@@ -45,6 +46,23 @@ def short(v: np.float32) -> float:
     return f if np.float32(f) == v else float(v)
 
 
+def case(name: str, dtype: str, stored: list[list[Any]], x: np.ndarray, spec: SamplingSpec, draws: list[float],
+         tokens: list[int], first: int, masks: list[list[int] | None] | None) -> dict[str, Any]:
+    bool_masks = None
+    if masks is not None:
+        bool_masks = []
+        for m in masks:
+            b = None
+            if m is not None:
+                b = np.zeros(x.shape[-1], dtype=bool)
+                b[m] = True
+            bool_masks.append(b)
+    toks, lps = sample_positions(x, spec, draws, tokens, first, bool_masks)
+    top = [[[i, v] for i, v in row] for row in top_logprobs(x, spec.top_logprobs)] if spec.top_logprobs else None
+    return {"name": name, "dtype": dtype, "logits": stored, "spec": spec.to_json(), "draws": draws, "tokens": tokens,
+            "first": first, "masks": masks, "expect": {"tokens": toks, "logprobs": lps, "top": top}}
+
+
 def main() -> None:
     rng = np.random.default_rng(20261201)
     pick = random.Random(7)
@@ -64,6 +82,8 @@ def main() -> None:
         SamplingSpec(temperature=0.9, top_k=50, top_p=0.95, repetition_penalty=1.2, logprobs=True),
         SamplingSpec(temperature=2.0, top_k=3, min_p=0.3, repetition_penalty=1.5),
         SamplingSpec(temperature=0.3),
+        SamplingSpec(logprobs=True, top_logprobs=5),
+        SamplingSpec(temperature=0.8, top_p=0.9, repetition_penalty=1.1, logprobs=True, top_logprobs=3),
     ]
     cases: list[dict[str, Any]] = []
     for kind in ("normal", "peaked", "ties", "flat", "negative"):
@@ -87,19 +107,19 @@ def main() -> None:
                 draws = [] if spec.greedy else [float(d) for d in rng.random(k)]
                 if draws and pick.random() < 0.2:  # the ends of [0, 1)
                     draws[0] = pick.choice([0.0, 0.9999999999])
-                toks, lps = sample_positions(x, spec, draws, tokens, first)
-                cases.append({"name": f"{kind}-v{vocab}-{len(cases)}", "dtype": dtype, "logits": stored,
-                              "spec": spec.to_json(), "draws": draws, "tokens": tokens, "first": first,
-                              "expect": {"tokens": toks, "logprobs": lps}})
+                masks = None
+                if pick.random() < 0.3:  # a constrained row: some positions allow only a few tokens
+                    masks = [sorted(int(t) for t in rng.choice(vocab, size=pick.randrange(1, max(2, vocab // 3)),
+                                                             replace=False)) if pick.random() < 0.8 else None
+                             for _ in range(k)]
+                cases.append(case(f"{kind}-v{vocab}-{len(cases)}", dtype, stored, x, spec, draws, tokens, first, masks))
     # the same logits under every spec: the rule's parts one at a time
     x = logits_for(rng, "normal", 64, 1) * np.float32(0.5)
     for spec in specs:
         spec = replace(spec, logprobs=True)
         draws = [] if spec.greedy else [0.5]
-        toks, lps = sample_positions(x, spec, draws, [3, 3, 9], 2)
-        cases.append({"name": f"same-logits-{len(cases)}", "dtype": "float32", "logits": [[short(v) for v in x[0]]],
-                      "spec": spec.to_json(), "draws": draws, "tokens": [3, 3, 9], "first": 2,
-                      "expect": {"tokens": toks, "logprobs": lps}})
+        cases.append(case(f"same-logits-{len(cases)}", "float32", [[short(v) for v in x[0]]], x, spec, draws,
+                          [3, 3, 9], 2, None))
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps({"about": ABOUT, "cases": cases}, separators=(",", ":")) + "\n")
     print(f"{len(cases)} cases -> {OUT} ({OUT.stat().st_size / 1e3:.0f} kB)")

@@ -36,10 +36,10 @@ from typing import Any
 import numpy as np
 
 from ..manifest import Manifest, load_manifest
-from ..step import EngineCaps, KVCopy, NewSeq, SamplingSpec, SeqStep, StepPlan, StepResult
+from ..step import EngineCaps, KVCopy, NewSeq, SamplingSpec, SeqStep, StepPlan, StepResult, TokenMask
 from .ort_draft import DraftError, DraftModel
 from .ort_lora import LoraTables, static_groups
-from .sampler import sample_positions
+from .sampler import sample_positions, token_logprobs, top_logprobs
 
 log = logging.getLogger("realm_web.engine")
 
@@ -47,7 +47,7 @@ log = logging.getLogger("realm_web.engine")
 # multi-token step on top of earlier context one row at a time, so rows share a prompt step only
 # when every row of the span starts empty.
 CAPS = EngineCaps(padded_span=True, prefill_batch="fresh", prefill_width=None, multi_position_logits=True,
-                  adapters=False, token_masks=False, kv_copy=True)
+                  adapters=False, token_masks=True, kv_copy=True)
 
 
 _global_threads: int | None = None  # the size of the process's shared intra-op pool, once made
@@ -171,6 +171,7 @@ class OrtNativeEngine:
         g = m.graph
         self._kv_names = [(g.past(i, kv), g.present(i, kv)) for i in range(m.num_layers) for kv in ("key", "value")]
         self._specs: dict[int, SamplingSpec] = {}  # seq id -> its sampling spec (from the plan's new_seqs)
+        self._masks: dict[int, np.ndarray] = {}  # TokenMask key -> its bool array
         self._slot_of: dict[int, int] = {}  # seq id -> the slot it was announced on
         self._tokens: list[list[int]] = [[] for _ in range(max_slots)]  # each slot's tokens (for the penalty)
         self.binding = self.session.io_binding()
@@ -289,6 +290,9 @@ class OrtNativeEngine:
                 res = self._run_part(part)
                 out.tokens.update(res.tokens)
                 out.logprobs.update(res.logprobs)
+                out.top_logprobs.update(res.top_logprobs)
+                out.scores.update(res.scores)
+                out.score_tops.update(res.score_tops)
         out.drafts = drafts
         return out
 
@@ -312,7 +316,7 @@ class OrtNativeEngine:
         seqs = plan.seqs
         lo, hi, width, k = self._geometry(plan)
         lora = any(self._entry_of.get(q.slot) for q in seqs)
-        if self.static_decode and width == 1 and (not lora or self._lora_static):
+        if self.static_decode and width == 1 and (not lora or self._lora_static) and not any(q.score for q in seqs):
             return self._static_decode(plan, hi, lora)
         if self.static_decode and len(seqs) == 1 and seqs[0].drafts and not lora \
                 and seqs[0].start + _pow2(width) <= self.max_length:
@@ -330,9 +334,11 @@ class OrtNativeEngine:
             n = len(q.tokens)
             ids[r, :n] = q.tokens
             totals[r] = q.start + width
-            index[r, :] = n - 1  # the sampled positions first, the last one repeated after them
+            index[r, :] = n - 1  # the sampled positions first, then the scored ones, the last one repeated
             if q.num_samples > 1:
                 index[r, : q.num_samples] = np.arange(n - q.num_samples, n)
+            if q.score:
+                index[r, q.num_samples: q.num_samples + len(q.score)] = np.arange(len(q.score))
         entries = None
         if lora:  # rows on adapters: the LoRA graph (rows with none add exactly 0.0)
             entries = np.zeros(hi - lo, np.int64)
@@ -350,6 +356,10 @@ class OrtNativeEngine:
             if not (0 <= slot < slots and 0 <= start <= len(tokens[slot]) and 0 < n and start + n + q.propose <= limit
                     and 0 <= m <= n + q.propose) or (q.propose and (self.draft is None or m != n + q.propose)):
                 raise self._refusal(q)
+            if q.score and (len(q.score) > n or q.propose):
+                raise ValueError(f"sequence {q.seq_id}: {len(q.score)} scored positions for {n} tokens")
+            if q.masks and len(q.masks) != m:
+                raise ValueError(f"sequence {q.seq_id}: {len(q.masks)} masks for {m} samples")
         if len({q.slot for q in seqs}) != len(seqs):
             raise ValueError("two rows of one step name the same slot")
         for q in seqs:
@@ -372,8 +382,8 @@ class OrtNativeEngine:
                 hi = slot + 1
             if n > width:
                 width = n
-            if m > k:
-                k = m
+            if m + len(q.score) > k:
+                k = m + len(q.score)
         if width > 1 and len(seqs) > 1 and (any(q.start for q in seqs) or any(lo <= s < hi for s in plan.idle)):
             raise ValueError("a multi-token step of several rows must span only empty slots (prefill_batch 'fresh')")
         return lo, hi, width, k
@@ -760,23 +770,25 @@ class OrtNativeEngine:
         return np.array(logits.numpy()[0], dtype=np.float32)  # a copy: the output buffer is reused
 
     def _sample(self, plan: StepPlan, lo: int, logits_value: Any) -> StepResult:
-        """Tokens at each row's sampled positions; logits_value is (rows, k, vocab) with the
-        row's sampled positions first."""
+        """Tokens at each row's sampled positions (and the logprobs its spec asks for, and the
+        scores of its `score` tokens); logits_value is (rows, k, vocab) with the row's sampled
+        positions first, then its scored ones."""
         out: dict[int, list[int]] = {}
-        lps: dict[int, list[float]] = {}
+        res = StepResult(tokens=out)
         try:
-            todo = [(q, self._specs[q.seq_id]) for q in plan.seqs if q.num_samples]
+            todo = [(q, self._specs[q.seq_id]) for q in plan.seqs if q.num_samples or q.score]
         except KeyError as e:
             raise ValueError(f"sequence {e.args[0]} runs without having been announced in new_seqs") from None
         if not todo:
-            return StepResult(tokens=out)
-        if self._argmax is not None and all(s.plain_greedy for _, s in todo):  # all greedy: pick on the device
+            return res
+        plain = [s.plain_greedy and not q.masks and not q.score for q, s in todo]
+        if self._argmax is not None and all(plain):  # all greedy: pick on the device
             picks = self._argmax.run_with_ort_values(["ids"], {"logits": logits_value})[0].numpy().tolist()
             for q, _ in todo:
                 out[q.seq_id] = picks[q.slot - lo][: q.num_samples]
-            return StepResult(tokens=out)
+            return res
         logits = logits_value.numpy()  # (rows, k, vocab)
-        fast = [q for q, s in todo if s.plain_greedy]
+        fast = [q for (q, _), p in zip(todo, plain) if p]
         if fast:
             if 2 * len(fast) >= logits.shape[0]:  # most rows: argmax the whole span, no copy
                 picks = np.argmax(logits, axis=-1).tolist()
@@ -786,17 +798,42 @@ class OrtNativeEngine:
                 rows = np.array([q.slot - lo for q in fast])
                 for q, p in zip(fast, np.argmax(logits[rows], axis=-1).tolist()):
                     out[q.seq_id] = p[: q.num_samples]
-        for q, spec in todo:
-            if spec.plain_greedy:
+        for (q, spec), p in zip(todo, plain):
+            if p:
                 continue
-            if q.draws and len(q.draws) != q.num_samples:
-                raise ValueError(f"sequence {q.seq_id}: {len(q.draws)} draws for {q.num_samples} samples")
-            first = q.start + len(q.tokens) - q.num_samples  # the first sampled position
-            toks, lp = sample_positions(logits[q.slot - lo, : q.num_samples], spec, q.draws, self._tokens[q.slot], first)
-            out[q.seq_id] = toks
-            if lp is not None:
-                lps[q.seq_id] = lp
-        return StepResult(tokens=out, logprobs=lps)
+            x = logits[q.slot - lo]
+            m = q.num_samples
+            if q.draws and len(q.draws) != m:
+                raise ValueError(f"sequence {q.seq_id}: {len(q.draws)} draws for {m} samples")
+            if m:
+                first = q.start + len(q.tokens) - m  # the first sampled position
+                masks = [self._mask(k) for k in q.masks] if q.masks else None
+                toks, lp = sample_positions(x[:m], spec, q.draws, self._tokens[q.slot], first, masks)
+                out[q.seq_id] = toks
+                if lp is not None:
+                    res.logprobs[q.seq_id] = lp
+                if spec.top_logprobs:
+                    res.top_logprobs[q.seq_id] = top_logprobs(x[:m], spec.top_logprobs)
+            if q.score:
+                scored = x[m: m + len(q.score)]
+                res.scores[q.seq_id] = token_logprobs(scored, q.score)
+                if spec.top_logprobs:
+                    res.score_tops[q.seq_id] = top_logprobs(scored, spec.top_logprobs)
+        return res
+
+    def _mask(self, mask: TokenMask | None) -> np.ndarray | None:
+        """A token mask as a bool array (kept by key: a constrained request reuses few masks)."""
+        if mask is None:
+            return None
+        arr = self._masks.get(mask.key)
+        if arr is None:
+            arr = np.frombuffer(mask.allowed, dtype=np.uint8)[: self.manifest.vocab_size].astype(bool)
+            if len(arr) < self.manifest.vocab_size:
+                arr = np.concatenate([arr, np.zeros(self.manifest.vocab_size - len(arr), bool)])
+            if len(self._masks) >= 512:
+                self._masks.clear()
+            self._masks[mask.key] = arr
+        return arr
 
     async def run(self, plan: StepPlan) -> StepResult:
         """Run the step on a worker thread (onnxruntime releases the GIL), so the event loop keeps

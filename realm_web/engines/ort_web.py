@@ -7,7 +7,7 @@ objects. Standard library only: it runs in Pyodide, where `bridge` is a JsProxy.
 
 The message carries only what the bridge does not know yet: requests announced (their sampling
 spec, once), requests released, prefix copies, and per row [seq_id, slot, start, tokens,
-num_samples, draws].
+num_samples, draws] (then, when present, [score, mask keys]); token masks are uploaded once per key.
 """
 from __future__ import annotations
 
@@ -16,9 +16,10 @@ from typing import Any
 
 from ..lora import GROUPS, LoraAdapter, dims, group_dims, group_members
 from ..manifest import Manifest, Variant
-from ..step import EngineCaps, StepPlan, StepResult
+from ..step import EngineCaps, StepPlan, StepResult, TokenMask
 
 KV_TYPES = {"fp32": "float32", "fp16": "float16"}
+MAX_MASKS = 512  # token masks the bridge keeps (49 kB each for a 49,152-token vocabulary)
 
 
 def bridge_config(manifest: Manifest, dtype: str | None, backend: str) -> dict[str, Any]:
@@ -71,13 +72,19 @@ class OrtWebEngine:
         self.kv_capacity = max_slots * self.max_length
         self.max_loras = max_loras
         self.steps = 0
+        self._masks: set[int] = set()  # token-mask keys the bridge holds
 
     async def run(self, plan: StepPlan) -> StepResult:
         for load in plan.adapter_loads:
             meta, blob = adapter_blob(load.adapter)
             self.bridge.upload(load.entry, meta, blob)
-        msg: dict[str, Any] = {"seqs": [[q.seq_id, q.slot, q.start, q.tokens, q.num_samples, q.draws]
-                                        for q in plan.seqs]}
+        rows: list[list[Any]] = []
+        for q in plan.seqs:
+            row: list[Any] = [q.seq_id, q.slot, q.start, q.tokens, q.num_samples, q.draws]
+            if q.score or q.masks:
+                row += [q.score, [self._mask(m) for m in q.masks] if q.masks else None]
+            rows.append(row)
+        msg: dict[str, Any] = {"seqs": rows}
         if plan.new_seqs:
             msg["new"] = [{"id": n.seq_id, "slot": n.slot, "sampling": n.sampling.to_json(), "adapter": n.adapter,
                            "entry": n.adapter_entry}
@@ -89,7 +96,27 @@ class OrtWebEngine:
         res = json.loads(str(await self.bridge.step(json.dumps(msg, separators=(",", ":")))))
         self.steps += 1
         return StepResult(tokens={int(k): [int(t) for t in v] for k, v in res["tokens"].items()},
-                          logprobs={int(k): [float(x) for x in v] for k, v in res.get("logprobs", {}).items()})
+                          logprobs={int(k): [float(x) for x in v] for k, v in res.get("logprobs", {}).items()},
+                          top_logprobs=_tops(res.get("top")), scores={int(k): [float(x) for x in v]
+                                                                     for k, v in res.get("scores", {}).items()},
+                          score_tops=_tops(res.get("scoreTops")))
+
+    def _mask(self, mask: TokenMask | None) -> int | None:
+        """A mask's key, uploading it to the bridge the first time (the bridge keeps at most
+        MAX_MASKS; past that it starts over)."""
+        if mask is None:
+            return None
+        if mask.key not in self._masks:
+            if len(self._masks) >= MAX_MASKS:
+                self.bridge.clearMasks()
+                self._masks.clear()
+            self.bridge.setMask(mask.key, mask.allowed)
+            self._masks.add(mask.key)
+        return mask.key
 
     def run_sync(self, plan: StepPlan) -> StepResult:
         raise RuntimeError("the web engine is asynchronous: use `await llm.agenerate(...)` or `llm.stream(...)`")
+
+
+def _tops(d: dict[str, Any] | None) -> dict[int, list[list[tuple[int, float]]]]:
+    return {int(k): [[(int(i), float(v)) for i, v in pos] for pos in rows] for k, rows in (d or {}).items()}

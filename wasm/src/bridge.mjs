@@ -26,8 +26,11 @@
 // rows with no adapter add exactly 0.0, so they equal the plain graph's.
 //
 // The plan message (realm_web/engines/ort_web.py): {seqs: [[seqId, slot, start, tokens,
-// numSamples, draws], ...], new?: [{id, slot, sampling, adapter, entry}], released?: [seqId],
-// copies?: [[src, dst, length]]}. The answer: {tokens: {seqId: [id, ...]}, logprobs: {seqId: [lp, ...]}}.
+// numSamples, draws, score?, masks?], ...], new?: [{id, slot, sampling, adapter, entry}], released?:
+// [seqId], copies?: [[src, dst, length]]}: `score` lists tokens to score at the row's first
+// positions (prompt logprobs), `masks` one uploaded token-mask key (setMask) or null per sample.
+// The answer: {tokens: {seqId: [id, ...]}, logprobs: {seqId: [lp, ...]}, top: {seqId: [[[id, lp],
+// ...] per sample]}, scores: {seqId: [lp, ...]}, scoreTops: {seqId: [[[id, lp], ...] per score]}}.
 
 const EMPTY = { float32: () => new Float32Array(0), float16: () => new Uint16Array(0) };
 
@@ -58,6 +61,7 @@ export class Bridge {
     this.lora = cfg.lora && sources.lora ? new LoraTables(cfg, cfg.maxLoras ?? 8) : null;
     this.loraSession = null; // the twin's session, made by the first step with an adapter row
     this.names = graphNames(cfg);
+    this.masks = new Map(); // token-mask key -> Uint8Array (setMask)
     this.slots = new Map(); // slot -> {past: {name: Tensor}, row, rows}: row `row` of a batch of `rows`
     this.owner = new Map(); // slot -> the seq id announced on it
     this.tokens = new Map(); // slot -> the tokens in its cache (for the repetition penalty)
@@ -78,7 +82,7 @@ export class Bridge {
       prefill_width: this.prefillWidth,
       multi_position_logits: true,
       adapters: this.lora !== null,
-      token_masks: false,
+      token_masks: true,
       kv_copy: true,
     });
   }
@@ -178,11 +182,13 @@ export class Bridge {
   /** One session.run for one row (a prompt chunk, or any row when not batching). */
   async runRow(q, out) {
     const st = await this.pastFor(q.slot, q.start);
-    const n = q.tokens.length, k = Math.max(1, q.numSamples), names = this.names;
+    const n = q.tokens.length, m = q.numSamples, s = q.score.length, k = Math.max(1, m + s), names = this.names;
     const feeds = { ...st.past };
     feeds[names.input_ids] = new this.ort.Tensor("int64", BigInt64Array.from(q.tokens, BigInt), [1, n]);
     feeds[names.attention_mask] = new this.ort.Tensor("int64", new BigInt64Array(q.start + n).fill(1n), [1, q.start + n]);
-    feeds[names.logits_index] = new this.ort.Tensor("int64", BigInt64Array.from({ length: k }, (_, j) => BigInt(n - k + j)), [1, k]);
+    // the sampled positions first, then the scored ones (the last position when neither)
+    const index = BigInt64Array.from({ length: k }, (_, j) => BigInt(j < m ? n - m + j : j - m < s ? j - m : n - 1));
+    feeds[names.logits_index] = new this.ort.Tensor("int64", index, [1, k]);
     const session = await this.sessionFor([this.entryOf(q)], n, feeds);
     const t0 = performance.now();
     const res = await session.run(feeds);
@@ -234,16 +240,48 @@ export class Bridge {
     this.lora.upload(entry, JSON.parse(meta), bytes);
   }
 
-  /** The row's tokens at its sampled positions, from row b of logits (batch, k, vocab). */
+  /** The row's tokens at its sampled positions, from row b of logits (batch, k, vocab) whose
+   * first positions are the sampled ones, then the scored ones; the logprobs its spec asks for. */
   sample(q, logits, b, out) {
-    if (!q.numSamples) { out.tokens[q.seqId] = []; return; }
     const { spec } = this.seqs.get(q.seqId);
     const [, K, V] = logits.dims;
-    const rows = Array.from({ length: q.numSamples }, (_, j) =>
-      toFloat32({ type: logits.type, data: logits.data.subarray((b * K + j) * V, (b * K + j + 1) * V) }));
-    const [toks, lps] = samplePositions(rows, spec, q.draws, this.tokens.get(q.slot), q.start + q.tokens.length - q.numSamples);
+    const row = (j) => toFloat32({ type: logits.type, data: logits.data.subarray((b * K + j) * V, (b * K + j + 1) * V) });
+    const m = q.numSamples;
+    if (q.score.length) {
+      const xs = q.score.map((_, j) => row(m + j));
+      out.scores[q.seqId] = xs.map((x, j) => tokenLogprob(x, q.score[j]));
+      if (spec.top_logprobs) out.scoreTops[q.seqId] = xs.map((x) => topLogprobs(x, spec.top_logprobs));
+    }
+    if (!m) { out.tokens[q.seqId] = []; return; }
+    const rows = Array.from({ length: m }, (_, j) => row(j));
+    const masks = q.masks ? q.masks.map((key) => (key === null ? null : this.mask(key))) : null;
+    const [toks, lps] = samplePositions(rows, spec, q.draws, this.tokens.get(q.slot), q.start + q.tokens.length - m, masks);
     out.tokens[q.seqId] = toks;
     if (lps) out.logprobs[q.seqId] = lps;
+    if (spec.top_logprobs) out.top[q.seqId] = rows.map((x) => topLogprobs(x, spec.top_logprobs));
+  }
+
+  /** A token mask the core uploaded (setMask) under `key`. */
+  mask(key) {
+    const m = this.masks.get(key);
+    if (!m) throw new Error(`token mask ${key} was not uploaded`);
+    return m;
+  }
+
+  /** Keep token mask `key`: `blob` holds one byte per token id (1: allowed), a Uint8Array or
+   * Pyodide's proxy of Python bytes (realm_web/engines/ort_web.py uploads each key once). */
+  setMask(key, blob) {
+    let bytes = blob;
+    if (!(blob instanceof Uint8Array)) {
+      const view = blob.getBuffer("u8");
+      try { bytes = new Uint8Array(view.data); } finally { view.release(); }
+    }
+    this.masks.set(key, bytes);
+  }
+
+  /** Forget every uploaded token mask. */
+  clearMasks() {
+    this.masks.clear();
   }
 
   release(slot) {
@@ -291,9 +329,10 @@ export class Bridge {
       this.owner.set(n.slot, n.id);
     }
     for (const [src, dst, length] of plan.copies || []) await this.copy(src, dst, length);
-    const rows = plan.seqs.map(([seqId, slot, start, tokens, numSamples, draws]) => ({ seqId, slot, start, tokens, numSamples, draws }));
+    const rows = plan.seqs.map(([seqId, slot, start, tokens, numSamples, draws, score, masks]) =>
+      ({ seqId, slot, start, tokens, numSamples, draws, score: score || [], masks: masks || null }));
     this.take(rows);
-    const out = { tokens: {}, logprobs: {} };
+    const out = { tokens: {}, logprobs: {}, top: {}, scores: {}, scoreTops: {} };
     this.timings.steps += 1;
     const decoding = this.batching ? rows.filter((q) => q.tokens.length === 1 && q.start > 0) : [];
     let rest = rows;
@@ -322,6 +361,8 @@ export class Bridge {
       if (q.tokens.length === 0 || q.tokens.length > width) throw new Error(`sequence ${q.seqId}: ${q.tokens.length} tokens in one step (at most ${width} on ${this.cfg.backend})`);
       if (q.numSamples > q.tokens.length || (q.draws.length && q.draws.length !== q.numSamples))
         throw new Error(`sequence ${q.seqId}: ${q.numSamples} samples and ${q.draws.length} draws for ${q.tokens.length} tokens`);
+      if (q.score.length > q.tokens.length || (q.masks && q.masks.length !== q.numSamples))
+        throw new Error(`sequence ${q.seqId}: ${q.score.length} scored positions and ${q.masks?.length} masks for ${q.tokens.length} tokens`);
       let t = this.tokens.get(q.slot);
       if (!t || q.start === 0) { t = []; this.tokens.set(q.slot, t); }
       if (q.start > t.length) throw new Error(`slot ${q.slot} holds ${t.length} tokens but the step starts at ${q.start}`);
@@ -502,32 +543,69 @@ function halfToFloat(h) {
 }
 
 /** One token per entry of `rows` (the Float32Array logits of consecutive positions of one cache
- * row, the first at position `first`): position j uses draws[j] (none when greedy) and, for the
- * repetition penalty, the row's tokens up to its own position (`rowTokens.slice(0, first + j +
- * 1)`). Returns [tokens, logprobs or null]; realm_web/engines/sampler.py's sample_positions. */
-export function samplePositions(rows, spec, draws, rowTokens, first) {
+ * row, the first at position `first`): position j uses draws[j] (none when greedy), masks[j] (a
+ * Uint8Array over the vocabulary, 1 = allowed; null: none) and, for the repetition penalty, the
+ * row's tokens up to its own position (`rowTokens.slice(0, first + j + 1)`). Returns [tokens,
+ * logprobs (of the raw logits) or null]; realm_web/engines/sampler.py's sample_positions. */
+export function samplePositions(rows, spec, draws, rowTokens, first, masks = null) {
   const toks = [], lps = [];
   rows.forEach((x, j) => {
     const hist = rowTokens && spec.repetition_penalty !== 1.0 ? rowTokens.slice(0, first + j + 1) : null;
-    const [tok, lp] = sampleToken(x, spec, draws.length ? draws[j] : 0, hist);
+    const [tok, lp] = sampleToken(x, spec, draws.length ? draws[j] : 0, hist, masks ? masks[j] : null);
     toks.push(tok);
     if (lp !== null) lps.push(lp);
   });
   return [toks, spec.logprobs ? lps : null];
 }
 
+/** The log-softmax normalizer of raw logits x: max + log(sum(exp(x - max))), in float32 steps
+ * like numpy's (sampler.py's log_softmax). */
+function logNorm(x) {
+  let m = -Infinity;
+  for (let i = 0; i < x.length; i++) if (x[i] > m) m = x[i];
+  let s = 0;
+  for (let i = 0; i < x.length; i++) s += Math.exp(x[i] - m);
+  return m + Math.log(s);
+}
+
+/** The log-probability of token `tok` under raw logits x. */
+export function tokenLogprob(x, tok) {
+  return x[tok] - logNorm(x);
+}
+
+/** The n most likely tokens of raw logits x as [id, logprob] pairs, logprob descending, id
+ * ascending (sampler.py's top_logprobs). */
+export function topLogprobs(x, n) {
+  if (n <= 0) return [];
+  const best = []; // sorted: larger logit first, then lower id
+  for (let i = 0; i < x.length; i++) {
+    const v = x[i];
+    if (best.length === n && !(v > x[best[n - 1]])) continue;
+    let j = best.length === n ? n - 1 : best.length;
+    while (j > 0 && v > x[best[j - 1]]) { if (j < n) best[j] = best[j - 1]; j--; }
+    best[j] = i;
+    if (best.length > n) best.length = n;
+  }
+  const z = logNorm(x);
+  return best.map((i) => [i, x[i] - z]);
+}
+
 // Token selection: the rule of realm_web.step.SamplingSpec, in the same order and precision as
-// realm_web/engines/sampler.py: repetition penalty, then greedy, or temperature -> candidates in
-// canonical order (logit descending, id ascending) -> top-k -> top-p -> min-p -> inverse CDF at
+// realm_web/engines/sampler.py: mask, repetition penalty, then greedy, or temperature -> candidates
+// in canonical order (logit descending, id ascending) -> top-k -> top-p -> min-p -> inverse CDF at
 // the draw u over unnormalized exp weights. tests/golden/sampling.json holds the vectors both
 // must reproduce (wasm/test/sampling.test.mjs, tests/test_sampling.py). `p` is the spec (all
-// fields present); returns [token, logprob or null].
-export function sampleToken(logits, p, u, history) {
+// fields present); returns [token, logprob of the raw logits or null].
+export function sampleToken(logits, p, u, history, mask = null) {
   const f = Math.fround;
   let x = logits;
+  if (mask) {
+    x = Float32Array.from(logits);
+    for (let i = 0; i < x.length; i++) if (!mask[i]) x[i] = -Infinity;
+  }
   const rp = p.repetition_penalty;
   if (rp !== 1.0 && history && history.length) {
-    x = Float32Array.from(logits);
+    if (x === logits) x = Float32Array.from(logits);
     const r = f(rp); // numpy divides float32 by float32: round the factor first (exact after)
     for (const id of new Set(history)) x[id] = x[id] > 0 ? f(x[id] / r) : f(x[id] * r);
   }
@@ -542,15 +620,7 @@ export function sampleToken(logits, p, u, history) {
     for (let i = 0; i < x.length; i++) y[i] = f(x[i] / t);
     tok = pick(y, p.top_k, p.top_p, p.min_p, u);
   }
-  let lp = null;
-  if (p.logprobs) {
-    let m = -Infinity;
-    for (let i = 0; i < x.length; i++) if (x[i] > m) m = x[i];
-    let s = 0;
-    for (let i = 0; i < x.length; i++) s += Math.exp(x[i] - m);
-    lp = x[tok] - m - Math.log(s);
-  }
-  return [tok, lp];
+  return [tok, p.logprobs ? tokenLogprob(logits, tok) : null];
 }
 
 function pick(y, topK, topP, minP, u) {
