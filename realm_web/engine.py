@@ -244,6 +244,11 @@ class LLM:
         tok = self.tokenizer
         return [tok.token_bytes(t).decode("utf-8", errors="replace") for t in ids]
 
+    def token_bytes(self, ids: Sequence[int]) -> list[bytes]:
+        """Each token's bytes."""
+        tok = self.tokenizer
+        return [tok.token_bytes(t) for t in ids]
+
     def tokenize(self, prompt: Prompt, *, add_special_tokens: bool = False, add_generation_prompt: bool = True) -> list[int]:
         """Token ids of a text (as is: no chat template) or of chat messages (through the chat
         template); `add_special_tokens` applies the tokenizer's post-processor (BOS/EOS where it

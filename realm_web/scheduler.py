@@ -97,6 +97,18 @@ class RequestOutput:
     prompt_logprobs: list[float | None] | None = None
     prompt_top_logprobs: list[list[tuple[int, float]] | None] | None = None
 
+    def merged(self, later: "RequestOutput") -> "RequestOutput":
+        """This delta followed by the request's next one, as one delta."""
+        def cat(a: list[Any] | None, b: list[Any] | None) -> list[Any] | None:
+            return None if a is None and b is None else (a or []) + (b or [])
+
+        return RequestOutput(self.request_id, self.token_ids + later.token_ids, self.text + later.text,
+                             later.finished, later.finish_reason, cat(self.logprobs, later.logprobs),
+                             cat(self.top_logprobs, later.top_logprobs),
+                             self.prompt_logprobs if self.prompt_logprobs is not None else later.prompt_logprobs,
+                             self.prompt_top_logprobs if self.prompt_top_logprobs is not None
+                             else later.prompt_top_logprobs)
+
 
 @dataclass
 class Request:

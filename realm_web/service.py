@@ -55,6 +55,10 @@ class ModelService(Protocol):
         """Each token's text (its bytes decoded alone, undecodable bytes replaced)."""
         ...
 
+    def token_bytes(self, ids: Sequence[int]) -> list[bytes]:
+        """Each token's bytes."""
+        ...
+
     def tokenize(self, prompt: Any, *, add_special_tokens: bool = False, add_generation_prompt: bool = True) -> list[int]:
         """Token ids of a text (as is) or of chat messages (through the chat template); ValueError
         when it is unusable. With the defaults, the ids the completion and chat paths use."""

@@ -80,11 +80,11 @@ COMMON: dict[str, st.SearchStrategy[Any]] = {
 message = st.fixed_dictionaries({"role": st.sampled_from(["system", "user", "assistant", "developer"]),
                                  "content": st.one_of(words, st.lists(st.fixed_dictionaries(
                                      {"type": st.just("text"), "text": words}), min_size=1, max_size=2))})
-CHAT = {**COMMON, "max_completion_tokens": st.integers(1, 6), "logprobs": st.booleans(),
+CHAT = {**COMMON, "max_completion_tokens": st.integers(1, 6), "logprobs": st.just(True), "top_logprobs": st.integers(0, 20),
         "response_format": st.just({"type": "text"}), "tool_choice": st.sampled_from(["none", "auto"]),
         "metadata": st.dictionaries(words, words, max_size=2), "store": st.booleans(),
         "service_tier": words, "parallel_tool_calls": st.booleans()}
-COMPLETION = {**COMMON, "logprobs": st.just(0), "echo": st.booleans(), "best_of": st.just(1)}
+COMPLETION = {**COMMON, "logprobs": st.integers(0, 20), "echo": st.booleans(), "best_of": st.just(1)}
 REQUIRED = {"/v1/chat/completions": {"model": st.just(MODEL), "messages": st.lists(message, min_size=1, max_size=3)},
             "/v1/completions": {"model": st.just(MODEL), "prompt": st.one_of(
                 words, st.lists(st.integers(0, 49151), min_size=1, max_size=8), st.lists(words, min_size=1, max_size=2))}}

@@ -193,18 +193,18 @@ async def _complete_body(job: Job, model: ModelService, request: Request) -> Res
     watcher = asyncio.get_running_loop().create_task(watch_disconnect())
     try:
         async for i, d in job.events():
-            gathered.add(i, d)
+            gathered.add(i, d, model.token_bytes)
     finally:
         watcher.cancel()
     if "error" in job.finish.values():
         raise ApiError(500, P.ENGINE_FAILED + "; other requests are unaffected", code="engine_error")
     if job.timed_out:
         raise P.timeout_error(job.hub.config.request_timeout_s)
-    return JSONResponse(gathered.body(job.finish, job.completion_tokens, model.token_texts))
+    return JSONResponse(gathered.body(job.finish, job.completion_tokens))
 
 
 async def _stream_body(job: Job, model: ModelService) -> AsyncIterator[bytes]:
-    writer = P.ChunkWriter(job.req, model.token_texts)
+    writer = P.ChunkWriter(job.req, model.token_bytes)
     try:
         async for i, d in job.events(coalesce=True):
             for chunk in writer.chunks(i, d):

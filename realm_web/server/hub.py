@@ -78,9 +78,7 @@ class Job:
                     if j != index:
                         break
                     self.queue.get_nowait()
-                    d = RequestOutput(d.request_id, d.token_ids + e.token_ids, d.text + e.text, e.finished,
-                                      e.finish_reason, (d.logprobs or []) + (e.logprobs or []) if d.logprobs
-                                      is not None or e.logprobs is not None else None)
+                    d = d.merged(e)
                 if d.token_ids:
                     if self.t_first is None:
                         self.t_first = time.perf_counter()

@@ -12,9 +12,10 @@ import uuid
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 
-from ..sampling import SamplingError, SamplingParams, random_seed
+from ..sampling import MAX_LOGPROBS, SamplingError, SamplingParams, random_seed
 from ..scheduler import RequestOutput
 from .errors import ApiError, bad_request
+from .logprobs import ChoiceLogprobs, TokenBytes, merge
 
 MAX_N = 8
 MAX_STOP = 4
@@ -25,6 +26,8 @@ class Model(Protocol):
     """What parsing needs from the served model (realm_web.LLM satisfies it)."""
 
     def encode_prompt(self, prompt: Any, *, system: str | None = None, raw: bool = False) -> list[int]: ...
+
+    def decode(self, ids: Sequence[int]) -> str: ...
 
 
 @dataclass
@@ -37,6 +40,7 @@ class GenRequest:
     stream: bool = False
     include_usage: bool = False
     logprobs: bool = False
+    top_logprobs: int = 0  # alternatives per position in the logprobs objects (server/logprobs.py)
     echo: list[str] = field(default_factory=list)  # completions: prompt text to put before each choice
     adapter: str | None = None
     max_tokens_given: bool = True  # else fit_context fills in the default (what fits, and the key allows)
@@ -131,7 +135,7 @@ def _check_fields(body: Mapping[str, Any], allowed: set[str]) -> None:
         raise bad_request("'metadata' values must be strings", "metadata", "invalid_type")
 
 
-def _sampling(body: Mapping[str, Any], default_max: int | None) -> SamplingParams:
+def _sampling(body: Mapping[str, Any], default_max: int | None, min_tokens: int = 1) -> SamplingParams:
     for k in ("presence_penalty", "frequency_penalty"):
         v = _get(body, k, (int, float), 0.0, what="a number")
         if not -2.0 <= v <= 2.0:
@@ -143,8 +147,8 @@ def _sampling(body: Mapping[str, Any], default_max: int | None) -> SamplingParam
     max_tokens = _get(body, "max_completion_tokens", (int,), None, what="an integer")
     if max_tokens is None:
         max_tokens = _get(body, "max_tokens", (int,), None, what="an integer")
-    if max_tokens is not None and max_tokens < 1:
-        raise bad_request(f"'max_tokens' must be at least 1, got {max_tokens}", "max_tokens")
+    if max_tokens is not None and max_tokens < min_tokens:
+        raise bad_request(f"'max_tokens' must be at least {min_tokens}, got {max_tokens}", "max_tokens")
     temperature = _get(body, "temperature", (int, float), 1.0, what="a number")
     if not 0 <= temperature <= 2:
         raise bad_request(f"'temperature' must be in [0, 2], got {temperature}", "temperature")
@@ -258,9 +262,11 @@ def parse_chat(body: Any, model: Model) -> GenRequest:
         raise bad_request("only response_format {'type': 'text'} is supported", "response_format",
                           "unsupported_parameter")
     logprobs = _get(body, "logprobs", (bool,), False, what="a boolean")
-    if _get(body, "top_logprobs", (int,), 0, what="an integer"):
-        raise bad_request("'top_logprobs' is not supported (logprobs gives the sampled token's)", "top_logprobs",
-                          "unsupported_parameter")
+    top = _get(body, "top_logprobs", (int,), None, what="an integer")
+    if top is not None and not 0 <= top <= MAX_LOGPROBS:
+        raise bad_request(f"'top_logprobs' must be between 0 and {MAX_LOGPROBS}, got {top}", "top_logprobs")
+    if top and not logprobs:
+        raise bad_request("'top_logprobs' needs 'logprobs': true", "top_logprobs")
     params = _sampling(body, None)
     stream, usage = _stream_opts(body)
     try:
@@ -268,8 +274,9 @@ def parse_chat(body: Any, model: Model) -> GenRequest:
     except (ValueError, TypeError) as e:
         raise bad_request(str(e), "messages") from None
     given = body.get("max_tokens") is not None or body.get("max_completion_tokens") is not None
-    return GenRequest("chat", name, [ids], replace(params, logprobs=logprobs), n=_n(body), stream=stream,
-                      include_usage=usage, logprobs=logprobs, adapter=_adapter(body), max_tokens_given=given)
+    return GenRequest("chat", name, [ids], replace(params, logprobs=logprobs, top_logprobs=top or 0), n=_n(body),
+                      stream=stream, include_usage=usage, logprobs=logprobs, top_logprobs=top or 0,
+                      adapter=_adapter(body), max_tokens_given=given)
 
 
 def parse_completion(body: Any, model: Model, vocab_size: int) -> GenRequest:
@@ -302,19 +309,21 @@ def parse_completion(body: Any, model: Model, vocab_size: int) -> GenRequest:
             if not x or not all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < vocab_size for t in x):
                 raise bad_request(f"token id prompts must be non-empty lists of integers in [0, {vocab_size})", "prompt")
             prompts.append([int(t) for t in x])
-            echo.append("")
+            echo.append(model.decode(prompts[-1]))
     if body.get("suffix"):
         raise bad_request("'suffix' is not supported", "suffix", "unsupported_parameter")
     if _get(body, "best_of", (int,), 1, what="an integer") != 1:
         raise bad_request("'best_of' other than 1 is not supported; use 'n'", "best_of", "unsupported_parameter")
     lp = _get(body, "logprobs", (int,), None, what="an integer")
-    if lp is not None and lp != 0:
-        raise bad_request("'logprobs' may only be 0 (the sampled token's logprob)", "logprobs", "unsupported_parameter")
-    params = _sampling(body, COMPLETION_DEFAULT_MAX)
+    if lp is not None and not 0 <= lp <= MAX_LOGPROBS:
+        raise bad_request(f"'logprobs' must be between 0 and {MAX_LOGPROBS}, got {lp}", "logprobs")
+    params = _sampling(body, COMPLETION_DEFAULT_MAX, min_tokens=0)
     stream, usage = _stream_opts(body)
     do_echo = _get(body, "echo", (bool,), False, what="a boolean")
-    return GenRequest("completion", name, prompts, replace(params, logprobs=lp is not None), n=_n(body),
-                      stream=stream, include_usage=usage, logprobs=lp is not None,
+    params = replace(params, logprobs=lp is not None, top_logprobs=lp or 0,
+                     prompt_logprobs=lp if lp is not None and do_echo else None)
+    return GenRequest("completion", name, prompts, params, n=_n(body),
+                      stream=stream, include_usage=usage, logprobs=lp is not None, top_logprobs=lp or 0,
                       echo=echo if do_echo else [], adapter=_adapter(body),
                       max_tokens_given=body.get("max_tokens") is not None)
 
@@ -358,15 +367,6 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
             "total_tokens": prompt_tokens + completion_tokens}
 
 
-def chat_logprobs(tokens: Sequence[str], lps: Sequence[float]) -> dict[str, Any]:
-    return {"content": [{"token": t, "logprob": lp, "bytes": list(t.encode()), "top_logprobs": []}
-                        for t, lp in zip(tokens, lps)]}
-
-
-def completion_logprobs(tokens: Sequence[str], lps: Sequence[float]) -> dict[str, Any]:
-    return {"tokens": list(tokens), "token_logprobs": list(lps), "top_logprobs": None, "text_offset": []}
-
-
 def envelope(kind: str, rid: str, model: str, created: int | None = None, chunk: bool = False) -> dict[str, Any]:
     obj = ("chat.completion.chunk" if chunk else "chat.completion") if kind == "chat" else "text_completion"
     return {"id": rid, "object": obj, "created": created or int(time.time()), "model": model,
@@ -384,20 +384,35 @@ def sse(obj: Any) -> bytes:
 
 
 SSE_DONE = b"data: [DONE]\n\n"
-TokenTexts = Callable[[Sequence[int]], list[str]]
 ENGINE_FAILED = "the engine failed while generating this request"
 
 
-def _logprobs(req: GenRequest, texts: TokenTexts, ids: Sequence[int], lps: Sequence[float]) -> dict[str, Any]:
-    return chat_logprobs(texts(ids), lps) if req.kind == "chat" else completion_logprobs(texts(ids), lps)
+def _logprobs(req: GenRequest, i: int, lp: ChoiceLogprobs, d: RequestOutput, first: bool) -> dict[str, Any] | None:
+    """The logprobs object of delta `d` of a choice (its first delta: with an echoed prompt's)."""
+    if not req.logprobs:
+        return None
+    ids: list[int] = []
+    lps: list[float | None] = []
+    tops: list[Any] = []
+    if first and req.kind == "completion" and req.echo:
+        if d.prompt_logprobs is None:
+            raise ApiError(500, "the engine returned no prompt logprobs", code="engine_error")
+        ids += req.prompts[i // req.n]
+        lps += d.prompt_logprobs
+        tops += d.prompt_top_logprobs or [None] * len(d.prompt_logprobs)
+    ids += d.token_ids
+    lps += d.logprobs or [None] * len(d.token_ids)
+    tops += d.top_logprobs or [None] * len(d.token_ids)
+    return lp.part(ids, lps, tops) if ids or first else None
 
 
 class ChunkWriter:
     """The server-sent events of one streamed request: `chat.completion.chunk`s or streamed
     `text_completion`s, choice by choice, as OpenAI sends them."""
 
-    def __init__(self, req: GenRequest, token_texts: TokenTexts) -> None:
-        self.req, self.texts = req, token_texts
+    def __init__(self, req: GenRequest, token_bytes: TokenBytes) -> None:
+        self.req = req
+        self.lp = [ChoiceLogprobs(req.kind == "chat", req.top_logprobs, token_bytes) for _ in req.choices]
         self.chat = req.kind == "chat"
         self.base = envelope(req.kind, new_id(req.kind), req.model, int(time.time()), chunk=True)
         self.extra = {"usage": None} if req.include_usage else {}
@@ -414,14 +429,15 @@ class ChunkWriter:
             yield sse(ApiError(500, ENGINE_FAILED, code="engine_error").body())
             return
         text = d.text
-        if i not in self.started:
+        first = i not in self.started
+        if first:
             self.started.add(i)
             if self.chat:
                 yield sse({**self.base, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
                                                       "logprobs": None, "finish_reason": None}], **self.extra})
             elif self.req.echo:
                 text = self.req.echo[i // self.req.n] + text
-        lp = _logprobs(self.req, self.texts, d.token_ids, d.logprobs) if self.req.logprobs and d.logprobs else None
+        lp = _logprobs(self.req, i, self.lp[i], d, first)
         if text and not d.finished and lp is None:
             yield (f'{self._head}{i},{self._key}{json.dumps(text, ensure_ascii=False)}{self._close},'
                    f'"logprobs":null,"finish_reason":null}}]{self._tail}\n\n').encode()
@@ -445,20 +461,29 @@ class ChoiceText:
         n = len(req.choices)
         self.req = req
         self.text = [""] * n
-        self.ids: list[list[int]] = [[] for _ in range(n)]
-        self.lps: list[list[float]] = [[] for _ in range(n)]
+        self.lps: list[dict[str, Any] | None] = [None] * n
+        self.started: set[int] = set()
+        self.lp: list[ChoiceLogprobs] = []
 
-    def add(self, i: int, d: RequestOutput) -> None:
+    def add(self, i: int, d: RequestOutput, token_bytes: TokenBytes) -> None:
         self.text[i] += d.text
-        self.ids[i] += d.token_ids
-        self.lps[i] += d.logprobs or []
+        if self.req.logprobs:
+            if not self.lp:
+                self.lp = [ChoiceLogprobs(self.req.kind == "chat", self.req.top_logprobs, token_bytes)
+                           for _ in self.text]
+            first = i not in self.started
+            self.started.add(i)
+            self.lps[i] = merge(self.lps[i], _logprobs(self.req, i, self.lp[i], d, first))
 
-    def body(self, finish: Mapping[int, str | None], completion_tokens: int, token_texts: TokenTexts) -> dict[str, Any]:
+    def body(self, finish: Mapping[int, str | None], completion_tokens: int) -> dict[str, Any]:
         req = self.req
         out = envelope(req.kind, new_id(req.kind), req.model)
         choices = []
         for i in range(len(self.text)):
-            lp = _logprobs(req, token_texts, self.ids[i], self.lps[i]) if req.logprobs else None
+            lp = self.lps[i] if req.logprobs else None
+            if lp is None and req.logprobs:
+                lp = {"content": []} if req.kind == "chat" else \
+                    {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
             if req.kind == "chat":
                 choices.append({"index": i, "message": {"role": "assistant", "content": self.text[i], "refusal": None},
                                 "logprobs": lp, "finish_reason": finish.get(i)})
