@@ -166,7 +166,8 @@ class LLM:
                                    max_slots=engine.max_slots, max_length=engine.max_length,
                                    max_tokens_per_step=max_tokens_per_step or (4096 if engine.device == "cuda" else 512),
                                    kv_capacity=kv_capacity or engine.kv_capacity, caps=engine.caps,
-                                   max_loras=getattr(engine, "max_loras", 8), speculative=spec)
+                                   max_loras=getattr(engine, "max_loras", 8), speculative=spec,
+                                   vocab_size=self.manifest.vocab_size)
         self.speculative = spec
         calibrate = getattr(engine, "calibrate", None)
         if spec is not None and callable(calibrate):

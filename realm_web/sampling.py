@@ -11,6 +11,7 @@ import hashlib
 import os
 import struct
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from .step import SamplingSpec
 
@@ -39,6 +40,12 @@ class SamplingParams:
     logprobs: bool = False  # each output token's logprob (the log-softmax of the raw logits)
     top_logprobs: int = 0  # and the N most likely tokens at each output position (0..20)
     prompt_logprobs: int | None = None  # each prompt token's logprob (the first: None) and its position's top N
+    # structured outputs (realm_web/structured): at most one of these
+    response_format: Any = None  # OpenAI's {"type": "json_object"} / {"type": "json_schema", "json_schema": {...}}
+    json_schema: Any = None  # a JSON schema the output must validate against
+    regex: str | None = None  # a regex the whole output must match
+    choice: tuple[str, ...] | None = None  # the output is one of these strings
+    output_format: Any = None  # a realm_web.structured.OutputFormat (what the four above become)
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -46,6 +53,21 @@ class SamplingParams:
         else:
             object.__setattr__(self, "stop", tuple(self.stop))
         object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
+        if self.choice is not None and not isinstance(self.choice, str):
+            object.__setattr__(self, "choice", tuple(self.choice))
+        if any(x is not None for x in (self.response_format, self.json_schema, self.regex, self.choice)):
+            from .structured import OutputFormat, StructuredError
+
+            if self.output_format is not None:
+                raise SamplingError("give output_format or one of response_format / json_schema / regex / choice")
+            try:
+                fmt = OutputFormat.of(self.response_format, json_schema=self.json_schema, regex=self.regex,
+                                      choice=self.choice)
+            except StructuredError as e:
+                raise SamplingError(str(e)) from None
+            object.__setattr__(self, "output_format", fmt)
+            for k in ("response_format", "json_schema", "regex", "choice"):
+                object.__setattr__(self, k, None)
         self.validate()
 
     def validate(self) -> None:

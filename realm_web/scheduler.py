@@ -63,7 +63,8 @@ from typing import Any, Callable, Protocol, Sequence
 from .lora import AdapterInUse, LoraRouter
 from .sampling import SamplingParams, draw, random_seed
 from .speculative import DRAFT_PRIOR, Acceptance, Drafter, NgramIndex, SpeculativeConfig, StepCost, accepted_prefix, choose_drafts
-from .step import AdapterLoad, EngineCaps, NewSeq, SamplingSpec, SeqStep, StepPlan, StepResult
+from .step import AdapterLoad, EngineCaps, NewSeq, SamplingSpec, SeqStep, StepPlan, StepResult, TokenMask
+from .structured import Constrainer, Matcher, OutputFormat, StructuredError, Vocabulary
 from .stream import IncrementalDetokenizer, StopStrings
 
 
@@ -134,6 +135,7 @@ class Request:
     drafter: Drafter | None = None  # speculative drafter over prompt + output (n-gram lookup)
     accept: Acceptance = field(default_factory=Acceptance)  # its draft acceptance so far
     shadow: int | None = None  # the draft it would have fed this step (checked for free, n-gram)
+    matcher: Matcher | None = None  # its place in its output format's grammar (structured outputs)
     prompt_lps: list[float | None] | None = None  # prompt logprobs so far (params.prompt_logprobs)
     prompt_tops: list[list[tuple[int, float]] | None] | None = None
 
@@ -189,7 +191,7 @@ class Scheduler:
     def __init__(self, tokenizer: _Tok, *, eos_token_ids: Sequence[int], max_slots: int = 1,
                  max_length: int = 2048, max_tokens_per_step: int = 512, kv_capacity: int | None = None,
                  caps: EngineCaps | None = None, max_loras: int = 8,
-                 speculative: SpeculativeConfig | None = None) -> None:
+                 speculative: SpeculativeConfig | None = None, vocab_size: int | None = None) -> None:
         if max_slots < 1 or max_tokens_per_step < 1 or max_length < 2:
             raise ValueError("max_slots and max_tokens_per_step must be >= 1, max_length >= 2")
         self.tokenizer = tokenizer
@@ -224,6 +226,22 @@ class Scheduler:
         self.new_drafter: Callable[[], Drafter] = lambda: NgramIndex(speculative.ngram_min if speculative else 1,
                                                                      speculative.ngram_max if speculative else 4)
         self.spec_stats = {"verify_steps": 0, "draft_tokens": 0, "accepted_tokens": 0, "emitted_tokens": 0}
+        self.vocab_size = vocab_size
+        self._constrainer: Constrainer | None = None  # made by the first constrained request
+
+    @property
+    def constrainer(self) -> Constrainer:
+        """Output formats compiled over this tokenizer's vocabulary (structured outputs)."""
+        if self._constrainer is None:
+            size = self.vocab_size or int(getattr(self.tokenizer, "vocab_size", 0))
+            self._constrainer = Constrainer(Vocabulary.of(self.tokenizer, size, sorted(self.eos)))
+        return self._constrainer
+
+    def check_format(self, fmt: OutputFormat) -> None:
+        """Compile an output format now (a StructuredError if it cannot be served)."""
+        if not self.caps.token_masks:
+            raise StructuredError("this engine does not take token masks: structured outputs are not served")
+        self.constrainer.grammar(fmt)
 
     # -- requests ------------------------------------------------------------------------------
     def add(self, prompt_ids: Sequence[int], params: SamplingParams, *, adapter: str | None = None,
@@ -241,8 +259,12 @@ class Scheduler:
             raise SchedulerError(f"no adapter {adapter!r} is loaded")
         rid = next(self._ids)
         seed = params.seed if params.seed is not None else random_seed()
+        matcher = None
+        if params.output_format is not None:
+            self.check_format(params.output_format)
+            matcher = self.constrainer.matcher(params.output_format)
         req = Request(rid, ids, params, seed, adapter, priority, next(self._arrivals),
-                      detok=IncrementalDetokenizer(self.tokenizer), stops=StopStrings(params.stop))
+                      detok=IncrementalDetokenizer(self.tokenizer), stops=StopStrings(params.stop), matcher=matcher)
         if self.speculative is not None and self.speculative.method == "draft":
             req.accept = Acceptance(DRAFT_PRIOR)
         self.requests[rid] = req
@@ -421,14 +443,16 @@ class Scheduler:
             r.shadow = None
             room = min(spec.num_speculative_tokens, r.params.max_tokens - len(r.output_ids) - 1,
                        self.max_length - r.length - 1)
-            if r.pending != 1 or room <= 0:  # replaying after a preemption, or no room for a draft
-                plain += 1
+            if r.pending != 1 or room <= 0 or (r.matcher is not None and spec.method != "ngram"):
+                plain += 1  # replaying after a preemption, no room for a draft, or constrained (drafts of a model)
                 continue
             if spec.method == "ngram":
                 if r.drafter is None:
                     r.drafter = self.new_drafter()
                 r.drafter.sync(r.all_ids)
                 prop = r.drafter.propose(room)
+                if prop and r.matcher is not None:  # drafts the output format refuses are not worth verifying
+                    prop = prop[: r.matcher.drafts(prop)[0]]
                 if not prop:
                     plain += 1
                     continue
@@ -495,9 +519,14 @@ class Scheduler:
         p = len(req.prompt_ids)
         if req.prompt_lps is not None and len(req.prompt_lps) < p and start < p:  # prompt logprobs still to get
             score = req.prompt_ids[start + 1: min(start + len(tokens) + 1, p)]
+        masks: list[TokenMask | None] = []
+        if n and req.matcher is not None and not req.matcher.free:
+            masks = req.matcher.drafts(tokens[len(tokens) - drafts:])[1] if drafts else [req.matcher.mask()]
+            if not any(masks):
+                masks = []
         return SeqStep(seq_id=req.request_id, slot=req.slot, start=start, tokens=tokens,
                        num_samples=n, draws=[draw(req.seed, out + i) for i in range(n)] if not req.spec.greedy else [],
-                       drafts=drafts, propose=propose, score=score)
+                       drafts=drafts, propose=propose, score=score, masks=masks)
 
     def update(self, plan: StepPlan, result: StepResult) -> list[RequestOutput]:
         """Apply an engine result to the plan it ran; returns the deltas of this step."""
@@ -570,15 +599,28 @@ class Scheduler:
         text = ""
         assert req.detok is not None and req.stops is not None
         hit = False
+        m = req.matcher
         for tok in tokens:
             req.output_ids.append(tok)
             emitted.append(tok)
+            if m is not None and tok in self.eos and m.accepting:  # the format ends here: even with ignore_eos
+                req.finish_reason = "stop"
+                break
             if (tok in self.eos and not p.ignore_eos) or tok in p.stop_token_ids:
                 req.finish_reason = "stop"
                 break
+            if m is not None:
+                if not m.advance(tok):
+                    req.finish_reason = "error"  # the engine picked a token the mask ruled out
+                    break
+                if m.free:  # nothing is constrained from here on
+                    req.matcher = m = None
             safe, hit = req.stops.feed(req.detok.add([tok]))
             text += safe
             if hit:
+                req.finish_reason = "stop"
+                break
+            if m is not None and m.final:  # the format allows nothing more
                 req.finish_reason = "stop"
                 break
             if len(req.output_ids) >= p.max_tokens or req.length >= self.max_length:
