@@ -23,6 +23,8 @@ from .scheduler import RequestOutput, Scheduler
 from .service import ModelInfo, ServiceStats, Sink
 from .speculative import SpeculativeConfig
 from .step import EngineCaps, StepPlan, StepResult
+from .structured import OutputFormat
+from .structured.tools import plain_tool_messages
 from .tokenizer import Tokenizer, load_tokenizer
 
 log = logging.getLogger("realm_web")
@@ -180,9 +182,13 @@ class LLM:
         self._loop_task: asyncio.Task[None] | None = None
 
     # -- prompts -------------------------------------------------------------------------------
-    def encode_prompt(self, prompt: Prompt, *, system: str | None = None, raw: bool = False) -> list[int]:
+    def encode_prompt(self, prompt: Prompt, *, system: str | None = None, raw: bool = False,
+                      tools: Sequence[Mapping[str, Any]] | None = None) -> list[int]:
         """Token ids for a prompt: chat messages (or a user string) through the chat template,
-        the text as is when `raw` is set or the model has no template, or token ids unchanged."""
+        the text as is when `raw` is set or the model has no template, or token ids unchanged.
+        `tools` (OpenAI function objects) are offered through the template's own tool format
+        when it has one, else in the system message (realm_web/structured/tools.py), where
+        earlier tool calls and results are written as text too."""
         if not isinstance(prompt, str) and prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
             ids = [int(t) for t in prompt]  # type: ignore[arg-type]
             if not all(0 <= t < self.manifest.vocab_size for t in ids):
@@ -203,8 +209,18 @@ class LLM:
         if system is not None:
             messages = [{"role": "system", "content": system}, *messages]
         assert self.chat_template is not None
-        text = self.chat_template.render(messages, add_generation_prompt=True)
+        template = self.chat_template
+        if "tools" in template.source and "tool" in template.source:  # the template's own tool format
+            text = template.render(messages, add_generation_prompt=True, tools=list(tools) if tools else None)
+        else:
+            if tools or any(m.get("role") == "tool" or m.get("tool_calls") for m in messages):
+                messages = list(plain_tool_messages(messages, tools))
+            text = template.render(messages, add_generation_prompt=True)
         return self.tokenizer.encode(text)
+
+    def check_format(self, fmt: OutputFormat) -> None:
+        """Compile a structured-output format now (StructuredError if it cannot be served)."""
+        self.scheduler.check_format(fmt)
 
     # -- adapters -------------------------------------------------------------------------------
     def load_adapter(self, name: str, path: str | os.PathLike[str]) -> None:

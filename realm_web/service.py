@@ -7,7 +7,7 @@ Standard library only.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 from .sampling import SamplingParams
 from .scheduler import RequestOutput
@@ -47,8 +47,15 @@ class ModelService(Protocol):
     @property
     def info(self) -> ModelInfo: ...
 
-    def encode_prompt(self, prompt: Any, *, system: str | None = None, raw: bool = False) -> list[int]:
-        """Token ids of a prompt (text, chat messages, or ids); ValueError when it is unusable."""
+    def encode_prompt(self, prompt: Any, *, system: str | None = None, raw: bool = False,
+                      tools: Sequence[Mapping[str, Any]] | None = None) -> list[int]:
+        """Token ids of a prompt (text, chat messages, or ids; chat messages with the functions
+        `tools` offers); ValueError when it is unusable."""
+        ...
+
+    def check_format(self, fmt: Any) -> None:
+        """Compile a structured-output format (realm_web.structured.OutputFormat) now; a
+        StructuredError if it cannot be served."""
         ...
 
     def token_texts(self, ids: Sequence[int]) -> list[str]:

@@ -16,6 +16,9 @@ from ..sampling import MAX_LOGPROBS, SamplingError, SamplingParams, random_seed
 from ..scheduler import RequestOutput
 from .errors import ApiError, bad_request
 from .logprobs import ChoiceLogprobs, TokenBytes, merge
+from .structured import EXTENSIONS, Tools, output_format, parse_tools
+from ..structured import OutputFormat
+from ..structured.tools import OPEN, parse_tool_calls
 
 MAX_N = 8
 MAX_STOP = 4
@@ -25,9 +28,12 @@ COMPLETION_DEFAULT_MAX = 16
 class Model(Protocol):
     """What parsing needs from the served model (realm_web.LLM satisfies it)."""
 
-    def encode_prompt(self, prompt: Any, *, system: str | None = None, raw: bool = False) -> list[int]: ...
+    def encode_prompt(self, prompt: Any, *, system: str | None = None, raw: bool = False,
+                      tools: Sequence[Mapping[str, Any]] | None = None) -> list[int]: ...
 
     def decode(self, ids: Sequence[int]) -> str: ...
+
+    def check_format(self, fmt: OutputFormat) -> None: ...
 
 
 @dataclass
@@ -43,6 +49,7 @@ class GenRequest:
     top_logprobs: int = 0  # alternatives per position in the logprobs objects (server/logprobs.py)
     echo: list[str] = field(default_factory=list)  # completions: prompt text to put before each choice
     adapter: str | None = None
+    tools: Tools | None = None  # chat: the functions the model may call (server/structured.py)
     max_tokens_given: bool = True  # else fit_context fills in the default (what fits, and the key allows)
 
     @property
@@ -65,10 +72,11 @@ class GenRequest:
 _COMMON = {"model", "max_tokens", "temperature", "top_p", "n", "stream", "stream_options", "stop", "seed",
            "presence_penalty", "frequency_penalty", "logit_bias", "user", "top_k", "min_p",
            "repetition_penalty", "ignore_eos", "stop_token_ids", "adapter"}
-_CHAT = _COMMON | {"messages", "max_completion_tokens", "logprobs", "top_logprobs", "response_format",
+_COMMON |= {"response_format"} | EXTENSIONS
+_CHAT = _COMMON | {"messages", "max_completion_tokens", "logprobs", "top_logprobs",
                    "tools", "tool_choice", "parallel_tool_calls", "store", "metadata", "service_tier"}
 _COMPLETION = _COMMON | {"prompt", "logprobs", "echo", "best_of", "suffix"}
-_ROLES = {"system", "developer", "user", "assistant"}
+_ROLES = {"system", "developer", "user", "assistant", "tool"}
 
 
 # -- the edge: every byte and every string a client sends is checked here, once ---------------------
@@ -229,8 +237,26 @@ def _content(m: Mapping[str, Any], i: int) -> str:
                       "invalid_type")
 
 
-def parse_messages(msgs: Any) -> list[dict[str, str]]:
-    """A chat's `messages` -> [{"role", "content"}] (text parts joined; developer -> system)."""
+def _tool_calls(m: Mapping[str, Any], i: int) -> list[dict[str, Any]]:
+    calls = m["tool_calls"]
+    where = f"messages[{i}].tool_calls"
+    if not isinstance(calls, list):
+        raise bad_request(f"{where} must be a list", where, "invalid_type")
+    out = []
+    for j, c in enumerate(calls):
+        f = c.get("function") if isinstance(c, dict) else None
+        if not isinstance(f, dict) or not isinstance(f.get("name"), str) or not isinstance(f.get("arguments", ""), str):
+            raise bad_request(f"{where}[{j}] must be {{'id', 'type': 'function', 'function': {{'name', 'arguments'}}}}",
+                              f"{where}[{j}]", "invalid_value")
+        out.append({"id": str(c.get("id", "")), "type": "function",
+                    "function": {"name": check_text(f["name"], f"{where}[{j}].function.name"),
+                                 "arguments": check_text(f.get("arguments", ""), f"{where}[{j}].function.arguments")}})
+    return out
+
+
+def parse_messages(msgs: Any) -> list[dict[str, Any]]:
+    """A chat's `messages` -> [{"role", "content"}] (text parts joined; developer -> system), with
+    an assistant's `tool_calls` and a tool result's `tool_call_id` kept."""
     if not isinstance(msgs, list) or not msgs:
         raise bad_request("'messages' must be a non-empty list", "messages", "invalid_value")
     clean = []
@@ -240,7 +266,12 @@ def parse_messages(msgs: Any) -> list[dict[str, str]]:
         role = m.get("role")
         if not isinstance(role, str) or role not in _ROLES:
             raise bad_request(f"messages[{i}].role must be one of {sorted(_ROLES)}, got {role!r}", f"messages[{i}].role")
-        clean.append({"role": "system" if role == "developer" else role, "content": _content(m, i)})
+        msg: dict[str, Any] = {"role": "system" if role == "developer" else role, "content": _content(m, i)}
+        if role == "assistant" and m.get("tool_calls") is not None:
+            msg["tool_calls"] = _tool_calls(m, i)
+        if role == "tool":
+            msg["tool_call_id"] = check_text(str(m.get("tool_call_id", "")), f"messages[{i}].tool_call_id")
+        clean.append(msg)
     return clean
 
 
@@ -251,16 +282,11 @@ def parse_chat(body: Any, model: Model) -> GenRequest:
     _check_fields(body, _CHAT)
     name = _model(body)
     clean = parse_messages(body.get("messages"))
-    if body.get("tools"):
-        raise bad_request("'tools' are not supported by this model", "tools", "unsupported_parameter")
-    choice = body.get("tool_choice")
-    if choice is not None and choice not in ("none", "auto"):
-        raise bad_request("'tool_choice' may only be 'none' or 'auto' (no tools are served)", "tool_choice",
-                          "unsupported_parameter")
-    rf = _get(body, "response_format", (dict,), {}, what="an object")
-    if rf and rf.get("type") != "text":
-        raise bad_request("only response_format {'type': 'text'} is supported", "response_format",
-                          "unsupported_parameter")
+    tools = parse_tools(body, model)
+    fmt = output_format(body, model)
+    if tools is not None and fmt is not None:
+        raise bad_request("'response_format' together with 'tools' is not supported (set tool_choice 'none')",
+                          "response_format", "unsupported_parameter")
     logprobs = _get(body, "logprobs", (bool,), False, what="a boolean")
     top = _get(body, "top_logprobs", (int,), None, what="an integer")
     if top is not None and not 0 <= top <= MAX_LOGPROBS:
@@ -270,13 +296,15 @@ def parse_chat(body: Any, model: Model) -> GenRequest:
     params = _sampling(body, None)
     stream, usage = _stream_opts(body)
     try:
-        ids = model.encode_prompt(clean)
+        ids = model.encode_prompt(clean, tools=tools.functions if tools else None)
     except (ValueError, TypeError) as e:
         raise bad_request(str(e), "messages") from None
     given = body.get("max_tokens") is not None or body.get("max_completion_tokens") is not None
-    return GenRequest("chat", name, [ids], replace(params, logprobs=logprobs, top_logprobs=top or 0), n=_n(body),
+    params = replace(params, logprobs=logprobs, top_logprobs=top or 0,
+                     output_format=tools.output_format() if tools else fmt)
+    return GenRequest("chat", name, [ids], params, n=_n(body),
                       stream=stream, include_usage=usage, logprobs=logprobs, top_logprobs=top or 0,
-                      adapter=_adapter(body), max_tokens_given=given)
+                      adapter=_adapter(body), tools=tools, max_tokens_given=given)
 
 
 def parse_completion(body: Any, model: Model, vocab_size: int) -> GenRequest:
@@ -321,7 +349,8 @@ def parse_completion(body: Any, model: Model, vocab_size: int) -> GenRequest:
     stream, usage = _stream_opts(body)
     do_echo = _get(body, "echo", (bool,), False, what="a boolean")
     params = replace(params, logprobs=lp is not None, top_logprobs=lp or 0,
-                     prompt_logprobs=lp if lp is not None and do_echo else None)
+                     prompt_logprobs=lp if lp is not None and do_echo else None,
+                     output_format=output_format(body, model))
     return GenRequest("completion", name, prompts, params, n=_n(body),
                       stream=stream, include_usage=usage, logprobs=lp is not None, top_logprobs=lp or 0,
                       echo=echo if do_echo else [], adapter=_adapter(body),
@@ -406,6 +435,11 @@ def _logprobs(req: GenRequest, i: int, lp: ChoiceLogprobs, d: RequestOutput, fir
     return lp.part(ids, lps, tops) if ids or first else None
 
 
+def tool_call(name: str, arguments: str) -> dict[str, Any]:
+    """One entry of OpenAI's `tool_calls`."""
+    return {"id": "call_" + uuid.uuid4().hex[:24], "type": "function", "function": {"name": name, "arguments": arguments}}
+
+
 class ChunkWriter:
     """The server-sent events of one streamed request: `chat.completion.chunk`s or streamed
     `text_completion`s, choice by choice, as OpenAI sends them."""
@@ -422,6 +456,10 @@ class ChunkWriter:
         self._tail = ',"usage":null}' if req.include_usage else "}"
         self._key = '"delta":{"content":' if self.chat else '"text":'
         self._close = "}" if self.chat else ""
+        # with tools: a choice's text is held while it may still be a tool call (it is sent as
+        # text as soon as it cannot be one)
+        self.held: dict[int, tuple[str, dict[str, Any] | None]] = {}
+        self.free: set[int] = set()
 
     def chunks(self, i: int, d: RequestOutput) -> Iterator[bytes]:
         """The events for delta `d` of choice `i` (none, one, or a role chunk first)."""
@@ -438,6 +476,20 @@ class ChunkWriter:
             elif self.req.echo:
                 text = self.req.echo[i // self.req.n] + text
         lp = _logprobs(self.req, i, self.lp[i], d, first)
+        if self.req.tools is not None and i not in self.free:
+            held, held_lp = self.held.get(i, ("", None))
+            held, held_lp = held + text, merge(held_lp, lp)
+            head = held.lstrip()
+            if not d.finished and (not head or OPEN.startswith(head) or head.startswith(OPEN)):
+                self.held[i] = (held, held_lp)  # may still be a tool call: wait
+                return
+            self.held.pop(i, None)
+            if not d.finished:
+                self.free.add(i)  # plain text: stream it from here on
+                text, lp = held, held_lp
+            else:
+                yield from self._tool_end(i, held, held_lp, d.finish_reason)
+                return
         if text and not d.finished and lp is None:
             yield (f'{self._head}{i},{self._key}{json.dumps(text, ensure_ascii=False)}{self._close},'
                    f'"logprobs":null,"finish_reason":null}}]{self._tail}\n\n').encode()
@@ -447,6 +499,21 @@ class ChunkWriter:
                 {"index": i, "text": text}
             choice.update(logprobs=lp, finish_reason=d.finish_reason)
             yield sse({**self.base, "choices": [choice], **self.extra})
+
+    def _tool_end(self, i: int, text: str, lp: dict[str, Any] | None, reason: str | None) -> Iterator[bytes]:
+        """A held choice's last chunks: its text, its tool calls, its finish."""
+        assert self.req.tools is not None
+        rest, calls = parse_tool_calls(text, self.req.tools.names)
+        if rest or lp:
+            yield sse({**self.base, "choices": [{"index": i, "delta": {"content": rest} if rest else {},
+                                                  "logprobs": lp, "finish_reason": None}], **self.extra})
+        if calls:
+            deltas = [{"index": k, **tool_call(name, args)} for k, (name, args) in enumerate(calls)]
+            yield sse({**self.base, "choices": [{"index": i, "delta": {"tool_calls": deltas}, "logprobs": None,
+                                                  "finish_reason": None}], **self.extra})
+        yield sse({**self.base, "choices": [{"index": i, "delta": {}, "logprobs": None,
+                                              "finish_reason": "tool_calls" if calls and reason == "stop" else reason}],
+                   **self.extra})
 
     def usage(self, completion_tokens: int) -> bytes:
         """The last chunk with stream_options.include_usage: no choices, the request's usage."""
@@ -485,8 +552,14 @@ class ChoiceText:
                 lp = {"content": []} if req.kind == "chat" else \
                     {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
             if req.kind == "chat":
-                choices.append({"index": i, "message": {"role": "assistant", "content": self.text[i], "refusal": None},
-                                "logprobs": lp, "finish_reason": finish.get(i)})
+                message: dict[str, Any] = {"role": "assistant", "content": self.text[i], "refusal": None}
+                reason = finish.get(i)
+                if req.tools is not None:
+                    rest, calls = parse_tool_calls(self.text[i], req.tools.names)
+                    if calls:
+                        message.update(content=rest or None, tool_calls=[tool_call(n, a) for n, a in calls])
+                        reason = "tool_calls" if reason == "stop" else reason
+                choices.append({"index": i, "message": message, "logprobs": lp, "finish_reason": reason})
             else:
                 echo = req.echo[i // req.n] if req.echo else ""
                 choices.append({"index": i, "text": echo + self.text[i], "finish_reason": finish.get(i), "logprobs": lp})
