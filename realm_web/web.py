@@ -32,9 +32,11 @@ def abort_all() -> int:
 
 _OPTION_NAMES = {"maxTokens": "max_tokens", "topP": "top_p", "topK": "top_k", "minP": "min_p",
                  "repetitionPenalty": "repetition_penalty", "stopTokenIds": "stop_token_ids",
-                 "ignoreEos": "ignore_eos"}
+                 "ignoreEos": "ignore_eos", "topLogprobs": "top_logprobs", "promptLogprobs": "prompt_logprobs",
+                 "responseFormat": "response_format", "jsonSchema": "json_schema"}
 _SAMPLING = {"temperature", "max_tokens", "top_p", "top_k", "min_p", "repetition_penalty", "seed", "stop",
-             "stop_token_ids", "ignore_eos", "logprobs"}
+             "stop_token_ids", "ignore_eos", "logprobs", "top_logprobs", "prompt_logprobs", "response_format",
+             "json_schema", "regex", "choice"}
 _HOST_ONLY = {"backend", "threads", "dtype", "raw", "system", "adapter"}
 
 
@@ -126,8 +128,16 @@ def _adapter(options: dict[str, Any]) -> str | None:
 
 
 def _result(c: Completion) -> str:
-    return json.dumps({"text": c.text, "tokenIds": c.token_ids, "promptTokenIds": c.prompt_token_ids,
-                       "finishReason": c.finish_reason, "usage": c.usage, "timings": c.timings})
+    out: dict[str, Any] = {"text": c.text, "tokenIds": c.token_ids, "promptTokenIds": c.prompt_token_ids,
+                           "finishReason": c.finish_reason, "usage": c.usage, "timings": c.timings}
+    if c.logprobs is not None:
+        out["logprobs"] = c.logprobs
+    if c.top_logprobs is not None:
+        out["topLogprobs"] = c.top_logprobs
+    if c.prompt_logprobs is not None:
+        out["promptLogprobs"] = c.prompt_logprobs
+        out["promptTopLogprobs"] = c.prompt_top_logprobs
+    return json.dumps(out)
 
 
 def _need() -> LLM:

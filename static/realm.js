@@ -148,7 +148,9 @@ class Realm {
 // The "server" backend: the same page API over `realm-web serve`'s WebSocket protocol
 // (docs/protocol.md) on this page's origin; ?api_key=... when the server has tenants.
 const OPTION_NAMES = { maxTokens: "max_tokens", topP: "top_p", topK: "top_k", minP: "min_p",
-                       repetitionPenalty: "repetition_penalty", stopTokenIds: "stop_token_ids", ignoreEos: "ignore_eos" };
+                       repetitionPenalty: "repetition_penalty", stopTokenIds: "stop_token_ids", ignoreEos: "ignore_eos",
+                       topLogprobs: "top_logprobs", responseFormat: "response_format", jsonSchema: "guided_json",
+                       regex: "guided_regex", choice: "guided_choice" };
 
 function authHeaders() {
   const key = params.get("api_key");

@@ -8,7 +8,8 @@ FORBIDDEN = ["numpy", "onnxruntime", "torch", "js", "pyodide", "onnx", "gguf", "
 def test_core_import_pulls_no_runtime() -> None:
     code = (
         "import sys\nbefore = set(sys.modules)\nimport realm_web, realm_web.scheduler, realm_web.sampling, realm_web.stream, realm_web.engine,"
-        " realm_web.tokenizer, realm_web.chat, realm_web.manifest, realm_web.step, realm_web.web, realm_web.engines.ort_web, realm_web.lora, realm_web.service\n"
+        " realm_web.tokenizer, realm_web.chat, realm_web.manifest, realm_web.step, realm_web.web, realm_web.engines.ort_web, realm_web.lora, realm_web.service,"
+        " realm_web.structured, realm_web.structured.tools\n"
         f"bad = [m for m in {FORBIDDEN!r} if m in sys.modules]\n"
         "std = set(sys.stdlib_module_names)\n"
         "other = sorted({n.split('.')[0] for n in set(sys.modules) - before} - std - {'realm_web'})\n"

@@ -15,7 +15,7 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-CORE = ["realm_web/*.py", "realm_web/engines/__init__.py", "realm_web/engines/ort_web.py"]
+CORE = ["realm_web/*.py", "realm_web/structured/*.py", "realm_web/engines/__init__.py", "realm_web/engines/ort_web.py"]
 
 
 def version() -> str:

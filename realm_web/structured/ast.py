@@ -7,7 +7,7 @@ unrolled to a bounded depth). Nodes are immutable and may be shared: automaton.p
 shared node once per continuation.
 
 `parse_regex` reads the common regex syntax (Python / ECMAScript): literals and escapes, `.`,
-classes with ranges and negation, `\\d \\w \\s` and their negations, groups (capturing, `(?:`,
+classes with ranges and negation, `\\d \\w \\s` (ASCII classes, as Python's re.ASCII) and their negations, groups (capturing, `(?:`,
 named), alternation, `* + ? {m} {m,} {m,n}` (lazy and possessive forms match the same
 strings), `^` at the start and `$` at the end. A pattern always matches the whole text.
 Anything else (backreferences, lookaround, word boundaries, inline flags) is a RegexError
@@ -147,8 +147,7 @@ def negate(ranges: tuple[tuple[int, int], ...]) -> tuple[tuple[int, int], ...]:
 
 DIGIT = ((0x30, 0x39),)
 WORD = normalize([(0x30, 0x39), (0x41, 0x5A), (0x5F, 0x5F), (0x61, 0x7A)])
-SPACE = normalize([(0x09, 0x0D), (0x20, 0x20), (0xA0, 0xA0), (0x1680, 0x1680), (0x2000, 0x200A),
-                   (0x2028, 0x2029), (0x202F, 0x202F), (0x205F, 0x205F), (0x3000, 0x3000), (0xFEFF, 0xFEFF)])
+SPACE = normalize([(0x09, 0x0D), (0x20, 0x20)])
 ANY_BUT_NEWLINE = negate(((0x0A, 0x0A),))
 _CLASSES = {"d": DIGIT, "w": WORD, "s": SPACE}
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "f": "\f", "v": "\v", "0": "\0", "a": "\a", "e": "\x1b"}

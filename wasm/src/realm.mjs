@@ -40,7 +40,7 @@ export class RealmEngineError extends RealmError {
 const fail = (code, message, cause, field) => new RealmEngineError(code, message, { cause, field });
 
 // Python exception types (realm_web.lora, realm_web.engine) -> error codes
-const PY_CODES = { ...ADAPTER_CODES, SamplingError: "bad_option", SpeculativeError: "bad_option", SchedulerError: "bad_prompt",
+const PY_CODES = { ...ADAPTER_CODES, SamplingError: "bad_option", StructuredError: "bad_option", SpeculativeError: "bad_option", SchedulerError: "bad_prompt",
                    ValueError: "bad_prompt", TypeError: "bad_prompt" };
 
 /** $REALM_WEB_HOME (default ~/.cache/realm-web), as the Python side (realm_web/paths.py). */
@@ -96,6 +96,14 @@ const GENERATE_OPTIONS = {
   stopTokenIds: (v) => Array.isArray(v) && v.every((t) => isInt(t) && t >= 0) || "a list of token ids",
   ignoreEos: (v) => typeof v === "boolean" || "a boolean",
   logprobs: (v) => typeof v === "boolean" || "a boolean",
+  topLogprobs: (v) => isInt(v) && v >= 0 && v <= 20 || "an integer in [0, 20]",
+  promptLogprobs: (v) => v == null || isInt(v) && v >= 0 && v <= 20 || "null or an integer in [0, 20]",
+  responseFormat: (v) => v == null || (typeof v === "object" && !Array.isArray(v) && typeof v.type === "string") ||
+    '{type: "text" | "json_object" | "json_schema", json_schema?: {schema}}',
+  jsonSchema: (v) => v == null || typeof v === "boolean" || (typeof v === "object" && !Array.isArray(v)) || "a JSON schema (an object)",
+  regex: (v) => v == null || typeof v === "string" || "a regex (a string) the whole output must match",
+  choice: (v) => v == null || (Array.isArray(v) && v.length > 0 && v.every((s) => typeof s === "string" && s !== "")) ||
+    "a non-empty list of non-empty strings (the output is one of them)",
   raw: (v) => typeof v === "boolean" || "a boolean (true: the prompt is plain text, no chat template)",
   system: (v) => typeof v === "string" || "a string (the system message)",
   adapter: (v) => v == null || typeof v === "string" && v !== "" || "the name of a loaded adapter (loadAdapter), or null for the base model",
@@ -280,7 +288,8 @@ export class Realm {
   /** Generate a completion: `{text, tokenIds, promptTokenIds, finishReason, usage, timings}`.
    * `prompt`: a user message (through the chat template; `raw: true` for plain text), chat
    * messages `[{role, content}]`, or token ids. Options: maxTokens, temperature, topP, topK, minP,
-   * repetitionPenalty, seed, stop, stopTokenIds, ignoreEos, logprobs, raw, system, adapter
+   * repetitionPenalty, seed, stop, stopTokenIds, ignoreEos, logprobs, topLogprobs, promptLogprobs,
+   * responseFormat, jsonSchema, regex, choice, raw, system, adapter
    * (a loaded adapter's name; null: the base model), signal. */
   async generate(prompt, options = {}) {
     const it = this.stream(prompt, options);
