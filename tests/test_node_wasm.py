@@ -19,13 +19,21 @@ PROMPTS = ["What is the capital of France?", "Write a haiku about the sea."]
 SEEDED = [{"maxTokens": 24, "temperature": 0.9, "topP": 0.95, "topK": 40, "seed": 11},
           {"maxTokens": 16, "temperature": 1.2, "minP": 0.05, "repetitionPenalty": 1.3, "seed": 5},
           {"maxTokens": 16, "temperature": 0.7, "seed": 123}]
-NATIVE = {"maxTokens": "max_tokens", "topP": "top_p", "topK": "top_k", "minP": "min_p",
+PERSON = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 12},
+                                          "age": {"type": "integer", "minimum": 0, "maximum": 120}},
+          "required": ["name", "age"], "additionalProperties": False}
+CONSTRAINED = [{"maxTokens": 40, "jsonSchema": PERSON},
+               {"maxTokens": 40, "jsonSchema": PERSON, "temperature": 1.0, "seed": 9},
+               {"maxTokens": 8, "choice": ["Paris", "Rome"], "logprobs": True, "topLogprobs": 2},
+               {"maxTokens": 20, "regex": "[A-Z][a-z]+, [0-9]{4}", "temperature": 0.8, "seed": 2}]
+NATIVE = {"maxTokens": "max_tokens", "jsonSchema": "json_schema", "topLogprobs": "top_logprobs", "topP": "top_p", "topK": "top_k", "minP": "min_p",
           "repetitionPenalty": "repetition_penalty"}
 
 SCRIPT = """
 import { Realm } from "%s";
 const [modelDir, wheel, prompts, seededJson] = process.argv.slice(2);
 const SEEDED = JSON.parse(seededJson);
+const CONSTRAINED = %s;
 const realm = await Realm.load({ model: modelDir, wheel, engine: "wasm", threads: 1 });
 const out = [];
 for (const p of JSON.parse(prompts)) out.push(await realm.generate(p, { maxTokens: 24 }));
@@ -36,7 +44,11 @@ const it = realm.stream(JSON.parse(prompts)[0], { maxTokens: 24 });
 let r;
 while (!(r = await it.next()).done) deltas.push(r.value);
 const streamed = r.value;
-console.log(JSON.stringify({ info: realm.info, out, streamed, deltas, seeded }));
+const constrained = [];
+for (const o of CONSTRAINED) constrained.push(await realm.generate(JSON.parse(prompts)[0], o));
+let refused = null;
+try { await realm.generate("x", { jsonSchema: { type: "integer", multipleOf: 3 } }); } catch (e) { refused = { code: e.code, message: e.message }; }
+console.log(JSON.stringify({ info: realm.info, out, streamed, deltas, seeded, constrained, refused }));
 await realm.close();
 """
 
@@ -49,7 +61,7 @@ def node_run(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     wheel = subprocess.run([sys.executable, str(ROOT / "tools" / "build_core_wheel.py"), "--out", str(tmp)],
                            check=True, capture_output=True, text=True).stdout.strip()
     script = tmp / "run.mjs"
-    script.write_text(SCRIPT % (WASM / "src" / "index.mjs").as_posix())
+    script.write_text(SCRIPT % ((WASM / "src" / "index.mjs").as_posix(), json.dumps(CONSTRAINED)))
     r = subprocess.run(["node", str(script), str(model_dir), wheel, json.dumps(PROMPTS), json.dumps(SEEDED)],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -87,3 +99,18 @@ def test_node_wasm_seeded_sampling_equals_native(node_run: dict, model_dir: Path
     for opts, got in zip(SEEDED, node_run["seeded"]):
         c = native.generate(PROMPTS[1], **{NATIVE.get(k, k): v for k, v in opts.items()})[0]
         assert got["tokenIds"] == c.token_ids, opts
+
+
+def test_node_wasm_constrained_outputs_equal_native(node_run: dict, model_dir: Path) -> None:  # type: ignore[type-arg]
+    """The same structured-output option on WASM in Node and natively: the same masks, so the
+    same tokens for the same seed; a schema the core cannot serve is a typed error."""
+    native = LLM(model_dir, dtype=node_run["info"]["dtype"], max_slots=2, max_length=256)
+    for opts, got in zip(CONSTRAINED, node_run["constrained"]):
+        c = native.generate(PROMPTS[0], **{NATIVE.get(k, k): v for k, v in opts.items()})[0]
+        assert got["tokenIds"] == c.token_ids, opts
+        assert got["finishReason"] == c.finish_reason == "stop"
+        if "logprobs" in opts:
+            assert got["logprobs"] == pytest.approx(c.logprobs, abs=1e-3)
+            assert [[t for t, _ in row] for row in got["topLogprobs"]] == [[t for t, _ in row] for row in c.top_logprobs or []]
+    assert json.loads(node_run["constrained"][0]["text"])["age"] >= 0
+    assert node_run["refused"]["code"] == "bad_option" and "multipleOf" in node_run["refused"]["message"]

@@ -111,7 +111,7 @@ BAD: list[tuple[str, Any, int, str]] = [
     ("/v1/chat/completions", chat_body(n=100), 400, "invalid_value"),
     ("/v1/chat/completions", chat_body(stop=["a", "b", "c", "d", "e"]), 400, "invalid_value"),
     ("/v1/chat/completions", chat_body(frobnicate=1), 400, "unknown_parameter"),
-    ("/v1/chat/completions", chat_body(tools=[{"type": "function"}]), 400, "unsupported_parameter"),
+    ("/v1/chat/completions", chat_body(tools=[{"type": "function"}]), 400, "invalid_value"),
     ("/v1/chat/completions", chat_body(model="gpt-17"), 404, "model_not_found"),
     ("/v1/chat/completions", chat_body(messages=[{"role": "user", "content": "word " * 600}]), 400,
      "context_length_exceeded"),
