@@ -64,7 +64,7 @@ from .lora import AdapterInUse, LoraRouter
 from .sampling import SamplingParams, draw, random_seed
 from .speculative import DRAFT_PRIOR, Acceptance, Drafter, NgramIndex, SpeculativeConfig, StepCost, accepted_prefix, choose_drafts
 from .step import AdapterLoad, EngineCaps, NewSeq, SamplingSpec, SeqStep, StepPlan, StepResult, TokenMask
-from .structured import Constrainer, Matcher, OutputFormat, StructuredError, Vocabulary
+from .structured import CLOSE_WINDOW, Constrainer, Matcher, OutputFormat, StructuredError, Vocabulary
 from .stream import IncrementalDetokenizer, StopStrings
 
 
@@ -443,7 +443,8 @@ class Scheduler:
             r.shadow = None
             room = min(spec.num_speculative_tokens, r.params.max_tokens - len(r.output_ids) - 1,
                        self.max_length - r.length - 1)
-            if r.pending != 1 or room <= 0 or (r.matcher is not None and spec.method != "ngram"):
+            if r.pending != 1 or room <= 0 or (r.matcher is not None and (
+                    spec.method != "ngram" or r.params.max_tokens - len(r.output_ids) <= CLOSE_WINDOW)):
                 plain += 1  # replaying after a preemption, no room for a draft, or constrained (drafts of a model)
                 continue
             if spec.method == "ngram":
@@ -521,7 +522,8 @@ class Scheduler:
             score = req.prompt_ids[start + 1: min(start + len(tokens) + 1, p)]
         masks: list[TokenMask | None] = []
         if n and req.matcher is not None and not req.matcher.free:
-            masks = req.matcher.drafts(tokens[len(tokens) - drafts:])[1] if drafts else [req.matcher.mask()]
+            budget = min(req.params.max_tokens - out, self.max_length - req.length)  # tokens it may still make
+            masks = req.matcher.drafts(tokens[len(tokens) - drafts:])[1] if drafts else [req.matcher.mask(budget=budget)]
             if not any(masks):
                 masks = []
         return SeqStep(seq_id=req.request_id, slot=req.slot, start=start, tokens=tokens,

@@ -37,6 +37,8 @@ from .schema import SchemaError, compile_schema, json_object
 from .vocab import Vocabulary
 
 KINDS = ("json_object", "json_schema", "regex", "choice", "tool_calls")
+CLOSE_WINDOW = 96  # with this many tokens left or fewer, a constrained output checks its way to an end
+CLOSE_MARGIN = 4  # ... and takes it when it needs all but this many of them
 _keys = itertools.count(1)
 
 
@@ -143,6 +145,45 @@ class Grammar:
             raise StructuredError(f"{what} admits no output (no finite value satisfies it)")
         self.vocab = vocab
         self.masks: dict[int, TokenMask] = {}
+        self._paths: dict[int, bytes] = {}
+        self._closing: dict[int, TokenMask] = {}
+
+    def closing_path(self, d: int) -> bytes:
+        """The shortest bytes from state d to a state where the output may end."""
+        p = self._paths.get(d)
+        if p is None:
+            dfa = self.dfa
+            prev: dict[int, tuple[int, int] | None] = {d: None}
+            todo, i = [d], 0
+            while not dfa.accepting[todo[i]]:
+                s = todo[i]
+                i += 1
+                for b, t in enumerate(dfa.row(s)):
+                    if t >= 0 and t not in prev:
+                        prev[t] = (s, b)
+                        todo.append(t)
+            out, s = bytearray(), todo[i]
+            while (step := prev[s]) is not None:
+                s, b = step
+                out.append(b)
+            p = self._paths[d] = bytes(reversed(out))
+        return p
+
+    def closing_mask(self, d: int) -> TokenMask:
+        """Only the tokens that spell a beginning of closing_path(d) (an end token where d may
+        end): the output then finishes within len(closing_path(d)) tokens."""
+        m = self._closing.get(d)
+        if m is None:
+            allowed = bytearray(self.vocab.size)
+            path = self.closing_path(d)
+            if path:
+                for t in self.vocab.prefixes(path):
+                    allowed[t] = 1
+            else:
+                for e in self.vocab.eos:
+                    allowed[e] = 1
+            m = self._closing[d] = TokenMask(next(_keys), bytes(allowed))
+        return m
 
     def mask(self, d: int) -> TokenMask:
         m = self.masks.get(d)
@@ -197,10 +238,17 @@ class Matcher:
     def accepting(self) -> bool:
         return self.grammar.dfa.accepting[self.state]
 
-    def mask(self, state: int | None = None) -> TokenMask | None:
-        """The tokens allowed next (None: any token)."""
+    def mask(self, state: int | None = None, budget: int | None = None) -> TokenMask | None:
+        """The tokens allowed next (None: any token). With `budget` (the tokens the output may
+        still take), once the shortest way to an end needs nearly all of them, only that way
+        is allowed, so the output completes instead of being cut off (CLOSE_WINDOW)."""
         d = self.state if state is None else state
-        return None if self.grammar.dfa.universal(d) else self.grammar.mask(d)
+        if self.grammar.dfa.universal(d):
+            return None
+        if budget is not None and budget <= CLOSE_WINDOW and \
+                len(self.grammar.closing_path(d)) + CLOSE_MARGIN >= budget:
+            return self.grammar.closing_mask(d)
+        return self.grammar.mask(d)
 
     def next_state(self, token: int, state: int | None = None) -> int:
         """The state after `token` (-1 if the grammar refuses it; end-of-sequence ids: -1)."""

@@ -93,6 +93,18 @@ class Vocabulary:
                 raw.append(b"")
         return cls(raw, tokenizer.special_ids, size, eos)
 
+    def prefixes(self, data: bytes) -> list[int]:
+        """The tokens whose bytes are a non-empty beginning of `data`."""
+        out: list[int] = []
+        node = 0
+        for c in data:
+            nxt = next((child for b, child in self.kids[node] if b == c), None)
+            if nxt is None:
+                break
+            node = nxt
+            out += self.ends[node]
+        return out
+
     def mask(self, dfa: Dfa, d: int) -> bytes:
         """One byte per token id: 1 where state d may take the token (an end-of-sequence id
         when d accepts)."""
