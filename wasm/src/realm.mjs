@@ -258,7 +258,8 @@ export class Realm {
     // the core's step loop) fails the requests in flight instead of leaving them waiting forever.
     const host = { onError: null, step: (json) => bridge.step(json).catch((e) => { host.onError?.(e); throw e; }),
                    capabilities: () => bridge.capabilities(),
-                   upload: (entry, meta, blob) => bridge.upload(entry, meta, blob) };
+                   upload: (entry, meta, blob) => bridge.upload(entry, meta, blob),
+                   setMask: (key, blob) => bridge.setMask(key, blob), clearMasks: () => bridge.clearMasks() };
     let facts;
     try {
       facts = JSON.parse(web.start("/model", host, JSON.stringify({ maxSlots: o.maxSlots ?? 8, maxLength: o.maxLength ?? null,
