@@ -35,21 +35,7 @@ def sample(dfa: Dfa, rng: random.Random, steps: int = 60) -> bytes:
         b = rng.choice([x for x in nxt if x < 128] or nxt) if rng.random() < 0.9 else rng.choice(nxt)
         out.append(b)
         d = dfa.row(d)[b]
-    # breadth-first to the nearest accepting state
-    prev: dict[int, tuple[int, int] | None] = {d: None}
-    todo, i = [d], 0
-    while not dfa.accepting[todo[i]]:
-        s = todo[i]
-        i += 1
-        for b, t in enumerate(dfa.row(s)):
-            if t >= 0 and t not in prev:
-                prev[t] = (s, b)
-                todo.append(t)
-    path, s = [], todo[i]
-    while prev[s] is not None:
-        s, b = prev[s]  # type: ignore[misc]
-        path.append(b)
-    return bytes(out) + bytes(reversed(path))
+    return bytes(out) + dfa.shortest_end(d)  # then the nearest way to an end
 
 
 PATTERNS = [r"[a-z]{2,5}", r"\d{3}-\d{4}", r"(foo|bar)+baz?", r"[^\s\"]{1,4}", r"a.c", r"(?:ab|cd)*e{2}",

@@ -152,21 +152,7 @@ class Grammar:
         """The shortest bytes from state d to a state where the output may end."""
         p = self._paths.get(d)
         if p is None:
-            dfa = self.dfa
-            prev: dict[int, tuple[int, int] | None] = {d: None}
-            todo, i = [d], 0
-            while not dfa.accepting[todo[i]]:
-                s = todo[i]
-                i += 1
-                for b, t in enumerate(dfa.row(s)):
-                    if t >= 0 and t not in prev:
-                        prev[t] = (s, b)
-                        todo.append(t)
-            out, s = bytearray(), todo[i]
-            while (step := prev[s]) is not None:
-                s, b = step
-                out.append(b)
-            p = self._paths[d] = bytes(reversed(out))
+            p = self._paths[d] = self.dfa.shortest_end(d)
         return p
 
     def closing_mask(self, d: int) -> TokenMask:

@@ -278,3 +278,20 @@ class Dfa:
     def final(self, d: int) -> bool:
         """d accepts and no byte leads on: the output is complete."""
         return self.accepting[d] and all(t < 0 for t in self.row(d))
+
+    def shortest_end(self, d: int) -> bytes:
+        """The shortest bytes from d to an accepting state (breadth first)."""
+        prev: dict[int, tuple[int, int] | None] = {d: None}
+        todo, i = [d], 0
+        while not self.accepting[todo[i]]:
+            s = todo[i]
+            i += 1
+            for b, t in enumerate(self.row(s)):
+                if t >= 0 and t not in prev:
+                    prev[t] = (s, b)
+                    todo.append(t)
+        out, s = bytearray(), todo[i]
+        while (step := prev[s]) is not None:
+            s, b = step
+            out.append(b)
+        return bytes(reversed(out))
