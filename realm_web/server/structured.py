@@ -8,6 +8,7 @@ cannot serve is a 400 naming the field.
 """
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from typing import Any, Mapping, Protocol
@@ -80,8 +81,6 @@ def output_format(body: Mapping[str, Any], model: Compiles) -> OutputFormat | No
 
 
 def _json(text: str, key: str) -> Any:
-    import json
-
     try:
         return json.loads(text)
     except ValueError:

@@ -447,9 +447,8 @@ class SchemaCompiler:
             top = min(top, hi)
         if top is not None and top < lo:
             return NOTHING
-        body: Node = EMPTY
         # k = how many items: build the alternatives for k from lo.. (heads are positional)
-        options = []
+        options: list[Node] = []
         for k in range(lo, min(n, top if top is not None else n) + 1):
             options.append(_joined(heads[:k]))
         if rest is not NOTHING and (top is None or top > n):
