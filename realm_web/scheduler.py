@@ -235,6 +235,7 @@ class Scheduler:
         if self._constrainer is None:
             size = self.vocab_size or int(getattr(self.tokenizer, "vocab_size", 0))
             self._constrainer = Constrainer(Vocabulary.of(self.tokenizer, size, sorted(self.eos)))
+            self._constrainer.warm()
         return self._constrainer
 
     def check_format(self, fmt: OutputFormat) -> None:

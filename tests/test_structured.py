@@ -190,6 +190,11 @@ def test_output_format_of_openai_shapes() -> None:
         OutputFormat.of(choice=[])
 
 
+BOUNDED = OutputFormat("json_schema", {"type": "object", "properties": {
+    "name": {"type": "string", "maxLength": 12}, "email": {"type": "string", "format": "email"}},
+    "required": ["name", "email"], "additionalProperties": False})
+
+
 # -- masks over the real vocabulary -------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def vocab(model_dir: Path) -> Vocabulary:
@@ -200,15 +205,15 @@ def vocab(model_dir: Path) -> Vocabulary:
 @pytest.mark.model
 @pytest.mark.parametrize("fmt", [OutputFormat("json_schema", PYDANTIC_STYLE), OutputFormat("json_object"),
                                  OutputFormat("regex", r"[\u00e9a-z]{1,8}( \d+)?"),
-                                 OutputFormat("choice", ["Paris", "Par", "London \u20ac"])], ids=lambda f: f.kind)
+                                 OutputFormat("choice", ["Paris", "Par", "London \u20ac"]), BOUNDED], ids=lambda f: f.kind)
 def test_masks_agree_with_walking_every_token(vocab: Vocabulary, fmt: OutputFormat) -> None:
     """mask[t] is 1 exactly when the grammar takes token t's bytes from the state (and an end
     token exactly when the state may end), along random paths through the grammar."""
     g = Constrainer(vocab).grammar(fmt)
     rng = random.Random(7)
     m = Matcher(g)
-    in_trie = set(vocab.order)
-    for _ in range(8):
+    in_trie = set(vocab.trie.order)
+    for _ in range(16):
         d = m.state
         got = g.mask(d).allowed
         for t, b in enumerate(vocab.token_bytes):
@@ -222,3 +227,32 @@ def test_masks_agree_with_walking_every_token(vocab: Vocabulary, fmt: OutputForm
             break
         assert m.advance(rng.choice(allowed))
 
+
+
+# -- masks over a made-up vocabulary: every reachable state, roads and their ends -----------------------
+ROAD_PATTERNS = [r'"[^"\\]{0,12}"', r"[a-z0-9._%+-]{1,9}@[a-z]{1,5}", r"[a-z]{3}[a-c]+", r"([a-z]{5}|[a-m]{8})!",
+                 r"[\x20-\x7e]{2,6}", r"(ab|[a-z]{4})+", r'[^"]*"x', r"[a-z]{0,40}\.", r'[^"\n]{3,}"']
+
+
+@pytest.mark.parametrize("pattern", ROAD_PATTERNS)
+def test_masks_agree_with_brute_force_on_every_state(pattern: str) -> None:
+    """Wide byte sets (vocab.Road: tokens split by where they leave the set) and bounded runs
+    (automaton.Dfa.run) against walking every token, on every state the DFA reaches."""
+    rng = random.Random(pattern)
+    alphabet = "abcmxyz019._@!\" \\\n\u00e9ABZ"
+    tokens = {"".join(rng.choice(alphabet) for _ in range(rng.randint(1, 14))).encode() for _ in range(3000)}
+    tokens |= {b"a" * n for n in range(1, 30)} | {b'"' + b"b" * n + b'"' for n in range(12)}
+    toks = sorted(tokens)
+    vocab = Vocabulary(toks + [b""], frozenset(), len(toks) + 1, [len(toks)])
+    g = Constrainer(vocab).grammar(OutputFormat("regex", pattern))
+    seen, todo = {0}, [0]
+    while todo and len(seen) < 400:
+        d = todo.pop()
+        got = g.mask(d).allowed
+        for t, b in enumerate(toks):
+            nd = g.dfa.walk(d, b)
+            assert bool(got[t]) == (nd >= 0), (pattern, d, b)
+            if nd >= 0 and nd not in seen:
+                seen.add(nd)
+                todo.append(nd)
+        assert bool(got[len(toks)]) == g.dfa.accepting[d]

@@ -187,6 +187,15 @@ class Constrainer:
         self.capacity = capacity
         self._cache: OrderedDict[str, Grammar] = OrderedDict()
 
+    def warm(self) -> None:
+        """Make now what most formats need first: any JSON, and the split of the vocabulary by
+        a JSON string's characters (vocab.Road), so the first request meets them made."""
+        g = self.grammar(OutputFormat("json_object"))
+        d = g.dfa.walk(0, b'{"')
+        g.mask(0)
+        if d >= 0:
+            g.mask(d)
+
     def grammar(self, fmt: OutputFormat) -> Grammar:
         key = fmt.key()
         g = self._cache.get(key)

@@ -19,6 +19,7 @@ from typing import Iterator
 from .ast import Alt, Bytes, Cat, Cls, Join, Lit, Node, Ref, Rep, cat
 
 MAX_STATES = 250_000
+ROAD_LOOKAHEAD = 256  # states Dfa.run follows ahead at once (longer roads are taken in pieces)
 
 
 class GrammarTooLarge(ValueError):
@@ -213,6 +214,8 @@ class Dfa:
         self.accepting: list[bool] = []
         self.rows: list[list[int] | None] = []
         self._loops: dict[int, int] = {}
+        self._runs: dict[int, tuple[int, int, int]] = {}
+        self._allowed: dict[int, int] = {}
         self.empty = not nfa.alive[start]
         if not self.empty:
             self._state(self._closure([start]))
@@ -255,6 +258,13 @@ class Dfa:
         self.rows[d] = r
         return r
 
+    def allowed(self, d: int) -> int:
+        """The bytes that lead somewhere from d, as a 256-bit set."""
+        m = self._allowed.get(d)
+        if m is None:
+            m = self._allowed[d] = sum(1 << b for b, t in enumerate(self.row(d)) if t >= 0)
+        return m
+
     def loop(self, d: int) -> int:
         """The bytes that keep state d where it is, as a 256-bit set."""
         m = self._loops.get(d)
@@ -262,6 +272,56 @@ class Dfa:
             m = sum(1 << b for b, t in enumerate(self.row(d)) if t == d)
             self._loops[d] = m
         return m
+
+    def run(self, d: int) -> tuple[int, int, int]:
+        """State d's main road: (bytes, steps, then). `bytes` is the largest set of bytes that
+        all lead from d to one same state; following them, every state for `steps` bytes has that
+        same set (-1: forever, a loop), and after them the road is at state `then`. A bounded
+        repetition (`[a-z]{1,32}`, a string's maxLength) is one road of that many steps."""
+        got = self._runs.get(d)
+        if got is not None:
+            return got
+        path: list[tuple[int, int, int]] = []  # (state, its set, its next state), not filled in yet
+        on_path: dict[int, int] = {}
+        s = d
+        while s not in self._runs and s not in on_path and len(path) < ROAD_LOOKAHEAD:
+            groups: dict[int, int] = {}
+            for b, t in enumerate(self.row(s)):
+                if t >= 0:
+                    groups[t] = groups.get(t, 0) | (1 << b)
+            if not groups:
+                self._runs[s] = (0, 0, s)
+                break
+            t, m = max(groups.items(), key=lambda g: (g[1].bit_count(), -g[0]))
+            on_path[s] = len(path)
+            path.append((s, m, t))
+            s = t
+        for s, m, t in reversed(path):  # backwards: a state extends its next state's road
+            nxt = self._runs.get(t)
+            if nxt is None and t in on_path:  # the path closes a cycle here
+                if all(p[1] == m for p in path[on_path[t]:]):
+                    self._runs[s] = (m, -1, s)
+                    continue
+            if nxt is not None and nxt[0] == m and nxt[1] != 0:
+                self._runs[s] = (m, -1 if nxt[1] < 0 else nxt[1] + 1, nxt[2])
+            else:
+                self._runs[s] = (m, 1, t)
+        return self._runs[d]
+
+    def takes_all(self, d: int, byteset: int, depth: int) -> bool:
+        """Every string of at most `depth` bytes drawn from `byteset` leads somewhere from d (a
+        trie subtree that d allows whole)."""
+        while depth > 0:
+            m, steps, then = self.run(d)
+            if byteset & ~m:
+                return False
+            if steps < 0 or steps >= depth:
+                return True
+            if steps == 0:
+                return False
+            depth -= steps
+            d = then
+        return True
 
     def walk(self, d: int, data: bytes) -> int:
         """The state after `data` from d (-1 if it leads nowhere)."""
