@@ -98,3 +98,26 @@ def test_plans_outside_the_contract_are_refused(eng, prompt) -> None:  # type: i
     with pytest.raises(ValueError, match="adapter"):
         run(eng, new=[NewSeq(10, 0, GREEDY, adapter="sql")])
     eng.run_sync(StepPlan(seqs=[], released=[8, 9]))
+
+
+def test_masks_on_greedy_rows_pick_the_best_allowed_token(eng, prompt, greedy) -> None:  # type: ignore[no-untyped-def]
+    """Greedy rows with token masks in one batched step: a mask that allows the argmax keeps it,
+    one that refuses it gets the best allowed token (the runner-up), one that allows a single
+    token gets that token; an unmasked row beside them is untouched."""
+    from realm_web.step import TokenMask
+
+    vocab = eng.manifest.vocab_size
+    top = eng.run_sync(StepPlan(seqs=[SeqStep(9, 3, 0, prompt, 1)],
+                                new_seqs=[NewSeq(9, 3, SamplingSpec(top_logprobs=2))])).top_logprobs[9][0]
+    eng.run_sync(StepPlan(seqs=[], released=[9]))
+    assert top[0][0] == greedy[0]
+    every = bytes([1]) * vocab
+    refuse = bytearray(every)
+    refuse[greedy[0]] = 0
+    only = bytearray(vocab)
+    only[42] = 1
+    masks = [TokenMask(9001, every), TokenMask(9002, bytes(refuse)), TokenMask(9003, bytes(only))]
+    seqs = [SeqStep(i + 1, i, 0, prompt, 1, masks=[m]) for i, m in enumerate(masks)] + [SeqStep(4, 3, 0, prompt, 1)]
+    out = run(eng, *seqs, new=[NewSeq(i + 1, i, GREEDY) for i in range(4)])
+    assert out == {1: greedy[:1], 2: [top[1][0]], 3: [42], 4: greedy[:1]}
+    eng.run_sync(StepPlan(seqs=[], released=[1, 2, 3, 4]))

@@ -781,23 +781,26 @@ class OrtNativeEngine:
             raise ValueError(f"sequence {e.args[0]} runs without having been announced in new_seqs") from None
         if not todo:
             return res
-        plain = [s.plain_greedy and not q.masks and not q.score for q, s in todo]
+        # greedy rows take the argmax of the raw logits; a constrained one keeps it when its mask
+        # allows it (then it is also the masked argmax: the first maximum, and allowed), and
+        # otherwise is sampled below with its mask applied
+        plain = [s.plain_greedy and not q.score for q, s in todo]
         if self._argmax is not None and all(plain):  # all greedy: pick on the device
             picks = self._argmax.run_with_ort_values(["ids"], {"logits": logits_value})[0].numpy().tolist()
-            for q, _ in todo:
-                out[q.seq_id] = picks[q.slot - lo][: q.num_samples]
-            return res
+            plain = self._take_picks(todo, plain, picks, lo, out)
+            if all(plain):
+                return res
         logits = logits_value.numpy()  # (rows, k, vocab)
-        fast = [q for (q, _), p in zip(todo, plain) if p]
+        fast = [q for (q, _), p in zip(todo, plain) if p and q.seq_id not in out]
         if fast:
             if 2 * len(fast) >= logits.shape[0]:  # most rows: argmax the whole span, no copy
                 picks = np.argmax(logits, axis=-1).tolist()
-                for q in fast:
-                    out[q.seq_id] = picks[q.slot - lo][: q.num_samples]
             else:
                 rows = np.array([q.slot - lo for q in fast])
+                picks = [[]] * logits.shape[0]
                 for q, p in zip(fast, np.argmax(logits[rows], axis=-1).tolist()):
-                    out[q.seq_id] = p[: q.num_samples]
+                    picks[q.slot - lo] = p
+            plain = self._take_picks(todo, plain, picks, lo, out)
         for (q, spec), p in zip(todo, plain):
             if p:
                 continue
@@ -820,6 +823,21 @@ class OrtNativeEngine:
                 if spec.top_logprobs:
                     res.score_tops[q.seq_id] = top_logprobs(scored, spec.top_logprobs)
         return res
+
+    def _take_picks(self, todo: list[tuple[SeqStep, SamplingSpec]], plain: list[bool], picks: list[list[int]],
+                    lo: int, out: dict[int, list[int]]) -> list[bool]:
+        """Take the argmax picks of the greedy rows whose masks allow them; returns `plain`
+        with the rows whose picks a mask refused turned off (they are sampled with the mask)."""
+        kept = list(plain)
+        for i, (q, _) in enumerate(todo):
+            if not plain[i] or q.seq_id in out:
+                continue
+            p = picks[q.slot - lo][: q.num_samples]
+            if q.masks and not all(k is None or self._mask(k)[t] for k, t in zip(q.masks, p)):  # type: ignore[index]
+                kept[i] = False
+                continue
+            out[q.seq_id] = p
+        return kept
 
     def _mask(self, mask: TokenMask | None) -> np.ndarray | None:
         """A token mask as a bool array (kept by key: a constrained request reuses few masks)."""
