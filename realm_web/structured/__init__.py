@@ -34,7 +34,7 @@ from ..step import TokenMask
 from .ast import Lit, Node, RegexError, alt, parse_regex
 from .automaton import Dfa, GrammarTooLarge
 from .schema import SchemaError, compile_schema, json_object
-from .vocab import Vocabulary
+from .vocab import ROADS_KEPT, Vocabulary
 
 KINDS = ("json_object", "json_schema", "regex", "choice", "tool_calls")
 CLOSE_WINDOW = 96  # with this many tokens left or fewer, a constrained output checks its way to an end
@@ -144,6 +144,9 @@ class Grammar:
         if self.dfa.empty:
             raise StructuredError(f"{what} admits no output (no finite value satisfies it)")
         self.vocab = vocab
+        self.dfa.lookahead = max(self.dfa.lookahead, vocab.longest + 1)
+        for m in sorted(self.dfa.nfa.wide)[:ROADS_KEPT]:  # split the vocabulary by its wide classes now,
+            vocab.road(m)  # at compile time (once per process each), not in a step
         self.masks: dict[int, TokenMask] = {}
         self._paths: dict[int, bytes] = {}
         self._closing: dict[int, TokenMask] = {}

@@ -19,7 +19,8 @@ from typing import Iterator
 from .ast import Alt, Bytes, Cat, Cls, Join, Lit, Node, Ref, Rep, cat
 
 MAX_STATES = 250_000
-ROAD_LOOKAHEAD = 256  # states Dfa.run follows ahead at once (longer roads are taken in pieces)
+WIDE_CLASS = 16  # a class with this many ASCII characters is recorded in Nfa.wide
+ROAD_LOOKAHEAD = 96  # states Dfa.run follows ahead at once (longer roads are taken in pieces)
 
 
 class GrammarTooLarge(ValueError):
@@ -65,6 +66,7 @@ class Nfa:
         self._keep: list[Node] = []  # memo keys use id(): keep the nodes alive
         self._made: dict[int, Node] = {}  # Ref -> its node
         self._seq: dict[tuple[tuple[tuple[int, int], ...], int], int] = {}
+        self.wide: set[int] = set()  # the ASCII bytes of each wide class built (vocab.Road candidates)
         self.accept = self.new()
 
     def new(self) -> int:
@@ -101,6 +103,9 @@ class Nfa:
                 s = t
             return s
         if isinstance(node, Cls):
+            ascii_bytes = sum((1 << (min(hi, 127) + 1)) - (1 << lo) for lo, hi in node.ranges if lo <= 127)
+            if ascii_bytes.bit_count() >= WIDE_CLASS:
+                self.wide.add(ascii_bytes)
             starts = [self._sequence(tuple(seq), nxt) for lo, hi in node.ranges for seq in utf8_ranges(lo, hi)]
             if not starts:
                 return self.new()  # matches nothing: a state with no way on
@@ -216,6 +221,8 @@ class Dfa:
         self._loops: dict[int, int] = {}
         self._runs: dict[int, tuple[int, int, int]] = {}
         self._allowed: dict[int, int] = {}
+        self._groups: dict[int, dict[int, int]] = {}
+        self.lookahead = ROAD_LOOKAHEAD  # at least the longest token (structured.Grammar sets it)
         self.empty = not nfa.alive[start]
         if not self.empty:
             self._state(self._closure([start]))
@@ -249,28 +256,38 @@ class Dfa:
             return r
         edges = [e for s in self.sets[d] for e in self.nfa.edges[s]]
         r = [-1] * 256
+        groups: dict[int, int] = {}
         cuts = sorted({0, 256} | {lo for lo, _, _ in edges} | {hi + 1 for _, hi, _ in edges})
         for a, b in zip(cuts, cuts[1:]):
             targets = sorted({t for lo, hi, t in edges if lo <= a <= hi})
             if targets:
                 nxt = self._state(self._closure(targets))
                 r[a:b] = [nxt] * (b - a)
+                groups[nxt] = groups.get(nxt, 0) | ((1 << b) - (1 << a))
         self.rows[d] = r
+        self._groups[d] = groups
         return r
+
+    def groups(self, d: int) -> dict[int, int]:
+        """State d's next states, each with the bytes that lead there (a 256-bit set)."""
+        g = self._groups.get(d)
+        if g is None:
+            self.row(d)
+            g = self._groups[d]
+        return g
 
     def allowed(self, d: int) -> int:
         """The bytes that lead somewhere from d, as a 256-bit set."""
         m = self._allowed.get(d)
         if m is None:
-            m = self._allowed[d] = sum(1 << b for b, t in enumerate(self.row(d)) if t >= 0)
+            m = self._allowed[d] = sum(self.groups(d).values())
         return m
 
     def loop(self, d: int) -> int:
         """The bytes that keep state d where it is, as a 256-bit set."""
         m = self._loops.get(d)
         if m is None:
-            m = sum(1 << b for b, t in enumerate(self.row(d)) if t == d)
-            self._loops[d] = m
+            m = self._loops[d] = self.groups(d).get(d, 0)
         return m
 
     def run(self, d: int) -> tuple[int, int, int]:
@@ -284,11 +301,8 @@ class Dfa:
         path: list[tuple[int, int, int]] = []  # (state, its set, its next state), not filled in yet
         on_path: dict[int, int] = {}
         s = d
-        while s not in self._runs and s not in on_path and len(path) < ROAD_LOOKAHEAD:
-            groups: dict[int, int] = {}
-            for b, t in enumerate(self.row(s)):
-                if t >= 0:
-                    groups[t] = groups.get(t, 0) | (1 << b)
+        while s not in self._runs and s not in on_path and len(path) < self.lookahead:
+            groups = self.groups(s)
             if not groups:
                 self._runs[s] = (0, 0, s)
                 break

@@ -27,10 +27,11 @@ from itertools import repeat
 from operator import itemgetter
 from typing import Callable, Protocol, Sequence
 
-from .automaton import Dfa
+from .automaton import WIDE_CLASS, Dfa
 
-ROAD_MIN_BYTES = 16  # a road this wide or wider is masked by splitting (narrower ones: walk)
+ROAD_MIN_BYTES = WIDE_CLASS  # a road this wide or wider is masked by splitting (narrower ones: walk)
 ROADS_KEPT = 8
+GATHER_ABOVE = 12_000  # tokens allowed beyond which one C-level gather beats marking them one by one
 
 
 class _Tok(Protocol):
@@ -116,17 +117,6 @@ class Trie:
                     if t >= 0:
                         todo.append((child, t))
         return got
-
-    def walk(self, dfa: Dfa, d: int) -> bytearray:
-        """One byte per position of `order`, 1 where the token is taken from state d (and one
-        spare byte at the end)."""
-        dfs = bytearray(len(self.order) + 1)
-        ones = b"\x01" * len(self.order)
-        row = dfa.row(d)
-        for a, b in self.ranges(dfa, [(child, row[c]) for c, child in self.kids[0] if row[c] >= 0]):
-            dfs[a:b] = ones[: b - a]
-        return dfs
-
 
 class Road:
     """The vocabulary split by one byte set m: the tokens spelled with m's bytes only, by
@@ -220,7 +210,20 @@ class Vocabulary:
         when d accepts)."""
         out = self._road_mask(dfa, d)
         if out is None:
-            out = bytearray(self._gather(self.trie.walk(dfa, d)))
+            row = dfa.row(d)
+            got = self.trie.ranges(dfa, [(child, row[c]) for c, child in self.trie.kids[0] if row[c] >= 0])
+            if sum(b - a for a, b in got) > GATHER_ABOVE:  # many tokens: mark in trie order, gather once
+                dfs = bytearray(len(self.trie.order) + 1)
+                ones = b"\x01" * len(self.trie.order)
+                for a, b in got:
+                    dfs[a:b] = ones[: b - a]
+                out = bytearray(self._gather(dfs))
+            else:
+                out = bytearray(self.size)
+                order = self.trie.order
+                for a, b in got:
+                    for tid in order[a:b]:
+                        out[tid] = 1
         if dfa.accepting[d]:
             for e in self.eos:
                 out[e] = 1
