@@ -9,8 +9,8 @@ are generated only when an object declares no properties); arrays: `items`, `pre
 draft-4 tuple `items`), `minItems`, `maxItems`; strings: `minLength`, `maxLength`, `pattern`
 (a whole-string regex, see ast.parse_regex), `format` (date, time, date-time, uuid, ipv4,
 email, uri; others are annotations); numbers and integers: `minimum`, `maximum`,
-`exclusiveMinimum`, `exclusiveMaximum` (for `number`, non-integer bounds are tightened to the
-integers within them). Annotations (`title`, `description`, `default`, `examples`, ...) are
+`exclusiveMinimum`, `exclusiveMaximum` (exact for decimal bounds: a `number` between 0.1
+and 0.25 takes 0.1, 0.2 and 0.25 and nothing outside). Annotations (`title`, `description`, `default`, `examples`, ...) are
 ignored. Any other keyword is a SchemaError naming it and where it is.
 
 Whitespace between tokens is limited to one space, or a newline and up to 16 spaces, so a
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+from decimal import Decimal
 from typing import Any
 
 from .ast import (DIGIT, EMPTY, NOTHING, Alt, Bytes, Cat, Cls, Join, Lit, Node, Ref, RegexError, Rep, alt, cat, chars,
@@ -182,30 +183,88 @@ def int_range(lo: int | None, hi: int | None) -> Node:
     return alt(*parts)
 
 
-def number_range(lo: int | None, hi: int | None) -> Node:
-    """Numbers in [lo, hi] for integer bounds (None: unbounded): an integer part and a fraction."""
-    frac = FRACTION
+Bound = tuple[Decimal, bool]  # a decimal and whether it is exclusive
+
+
+def _digits(x: Decimal) -> tuple[int, str]:
+    """A non-negative decimal as its integer part and its fraction's digits (no trailing 0s)."""
+    i, _, f = format(x, "f").partition(".")
+    return int(i), f.rstrip("0")
+
+
+def _fraction(lo: tuple[str, bool] | None, hi: tuple[str, bool] | None, n: int) -> tuple[Node, bool]:
+    """Strings of 1..n digits D whose value 0.D lies within the bounds on 0.D (digits without
+    trailing zeros, exclusive?; None: no bound), as (node, whether the empty string, of value
+    0, is within them too). Digit by digit: a first digit strictly inside the bounds' first
+    digits frees the rest; one equal to a bound's carries that bound on to the rest."""
+    key = (lo, hi, n)
+    got = _fractions.get(key)
+    if got is not None:
+        return got
+    empty = (lo is None or (lo[0] == "" and not lo[1])) and (hi is None or not (hi[0] == "" and hi[1]))
+    parts: list[Node] = []
+    if n > 0:
+        l0 = int(lo[0][0]) if lo and lo[0] else 0
+        h0 = int(hi[0][0]) if hi and hi[0] else (9 if hi is None else 0)
+        groups: dict[tuple[Any, Any], list[int]] = {}
+        for d in range(l0 if lo else 0, h0 + 1):
+            rest_lo = (lo[0][1:], lo[1]) if lo and d == l0 else None
+            rest_hi = (hi[0][1:], hi[1]) if hi and d == h0 else None
+            groups.setdefault((rest_lo, rest_hi), []).append(d)
+        for (rest_lo, rest_hi), ds in groups.items():
+            if rest_lo is None and rest_hi is None:
+                rest: Node = Rep(DIGITS, 0, n - 1)
+            else:
+                node, has_empty = _fraction(rest_lo, rest_hi, n - 1)
+                if node is NOTHING and not has_empty:
+                    continue
+                rest = alt(EMPTY, node) if has_empty and node is not NOTHING else EMPTY if has_empty else node
+            parts.append(cat(cls((0x30 + ds[0], 0x30 + ds[-1])), rest))
+    got = _fractions[key] = (alt(*parts) if parts else NOTHING, empty)
+    return got
+
+
+_fractions: dict[tuple[Any, ...], tuple[Node, bool]] = {}
+
+
+def _with_fraction(lo: tuple[str, bool] | None, hi: tuple[str, bool] | None) -> Node:
+    """The optional `.digits` of a JSON number whose fraction lies within the bounds."""
+    node, empty = _fraction(lo, hi, 16)
+    dotted = cat(Lit("."), node) if node is not NOTHING else NOTHING
+    return alt(EMPTY, dotted) if empty and dotted is not NOTHING else EMPTY if empty else dotted
+
+
+def magnitude(lo: Bound, hi: Bound | None) -> Node:
+    """Unsigned decimals (an integer part, an optional fraction) within [lo, hi] (lo >= 0;
+    exclusive ends as flagged; hi None: no upper bound)."""
+    li, lf = _digits(lo[0])
+    if hi is not None and (hi[0] < lo[0] or (hi[0] == lo[0] and (hi[1] or lo[1]))):
+        return NOTHING
+    if hi is None:
+        return alt(cat(nat_range(li + 1, None), FRACTION), cat(Lit(str(li)), _with_fraction((lf, lo[1]), None)))
+    hi_i, hf = _digits(hi[0])
+    if hi_i >= 10 ** 16:
+        hi_i, hf, hi = 10 ** 16 - 1, "9" * 16, (Decimal(10 ** 16 - 1), False)
+    if li == hi_i:
+        return cat(Lit(str(li)), _with_fraction((lf, lo[1]), (hf, hi[1])))
+    parts = [cat(Lit(str(li)), _with_fraction((lf, lo[1]), None))]
+    if li + 1 <= hi_i - 1:
+        parts.append(cat(nat_range(li + 1, hi_i - 1), FRACTION))
+    parts.append(cat(Lit(str(hi_i)), _with_fraction(None, (hf, hi[1]))))
+    return alt(*parts)
+
+
+def number_range(lo: Bound | None, hi: Bound | None) -> Node:
+    """JSON numbers (no exponent) within the bounds (None: unbounded on that side), exactly:
+    the bounds are decimals. Negatives are '-' and a magnitude (never '-0')."""
+    zero = Decimal(0)
     parts = []
-    if hi is None or hi >= 0:  # v >= 0: int part in [a, hi - 1] with any fraction, or hi itself
-        a = 0 if lo is None else max(lo, 0)
-        if hi is None:
-            parts.append(cat(nat_range(a, None), frac))
-        else:
-            if a <= hi - 1:
-                parts.append(cat(nat_range(a, hi - 1), frac))
-            if a <= hi:
-                parts.append(Lit(str(hi)))
-    if lo is None or lo < 0:  # v < 0: magnitude in [max(-hi, 0), -lo]
-        m_lo = 0 if hi is None or hi >= 0 else -hi
-        if lo is None:
-            parts.append(cat(Lit("-"), nat_range(max(m_lo, 0), None), frac) if m_lo == 0 else
-                         cat(Lit("-"), nat_range(m_lo, None), frac))
-        else:
-            neg = []
-            if m_lo <= -lo - 1:
-                neg.append(cat(nat_range(m_lo, -lo - 1), frac))
-            neg.append(Lit(str(-lo)))
-            parts.append(cat(Lit("-"), alt(*neg)))
+    if hi is None or hi[0] > zero or (hi[0] == zero and not hi[1]):  # v >= 0
+        at_least = (zero, False) if lo is None or lo[0] < zero else lo
+        parts.append(magnitude(at_least, hi))
+    if lo is None or lo[0] < zero:  # v < 0: |v| within (max(-hi, 0), -lo]
+        below: Bound = (-hi[0], hi[1]) if hi is not None and hi[0] < zero else (zero, True)
+        parts.append(cat(Lit("-"), magnitude(below, None if lo is None else (-lo[0], lo[1]))))
     return alt(*parts)
 
 
@@ -368,15 +427,16 @@ class SchemaCompiler:
                 hi, hi_x = (v, True) if hi is None or v <= hi else (hi, hi_x)
         if lo is None and hi is None:
             return INTEGER if t == "integer" else NUMBER
+        if max(abs(lo or 0), abs(hi or 0)) >= 10 ** 16:
+            raise SchemaError("bounds beyond 16 digits are not supported", path)
+        if t == "number":
+            return number_range(None if lo is None else (Decimal(repr(lo)), lo_x),
+                                None if hi is None else (Decimal(repr(hi)), hi_x))
         ilo = None if lo is None else (math.floor(lo) + 1 if lo_x and float(lo).is_integer() else math.ceil(lo))
         ihi = None if hi is None else (math.ceil(hi) - 1 if hi_x and float(hi).is_integer() else math.floor(hi))
         if ilo is not None and ihi is not None and ilo > ihi:
-            if t == "integer":
-                return NOTHING
-            raise SchemaError("a number range that holds no integer is not supported", path)
-        if max(abs(ilo or 0), abs(ihi or 0)) >= 10 ** 16:
-            raise SchemaError("bounds beyond 16 digits are not supported", path)
-        return int_range(ilo, ihi) if t == "integer" else number_range(ilo, ihi)
+            return NOTHING
+        return int_range(ilo, ihi)
 
     def object(self, s: dict[str, Any], path: str) -> Node:
         props = s.get("properties", {})
