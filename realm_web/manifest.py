@@ -164,6 +164,9 @@ class Variant:
     preferred_by: list[str] = field(default_factory=list)
     lora_file: str | None = None  # the same graph with per-row LoRA inputs (GraphSpec.lora)
     lora_bytes: int = 0
+    # the compact download of this graph (export/packed.py): file, bytes, blocks, blocks_bytes,
+    # weights, weights_bytes and, for the LoRA twin, lora_file, lora_bytes
+    packed: dict[str, Any] | None = None
 
 
 @dataclass

@@ -23,7 +23,8 @@ function enable(on) { input.disabled = send.disabled = !on; }
 realm.onprogress = (p) => {
   if (p.stage === "download") {
     $("bar").style.width = `${p.total ? (100 * p.got) / p.total : 0}%`;
-    status(`Downloading ${p.file}: ${mb(p.got)} of ${mb(p.total)}`);
+    const speed = p.seconds > 0.5 ? `, ${(p.got / 1e6 / p.seconds).toFixed(1)} MB/s` : "";
+    status(p.text || `Downloading ${p.file}: ${mb(p.got)} of ${mb(p.total)}${speed}`);
   } else status(p.text || p.stage);
 };
 
@@ -35,7 +36,8 @@ async function start() {
     const info = await realm.ready;
     $("bar").style.width = "100%";
     if (info.backend === "server") status(`Ready: ${info.name} (${info.dtype}) on the realm-web server (${info.device})`);
-    else status(`Ready: ${info.name} (${info.dtype}, ${mb(info.bytes)}${info.fromCache ? ", from the browser cache" : ""}) on ` +
+    else status(`Ready: ${info.name} (${info.dtype}${info.packed ? ", packed" : ""}, ` +
+                `${info.fromCache ? "from the browser's storage" : `${mb(info.wireBytes)} downloaded`}) on ` +
                 `${info.backend === "webgpu" ? "WebGPU" : `WASM, ${info.threads} thread${info.threads > 1 ? "s" : ""}`}` +
                 ` in ${info.loadSeconds.toFixed(1)} s`);
     $("model").textContent = `${info.name} · ${info.file}`;

@@ -52,7 +52,8 @@ class Realm {
     this._worker.onmessage = (e) => this._message(e.data);
     this._worker.onerror = (e) => { for (const p of this._pending.values()) p.reject(new Error(e.message || "worker failed")); };
     const ready = this._call("init", { modelUrl: this.modelUrl, backend, threads: this.threads,
-                                       dtype: params.get("dtype"), speculative: this.speculative }).then((info) => {
+                                       dtype: params.get("dtype"), speculative: this.speculative,
+                                       packed: params.get("packed") !== "0" }).then((info) => {
       this.info = info;
       return info;
     });

@@ -4,6 +4,7 @@
 import { loadPyodide } from "./pyodide/pyodide.mjs";
 import { ADAPTER_CODES, fetchAdapter, loadAdapterFiles } from "./realm/adapters.mjs";
 import { Bridge } from "./realm/bridge.mjs";
+import { PackedExpander } from "./realm/packed.mjs";
 
 const MODEL_FILES = ["realm.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"];
 const CACHE = "realm-web-models-v1";
@@ -45,7 +46,72 @@ async function cachedFetch(url, onBytes) {
   return { bytes: buf, fromCache };
 }
 
-async function init({ modelUrl, backend, threads = 2, dtype = null, speculative = null }) {
+/** Stream `url` into `sink(chunk)` with progress; a broken connection resumes where it stopped
+ * (an HTTP Range request), a few times, and then fails with a clear message. */
+async function download(url, total, sink, onBytes) {
+  let got = 0;
+  for (let attempt = 0; ; attempt++) {
+    let net;
+    try {
+      net = await fetch(url, got ? { headers: { range: `bytes=${got}-` } } : {});
+    } catch (e) {
+      if (attempt < 4) { await new Promise((r) => setTimeout(r, 500 * 2 ** attempt)); continue; }
+      throw new Error(`${url}: the download failed (${e.message}); reload the page to try again`);
+    }
+    if (!net.ok) throw new Error(`${url}: HTTP ${net.status} (is the model there? run \`realm-web pull\`)`);
+    if (got && net.status !== 206) throw new Error(`${url}: the server cannot resume a download (no Range support); reload the page to try again`);
+    const reader = net.body.getReader();
+    try {
+      for (;;) {
+        const { done, value } = await reader.read();
+        if (done) break;
+        sink(value);
+        got += value.length;
+        onBytes(got, total);
+      }
+    } catch (e) {
+      if (attempt < 4) { post({ progress: { stage: "download", got, total, text: `connection lost at ${got} bytes: resuming` } }); continue; }
+      throw new Error(`${url}: the download broke off at ${got} of ${total} bytes (${e.message}); reload the page to resume`);
+    }
+    if (got !== total) throw new Error(`${url}: got ${got} of ${total} bytes; reload the page to try again`);
+    return got;
+  }
+}
+
+/** A packed export (realm_web/export/packed.py): the graph, and its fp32 weights expanded here
+ * from the GGUF's blocks as they arrive, then kept in the Cache API (a reload reads them back). */
+async function packedModel(modelUrl, p) {
+  const cache = await caches.open(CACHE);
+  const weightsUrl = `${modelUrl}/${p.weights}?blocks=${p.blocksBytes}`;
+  const graph = await cachedFetch(`${modelUrl}/${p.file}`);
+  // the LoRA twin's session needs the weights again: read them back from the cache then
+  const again = async () => [{ path: p.weights, data: new Uint8Array(await (await cache.match(weightsUrl)).arrayBuffer()) }];
+  const hit = await cache.match(weightsUrl);
+  if (hit) {
+    post({ progress: { stage: "cache", text: `reading the stored weights (${(p.weightsBytes / 1e6).toFixed(0)} MB)` } });
+    const weights = new Uint8Array(await hit.arrayBuffer());
+    if (weights.length === p.weightsBytes) return { graph: graph.bytes, weights, fromCache: true, wire: 0, again };
+  }
+  const ex = new PackedExpander(p.blocksBytes);
+  const t0 = performance.now();
+  await download(`${modelUrl}/${p.blocks}`, p.blocksBytes, (c) => ex.push(c), (got, total) =>
+    post({ progress: { stage: "download", got, total, file: p.blocks, seconds: (performance.now() - t0) / 1000 } }));
+  post({ progress: { stage: "expand", text: "expanding the weights" } });
+  const weights = ex.finish();
+  let stored = true;
+  try {
+    await cache.put(weightsUrl, new Response(weights, { headers: { "content-type": "application/octet-stream",
+                                                                    "content-length": String(weights.length) } }));
+  } catch (e) {
+    stored = false;
+    post({ progress: { stage: "cache", text: `not stored (${e.message}); the next visit downloads again` } });
+  }
+  return { graph: graph.bytes, weights, fromCache: false, wire: p.blocksBytes + (graph.fromCache ? 0 : graph.bytes.length),
+           expandMs: ex.expandMs, downloadSeconds: (performance.now() - t0) / 1000,
+           again: stored ? again : async () => [{ path: p.weights, data: weights }] };
+}
+
+async function init({ modelUrl, backend, threads = 2, dtype = null, speculative = null, packed = true }) {
   const t0 = performance.now();
   if (backend === "webgpu") {
     if (!navigator.gpu) throw new Error("WebGPU is not available in this browser: choose WASM");
@@ -67,17 +133,32 @@ async function init({ modelUrl, backend, threads = 2, dtype = null, speculative 
   }
   web = py.pyimport("realm_web.web");
   const cfg = JSON.parse(web.config("/model", backend, dtype));
-  const { bytes, fromCache } = await cachedFetch(`${modelUrl}/${cfg.file}`, (got, total) =>
-    post({ progress: { stage: "download", got, total: total || cfg.bytes, file: cfg.file } }));
-  post({ progress: { stage: "session", text: `loading ${cfg.file} on ${backend}` } });
-  // The LoRA-capable twin of the export, downloaded (and cached) when the first adapter runs.
-  const sources = cfg.lora ? { lora: async () => {
-    post({ progress: { stage: "session", text: `loading ${cfg.lora.file} for LoRA adapters` } });
-    return (await cachedFetch(`${modelUrl}/${cfg.lora.file}`, (got, total) =>
-      post({ progress: { stage: "download", got, total: total || cfg.lora.bytes, file: cfg.lora.file } }))).bytes;
-  } } : {};
+  const usePacked = packed && cfg.packed;
+  let bytes, fromCache, wire = 0, timing = {}, externalData = null, weightsAgain = null;
+  if (usePacked) {
+    const m = await packedModel(modelUrl, cfg.packed);
+    ({ fromCache, wire } = m);
+    bytes = m.graph;
+    externalData = [{ path: cfg.packed.weights, data: m.weights }];
+    weightsAgain = m.again;
+    timing = { expandMs: m.expandMs ?? null, downloadSeconds: m.downloadSeconds ?? null };
+  } else {
+    ({ bytes, fromCache } = await cachedFetch(`${modelUrl}/${cfg.file}`, (got, total) =>
+      post({ progress: { stage: "download", got, total: total || cfg.bytes, file: cfg.file } })));
+    wire = fromCache ? 0 : bytes.length;
+  }
+  const file = usePacked ? cfg.packed.file : cfg.file;
+  post({ progress: { stage: "session", text: `loading ${file} on ${backend}` } });
+  // The LoRA-capable twin of the export, downloaded (and cached) when the first adapter runs;
+  // a packed one is a small graph over the same expanded weights.
+  const twin = usePacked ? cfg.packed.loraFile && { file: cfg.packed.loraFile, bytes: cfg.packed.loraBytes } : cfg.lora;
+  const sources = cfg.lora && twin ? { lora: async () => {
+    post({ progress: { stage: "session", text: `loading ${twin.file} for LoRA adapters` } });
+    return (await cachedFetch(`${modelUrl}/${twin.file}`, (got, total) =>
+      post({ progress: { stage: "download", got, total: total || twin.bytes, file: twin.file } }))).bytes;
+  }, ...(weightsAgain ? { externalData: weightsAgain } : {}) } : {};
   try {
-    bridge = await Bridge.create(ort, bytes, { ...cfg, maxLoras: MAX_LORAS }, sources);
+    bridge = await Bridge.create(ort, bytes, { ...cfg, maxLoras: MAX_LORAS, externalData }, sources);
   } catch (e) {
     throw new Error(`could not load the model on ${backend}: ${e.message || e}` +
                     (/memory|alloc/i.test(String(e)) ? " (out of memory: try WASM or a smaller export)" : ""));
@@ -88,6 +169,7 @@ async function init({ modelUrl, backend, threads = 2, dtype = null, speculative 
                                                                       speculative: typeof speculative === "string" && speculative.startsWith("{")
                                                                         ? JSON.parse(speculative) : speculative }))), ...cfg,
            threads: ort.env.wasm.numThreads, crossOriginIsolated: self.crossOriginIsolated, fromCache,
+           packed: !!usePacked, file, wireBytes: wire, ...timing,
            loadSeconds: (performance.now() - t0) / 1000 };
   return info;
 }

@@ -49,10 +49,12 @@ def browser_run(site: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str
 
     profile = tmp_path_factory.mktemp("profile")  # a persistent profile: the Cache API keeps the model
     requests: list[str] = []
-    out: dict[str, Any] = {}
+    sizes: list[tuple[str, int, bool]] = []  # (url, body bytes, after the reload)
+    out: dict[str, Any] = {"reloaded": False}
     with sync_playwright() as p:
         ctx = p.chromium.launch_persistent_context(str(profile), executable_path=CHROMIUM, args=ARGS, headless=True)
         ctx.on("request", lambda r: requests.append(r.url))
+        ctx.on("requestfinished", lambda r: sizes.append((r.url, r.sizes()["responseBodySize"], out["reloaded"])))
         page = ctx.new_page()
         page.goto(f"{site}/?backend=wasm&threads=2")
         out["info"] = page.evaluate("() => window.realm.ready")
@@ -64,10 +66,12 @@ def browser_run(site: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str
             f"() => window.realm.generate({json.dumps(JSON_ASK)}, {{maxTokens: 40, jsonSchema: {json.dumps(SCHEMA)}}})")
         out["ui_status"] = page.inner_text("#statusText")
         page.reload()
+        out["reloaded"] = True
         out["info_reload"] = page.evaluate("() => window.realm.ready")
         out["answer_reload"] = page.evaluate(f"() => window.realm.generate({json.dumps(QUESTION)}, {{maxTokens: 24}})")
         ctx.close()
     out["requests"] = requests
+    out["sizes"] = sizes
     return out
 
 
@@ -113,6 +117,20 @@ def test_reload_serves_the_model_from_the_browser_cache(browser_run: dict[str, A
     assert browser_run["info"]["fromCache"] is False
     assert browser_run["info_reload"]["fromCache"] is True
     assert browser_run["answer_reload"]["tokenIds"] == browser_run["answer"]["tokenIds"]
+    after = [(u, n) for u, n, reloaded in browser_run["sizes"] if reloaded and "/models/default/" in u]
+    assert sum(n for _, n in after) < 4_000_000, after  # the manifest and tokenizer only: no weights again
+
+
+def test_the_compact_download_is_the_packed_blocks(browser_run: dict[str, Any], model_dir: Path) -> None:
+    """WASM takes the fp32 graph, but downloads the GGUF's blocks (export/packed.py), expanded in
+    the worker: the bytes over the wire, counted by the browser, are a fifth of the fp32 file."""
+    info, m = browser_run["info"], load_manifest(model_dir)
+    packed = m.variants["fp32"].packed
+    assert info["packed"] is True and info["dtype"] == "fp32" and packed
+    model_bytes = sum(n for u, n, reloaded in browser_run["sizes"] if not reloaded and "/models/default/" in u)
+    assert packed["blocks_bytes"] <= model_bytes < packed["blocks_bytes"] + 4_000_000, model_bytes
+    assert model_bytes < m.variants["fp32"].bytes / 5
+    assert not [u for u, _, _ in browser_run["sizes"] if u.endswith("/" + m.variants["fp32"].file)]
 
 
 def test_page_answers_paris_on_webgpu(site: str, model_dir: Path) -> None:

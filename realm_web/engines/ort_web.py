@@ -29,6 +29,11 @@ def bridge_config(manifest: Manifest, dtype: str | None, backend: str) -> dict[s
                            "numLayers": manifest.num_layers, "kvHeads": manifest.num_kv_heads,
                            "headDim": manifest.head_dim, "vocabSize": manifest.vocab_size, "bytes": v.bytes,
                            "names": manifest.graph.names}
+    if v.packed:  # the compact download (export/packed.py); the host chooses which it fetches
+        p = v.packed
+        cfg["packed"] = {"file": p["file"], "bytes": p["bytes"], "blocks": p["blocks"], "blocksBytes": p["blocks_bytes"],
+                         "weights": p["weights"], "weightsBytes": p["weights_bytes"],
+                         "loraFile": p.get("lora_file"), "loraBytes": p.get("lora_bytes", 0)}
     c = manifest.graph.lora
     if c is not None and v.lora_file:  # the LoRA-capable twin (realm_web.manifest.LoraContract)
         arch, member = manifest.architecture, dims(manifest.architecture)

@@ -15,7 +15,9 @@ from ..manifest import Manifest, Variant
 from .config import UnsupportedModelError
 from .graph import DTYPES, build_decoder, graph_spec, lora_layout
 from .load import detect_format, load_source
+from .packed import Origin, write_packed
 from .source import Source
+from .weights import Q4Blocks, Q8Blocks
 
 __all__ = ["export_model", "UnsupportedModelError", "DTYPES", "variant_file"]
 
@@ -64,11 +66,12 @@ def _write(model: object, path: Path, say: Progress) -> None:
 def export_model(src: str | os.PathLike[str], out_dir: str | os.PathLike[str], dtypes: list[str] | None = None,
                  *, max_length: int | None = None, progress: Progress | None = _stderr,
                  name: str | None = None, lora_rank: int = 16,
-                 merge_lora: list[str | os.PathLike[str]] | None = None) -> Manifest:
+                 merge_lora: list[str | os.PathLike[str]] | None = None, packed: bool = True) -> Manifest:
     """Export `src` into `out_dir` for each dtype; returns the manifest written there. With
     `lora_rank` (default 16; 0 for none) each dtype also gets a LoRA-capable graph that serves
     per-row adapters up to that rank (realm.json's graph.lora). `merge_lora`: adapters (PEFT
-    directories or GGUF LoRA files) folded into the weights, in order."""
+    directories or GGUF LoRA files) folded into the weights, in order. `packed`: an fp32 export
+    of a block-quantized source also gets its compact download (packed.py)."""
     say = progress or (lambda _m: None)
     dtypes = list(dict.fromkeys(dtypes or ["fp32"]))
     for d in dtypes:
@@ -100,14 +103,24 @@ def export_model(src: str | os.PathLike[str], out_dir: str | os.PathLike[str], d
         t = time.perf_counter()
         say(f"building {d} graph ({cfg.num_layers} layers, hidden {cfg.hidden_size}, vocab {cfg.vocab_size})")
         path = out / variant_file(d)
-        _write(build_decoder(cfg, source.weights, d, max_len, spec), path, say)
+        origins: dict[str, Origin] = {}
+        model = build_decoder(cfg, source.weights, d, max_len, spec, origins=origins)
+        _write(model, path, say)
         size = path.stat().st_size
         variants[d] = Variant(dtype=d, file=path.name, bytes=size, kv_dtype="fp16" if d == "fp16" else "fp32",
                               preferred_by=prefs[d])
+        lora_model = None
         if spec.lora is not None:
             lora_path = out / variant_file(d).replace(".onnx", "_lora.onnx")
-            _write(build_decoder(cfg, source.weights, d, max_len, spec, lora_layout(spec)), lora_path, say)
+            lora_model = build_decoder(cfg, source.weights, d, max_len, spec, lora_layout(spec))
+            _write(lora_model, lora_path, say)
             variants[d].lora_file, variants[d].lora_bytes = lora_path.name, lora_path.stat().st_size
+        if d == "fp32" and packed and any(isinstance(w, (Q4Blocks, Q8Blocks)) for w in source.weights.values()):
+            say("writing the packed fp32 download (the GGUF's blocks, expanded where the model runs)")
+            variants[d].packed = write_packed(model, origins, out, lora_model=lora_model)
+            say(f"packed: {variants[d].packed['blocks_bytes'] / 1e6:.1f} MB of blocks for "
+                f"{variants[d].packed['weights_bytes'] / 1e6:.1f} MB of fp32 weights")
+        del model, lora_model
         timings[f"{d}_s"] = round(time.perf_counter() - t, 2)
         say(f"{d}: {size / 1e6:.1f} MB in {timings[f'{d}_s']:.1f} s")
     (out / "tokenizer.json").write_text(json.dumps(source.tokenizer_json, ensure_ascii=False))

@@ -30,6 +30,7 @@ from onnx import TensorProto, helper, numpy_helper
 from ..manifest import GraphSpec, LoraContract
 from .config import ModelConfig
 from .quantize import NBits, concat_rows, quantize
+from .packed import Origin
 from .weights import BLOCK, Weight, dense
 
 DTYPES = ("fp32", "fp16", "int8", "int4")
@@ -121,6 +122,7 @@ class _Builder:
         self.max_length = max_length
         self.g = _Graph(TensorProto.FLOAT16 if dtype == "fp16" else TensorProto.FLOAT)
         self.block_sums: dict[str, str] = {}
+        self.origins: dict[str, Origin] = {}  # float initializer -> the weights it was made from (packed.py)
         self.consts: dict[str, str] = {}
         self.accuracy_level = 4  # int8 activations: onnxruntime's fast integer kernels
         self.head_accuracy_level = 4
@@ -135,6 +137,7 @@ class _Builder:
             bias = np.concatenate([dense(self.w[b]) for b in biases])
         if self.bits is None:
             wt = np.concatenate([dense(w) for w in ws], axis=0).T
+            self.origins[out + ".weight"] = Origin(tuple(ws), transpose=True)
             y = g.node("MatMul", [x, g.floats(out + ".weight", wt)])[0]
             return g.node("Add", [y, g.floats(out + ".bias", bias)], [out])[0] if bias is not None else g.node("Identity", [y], [out])[0]
         q = concat_rows([quantize(w, self.bits) for w in ws])
@@ -292,6 +295,7 @@ class _Builder:
             # 8-bit blocks (GGUF Q8_0 carried over exactly), shared by the lookup and the lm_head refinement.
             return self.gather_q8(ids, "/embed_tokens/output")
         self.embed_name = g.floats("model.embed_tokens.weight", dense(w))
+        self.origins[self.embed_name] = Origin((w,), transpose=False)
         return g.node("Gather", [self.embed_name, ids], ["/embed_tokens/output"])[0]
 
     def embed_q8(self) -> list[str]:
@@ -317,6 +321,7 @@ class _Builder:
             if tied and self.dtype == "fp32":
                 # One table for the lookup and the projection: x @ E^T without a transposed copy.
                 return g.node("FusedMatMul", [x, self.embed_name], [out], domain=MS, transB=1, alpha=1.0)[0]
+            self.origins["lm_head.weight"] = Origin((w,), transpose=True)
             return g.node("MatMul", [x, g.floats("lm_head.weight", dense(w).T)], [out])[0]
         if not tied:
             return self.matmul_nbits(x, quantize(w, 8), out, None, 0)
@@ -413,10 +418,16 @@ class _Builder:
 
 
 def build_decoder(cfg: ModelConfig, weights: dict[str, Weight], dtype: str, max_length: int | None = None,
-                  spec: GraphSpec | None = None, lora: LoraLayout | None = None) -> onnx.ModelProto:
+                  spec: GraphSpec | None = None, lora: LoraLayout | None = None,
+                  origins: dict[str, Origin] | None = None) -> onnx.ModelProto:
     """The decoder graph for `dtype` (fp32, fp16, int8, int4), with the names of `spec`; with
-    `lora`, per-row LoRA inputs too (see LoraLayout)."""
-    return _Builder(cfg, weights, dtype, max_length or cfg.max_position_embeddings, spec or graph_spec(), lora).build()
+    `lora`, per-row LoRA inputs too (see LoraLayout). `origins`, if given, is filled with where
+    each float weight came from (for packed.write_packed)."""
+    b = _Builder(cfg, weights, dtype, max_length or cfg.max_position_embeddings, spec or graph_spec(), lora)
+    model = b.build()
+    if origins is not None:
+        origins.update(b.origins)
+    return model
 
 
 GROUP_MEMBERS = {"qkv": 3, "o": 1, "gate_up": 2, "down": 1}

@@ -60,9 +60,11 @@ def pull(dtypes: list[str] | None = None, force: bool = False) -> Path:
             have = [d for d, v in m.variants.items() if (out / v.file).exists()]
             lora = m.graph.lora is not None and all(
                 m.variants[d].lora_file and (out / str(m.variants[d].lora_file)).exists() for d in want if d in m.variants)
+            packed = "fp32" not in want or "fp32" not in m.variants or bool(m.variants["fp32"].packed) and all(
+                (out / str(m.variants["fp32"].packed[k])).exists() for k in ("file", "blocks"))  # type: ignore[index]
         except ValueError:
-            have, lora = [], False
-        if all(d in have for d in want) and lora:  # (exports from before LoRA graphs are made again)
+            have, lora, packed = [], False, False
+        if all(d in have for d in want) and lora and packed:  # (older exports are made again)
             return out
     gguf = fetch_gguf()
     export_model(gguf, out, list(dict.fromkeys(have + want)), name="smollm2-135m-instruct")

@@ -37,19 +37,26 @@ const EMPTY = { float32: () => new Float32Array(0), float16: () => new Uint16Arr
 export class Bridge {
   /** @param ort the onnxruntime-web module; @param model ONNX bytes (a path on onnxruntime-node);
    * @param cfg from realm.json (realm_web.web.config), plus threads, batching, maxLoras;
-   * @param sources {lora: async () => the LoRA twin's bytes or path} to serve adapters */
+   * @param sources {lora: async () => the LoRA twin's bytes or path} to serve adapters, and
+   * {externalData: async () => cfg.externalData again} for a packed export's weights */
   static async create(ort, model, cfg, sources = {}) {
     const backend = cfg.backend || "wasm";
     const providers = { webgpu: ["webgpu", "wasm"], cpu: ["cpu"] };
     const opts = { executionProviders: providers[backend] || ["wasm"], graphOptimizationLevel: "all" };
     if (backend === "cpu" && cfg.threads) Object.assign(opts, { intraOpNumThreads: cfg.threads, interOpNumThreads: 1 });
+    // a packed export's weights (packed.mjs), outside the graph: the LoRA twin's session takes them too
+    if (cfg.externalData) opts.externalData = cfg.externalData;
     const names = graphNames(cfg);
     if (backend === "webgpu") {
       opts.preferredOutputLocation = {};
       for (const [, present] of names.kv) opts.preferredOutputLocation[present] = "gpu-buffer";
     }
     const session = await ort.InferenceSession.create(model, opts);
-    return new Bridge(ort, session, { ...cfg, backend }, sources, opts);
+    // the session holds its own copy of external weights: where they can be had again
+    // (sources.externalData), let go of them until the LoRA twin's session needs them
+    const { externalData: _held, ...rest } = cfg;
+    if (sources.externalData) delete opts.externalData;
+    return new Bridge(ort, session, { ...rest, backend }, sources, opts);
   }
 
   constructor(ort, session, cfg, sources = {}, sessionOptions = {}) {
@@ -217,7 +224,9 @@ export class Bridge {
     if (!entries.some((e) => e > 0)) return this.session;
     if (!this.loraSession) {
       const t0 = performance.now();
-      this.loraSession = await this.ort.InferenceSession.create(await this.sources.lora(), this.sessionOptions);
+      const opts = this.sources.externalData ? { ...this.sessionOptions, externalData: await this.sources.externalData() }
+        : this.sessionOptions;
+      this.loraSession = await this.ort.InferenceSession.create(await this.sources.lora(), opts);
       this.timings.loraLoadMs = performance.now() - t0;
     }
     const { lo, hi, order, inverse, dims } = loraGroups(entries, width);
