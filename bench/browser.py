@@ -1,6 +1,6 @@
 """Browser benchmark: realm-web in headless Chromium against transformers.js and wllama, same run.
 
-    .venv/bin/python bench/browser.py [--engines realm,tjs,tjs-plain,wllama,webgpu] [--threads 1,2]
+    .venv/bin/python bench/browser.py [--engines realm,realm-plain,download,tjs,tjs-plain,wllama,webgpu] [--threads 1,2]
                                       [--tokens 128] [--pages 3] [--tjs-dtypes fp32,q8] [--tjs-ort own,realm]
                                       [--webgpu-tokens 4] [--out bench/results/browser.json]
 
@@ -18,6 +18,12 @@ the first over their time.
                    WASM, model.onnx fp32, the manifest's WASM choice), 1 and 2 threads; per step
                    it reports the time in Python (the core, plus the Pyodide <-> JS crossing)
                    against the time in the JS bridge and in ORT's run().
+  realm-plain      the same page and graph, but from the 540 MB fp32 file (?packed=0) instead of the
+                   packed download (export/packed.py: the GGUF's blocks, expanded in the worker):
+                   decode speed packed / plain should be 1.0 (the same fp32 graph and kernels).
+  download         first visit in a fresh browser profile and a reload, packed and fp32 file:
+                   time to ready (goto -> window.realm.ready), model bytes over the wire (counted by
+                   the browser; the server is local, so time to ready is processing, not network).
   webgpu           realm-web on WebGPU (SwiftShader here: software, a few tokens only, functional).
   transformers.js  npm @huggingface/transformers on the very same ONNX file (fp32 model.onnx, and
                    our int8 file as its q8 model_quantized.onnx), through a thin adapter that adds
@@ -216,10 +222,10 @@ REALM_RUN = """async ({question, maxTokens, warmup}) => {
 
 
 def realm_page(ctx: Any, site: str, backend: str, threads: int, dtype: str | None, tokens: int,
-               warmup: int) -> dict[str, Any]:
+               warmup: int, packed: bool = True) -> dict[str, Any]:
     page = ctx.new_page()
     try:
-        q = f"backend={backend}&threads={threads}" + (f"&dtype={dtype}" if dtype else "")
+        q = f"backend={backend}&threads={threads}" + (f"&dtype={dtype}" if dtype else "") + ("" if packed else "&packed=0")
         page.goto(f"{site}/?{q}")
         raw = page.evaluate(REALM_RUN, {"question": QUESTION, "maxTokens": tokens, "warmup": warmup})
     finally:
@@ -236,7 +242,7 @@ def realm_summary(raw: dict[str, Any]) -> dict[str, Any]:
         "tokens": ids, "prompt_tokens": len(raw["r"]["promptTokenIds"]), "prompt_ids": raw["r"]["promptTokenIds"],
         "text": raw["r"]["text"], "worker_timings": raw["r"]["timings"],
         "info": {k: raw["info"].get(k) for k in ("backend", "dtype", "file", "threads", "crossOriginIsolated",
-                                                 "fromCache", "loadSeconds")},
+                                                 "fromCache", "loadSeconds", "packed")},
     }
     tr = raw["trace"]
     steps = tr.get("steps") or []
@@ -266,6 +272,37 @@ def realm_summary(raw: dict[str, Any]) -> dict[str, Any]:
                 "first_step_to_page": round(times[0] - st[0][3], 3),  # Python: update, detokenize; postMessage
             },
         }
+    return out
+
+
+def download_sample(p: Any, site: str, packed: bool, threads: int) -> dict[str, Any]:
+    """A first visit in a fresh browser profile, then a reload: time to ready (goto -> window.realm.ready,
+    wall clock) and the model bytes over the wire, counted by the browser."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as profile:
+        ctx = p.chromium.launch_persistent_context(profile, executable_path=CHROMIUM, args=ARGS, headless=True)
+        ctx.set_default_timeout(0)
+        sizes: list[tuple[str, int, int]] = []
+        phase = [0]
+        ctx.on("requestfinished", lambda r: sizes.append((r.url, r.sizes()["responseBodySize"], phase[0])))
+        page = ctx.new_page()
+        out: dict[str, Any] = {}
+        for name, go in (("cold", lambda: page.goto(f"{site}/?backend=wasm&threads={threads}" + ("" if packed else "&packed=0"))),
+                         ("warm", page.reload)):
+            t0 = time.perf_counter()
+            go()
+            info = page.evaluate("() => window.realm.ready")
+            out[f"{name}_ready_s"] = round(time.perf_counter() - t0, 3)
+            out[f"{name}_worker_load_s"] = round(info["loadSeconds"], 3)
+            out[f"{name}_model_bytes"] = sum(n for u, n, ph in sizes if ph == phase[0] and "/models/" in u)
+            out[f"{name}_all_bytes"] = sum(n for u, n, ph in sizes if ph == phase[0])
+            out[f"{name}_from_cache"] = info.get("fromCache")
+            if info.get("expandMs") is not None:
+                out[f"{name}_expand_ms"] = round(info["expandMs"], 1)
+            phase[0] += 1
+        out["file"], out["packed"] = info.get("file"), info.get("packed")
+        ctx.close()
     return out
 
 
@@ -320,7 +357,7 @@ def median_row(samples: list[dict[str, Any]]) -> dict[str, Any]:
 # -- main -------------------------------------------------------------------------------------------
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--engines", default="realm,tjs,tjs-plain,wllama,webgpu",
+    ap.add_argument("--engines", default="realm,realm-plain,download,tjs,tjs-plain,wllama,webgpu",
                     help="realm, tjs (our file), tjs-plain (a plain torch.onnx export), wllama, webgpu")
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--tokens", type=int, default=128)
@@ -331,6 +368,7 @@ def main() -> int:
     ap.add_argument("--tjs-ort", default="own,realm",
                     help="transformers.js on its own onnxruntime-web pin (own) and/or on realm-web's (realm)")
     ap.add_argument("--webgpu-tokens", type=int, default=4)
+    ap.add_argument("--download-pages", type=int, default=2, help="first visits (fresh profiles) per download row")
     ap.add_argument("--quiet", type=float, default=0.25,
                     help="before each page, wait until other work keeps the CPUs under this busy fraction")
     ap.add_argument("--max-wait", type=float, default=300, help="seconds to wait for that, then go on (recorded)")
@@ -376,6 +414,9 @@ def main() -> int:
             if "realm" in engines:
                 configs.append((f"realm-web wasm {th}t", lambda th=th: realm_page(
                     ctx, site, "wasm", th, dtype, a.tokens, a.warmup), a.pages))
+            if "realm-plain" in engines:  # the same fp32 graph from the 540 MB file: the packed download's anchor
+                configs.append((f"realm-web wasm {th}t, fp32 file (not packed)", lambda th=th: realm_page(
+                    ctx, site, "wasm", th, dtype, a.tokens, a.warmup, packed=False), a.pages))
             if "tjs" in engines:
                 for ort in a.tjs_ort.split(","):
                     for dt in a.tjs_dtypes.split(","):
@@ -415,6 +456,23 @@ def main() -> int:
                 say(f"{name}: page {len(samples[name])}/{pages}: TTFT {smp['ttft_s']:.3f} s, decode "
                     f"{(smp.get('decode_tok_s') or 0):.2f} tok/s, {smp.get('n_tokens')} tokens "
                     f"({time.time() - t:.0f} s, CPU busy before {busy:.0%}, load {smp['load_avg'][0]:.2f})")
+        downloads: dict[str, Any] = {}
+        if "download" in engines:  # first visit + reload, fresh profiles, after the timed rounds
+            for packed in (True, False):
+                key = "packed blocks" if packed else "fp32 file"
+                got = []
+                for i in range(a.download_pages):
+                    wait_quiet(a.quiet, a.max_wait)
+                    try:
+                        got.append(download_sample(p, site, packed, max(threads)))
+                    except Exception as e:  # noqa: BLE001
+                        downloads[key] = {"error": str(e)[:2000]}
+                        break
+                    say(f"download {key}: page {i + 1}: {got[-1]}")
+                if got:
+                    downloads[key] = {k: (statistics.median(x[k] for x in got) if isinstance(got[0][k], (int, float))
+                                          and not isinstance(got[0][k], bool) else got[0][k]) for k in got[0]}
+                    downloads[key]["samples"] = got
         failed = dict(rows)
         rows.clear()  # in the order of the configurations
         for name, _, _ in configs + last:
@@ -427,7 +485,7 @@ def main() -> int:
         ctx.close()
     srv.shutdown()
 
-    report(rows, a, site, versions, outside, load0, t_start)
+    report(rows, a, site, versions, outside, load0, t_start, downloads=downloads)
     return 0
 
 
@@ -478,7 +536,8 @@ def combine(paths: list[str], a: argparse.Namespace) -> None:
 
 def report(rows: dict[str, dict[str, Any]], a: argparse.Namespace, site: str, versions: dict[str, Any],
            outside: list[str], load0: tuple[float, float, float], t_start: float,
-           runs: list[dict[str, Any]] | None = None, load1: tuple[float, float, float] | None = None) -> None:
+           runs: list[dict[str, Any]] | None = None, load1: tuple[float, float, float] | None = None,
+           downloads: dict[str, Any] | None = None) -> None:
     pkgs = {}
     for name in ("@huggingface/transformers", "@wllama/wllama", "onnxruntime-web"):
         pj = HERE / "node_modules" / name / "package.json"
@@ -527,6 +586,7 @@ def report(rows: dict[str, dict[str, Any]], a: argparse.Namespace, site: str, ve
         **({"combined_runs": runs} if runs else {}),
         "requests_off_origin": outside[:20],
         "rows": rows, "ratios": ratios, "greedy_tokens_vs_realm": equal,
+        "downloads": downloads or {}, "packed_vs_fp32_file": packed_ratio(rows, downloads or {}),
         "targets": {"decode_vs_best_anchor": ratio(best_realm, best_anchor), "best_anchor": best_anchor_name,
                     "decode_target_x": 1.2,
                     "best_realm_ttft_s": realm_ttft, "ttft_target_s": 0.4},
@@ -554,6 +614,22 @@ def report(rows: dict[str, dict[str, Any]], a: argparse.Namespace, site: str, ve
     out.write_text(json.dumps(result, indent=1))
     print_table(result)
     say(f"wrote {out}")
+
+
+def packed_ratio(rows: dict[str, dict[str, Any]], downloads: dict[str, Any]) -> dict[str, Any]:
+    """The packed download against the fp32 file, same run: decode speed (same graph: ~1.0) and
+    bytes and time to ready."""
+    out: dict[str, Any] = {}
+    for k, v in rows.items():
+        if k.endswith("(not packed)") and v.get("decode_tok_s"):
+            mine = rows.get(k.split(",")[0], {})
+            out[f"decode {k.split(',')[0]}"] = ratio(mine.get("decode_tok_s"), v["decode_tok_s"])
+    pk, fp = downloads.get("packed blocks", {}), downloads.get("fp32 file", {})
+    if pk.get("cold_model_bytes") and fp.get("cold_model_bytes"):
+        out["bytes_x"] = round(pk["cold_model_bytes"] / fp["cold_model_bytes"], 3)
+        out["cold_ready_x"] = ratio(fp["cold_ready_s"], pk["cold_ready_s"])  # > 1: packed is ready sooner
+        out["warm_ready_x"] = ratio(fp["warm_ready_s"], pk["warm_ready_s"])
+    return out
 
 
 def print_table(res: dict[str, Any]) -> None:
@@ -586,6 +662,16 @@ def print_table(res: dict[str, Any]) -> None:
     print(f"targets: decode realm/best anchor ({t['best_anchor']}) {t['decode_vs_best_anchor']} "
           f"(want >= {t['decode_target_x']}), "
           f"TTFT {t['best_realm_ttft_s']} s (want < {t['ttft_target_s']})")
+    for k, v in res.get("downloads", {}).items():
+        if "error" in v:
+            print(f"download {k}: error {v['error'].splitlines()[0][:80]}")
+            continue
+        mb = v["cold_model_bytes"] / 1e6
+        print(f"download {k:14s}: {mb:7.1f} MB over the wire (at 100 Mbit/s: {mb * 8 / 100:5.1f} s), "
+              f"ready {v['cold_ready_s']:.2f} s first visit (local server), {v['warm_ready_s']:.2f} s on reload "
+              f"({v['warm_model_bytes'] / 1e6:.1f} MB)")
+    if res.get("packed_vs_fp32_file"):
+        print(f"packed vs fp32 file: {res['packed_vs_fp32_file']}")
     for k, v in res["greedy_tokens_vs_realm"].items():
         print(f"{k}: greedy tokens equal realm-web's for {v['equal_prefix']}/{v['of']}, "
               f"prompt ids equal: {v['prompt_ids_equal']}")

@@ -22,9 +22,12 @@ ISOLATION = [(b"cross-origin-opener-policy", b"same-origin"), (b"cross-origin-em
 
 
 def default_web_dir() -> Path | None:
-    """build/web of a source checkout (made by `make web`), if there is one."""
-    d = Path(__file__).resolve().parents[2] / "build" / "web"
-    return d if (d / "index.html").exists() else None
+    """The chat page: the one the installed package carries (realm_web/_page, put in the wheel by
+    tools/build_wheel.py), else build/web of a source checkout (made by `make web`), if any."""
+    for d in (Path(__file__).resolve().parents[1] / "_page", Path(__file__).resolve().parents[2] / "build" / "web"):
+        if (d / "index.html").exists():
+            return d
+    return None
 
 
 class CrossOriginIsolation:

@@ -17,6 +17,7 @@ import { fileURLToPath } from "node:url";
 import { ADAPTER_CODES, PEFT_FILES, fetchAdapter, loadAdapterFiles } from "./adapters.mjs";
 import { Bridge } from "./bridge.mjs";
 import { RealmError } from "./client.mjs";
+import { Mirror } from "./remote.mjs";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const MODEL_FILES = ["realm.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"];
@@ -68,7 +69,7 @@ const isInt = (v) => Number.isSafeInteger(v);
 const isNum = (v) => typeof v === "number" && Number.isFinite(v);
 
 const LOAD_OPTIONS = {
-  model: (v) => typeof v === "string" && v.length > 0 || "a model directory (string)",
+  model: (v) => typeof v === "string" && v.length > 0 || "a model directory or an http(s) URL of one (string)",
   engine: (v) => v in ENGINES || `"wasm" or "native"`,
   dtype: (v) => v == null || typeof v === "string" || "an export's dtype (string), e.g. \"fp32\" or \"int4\"",
   threads: (v) => isInt(v) && v >= 1 && v <= 256 || "an integer >= 1",
@@ -80,6 +81,8 @@ const LOAD_OPTIONS = {
   speculative: (v) => v == null || v === "ngram" || (typeof v === "object" && !Array.isArray(v)) ||
     '"ngram" or {method: "ngram", numSpeculativeTokens} (speculative decoding)',
   wheel: (v) => typeof v === "string" || "the path of a realm_web wheel",
+  packed: (v) => typeof v === "boolean" || "a boolean (false: download the plain fp32 file, not the packed blocks)",
+  onProgress: (v) => typeof v === "function" || "a function ({stage, file, got, total}) => void",
 };
 
 // Mirrors window.realm (static/realm.js) and realm_web/web.py: camelCase names of SamplingParams.
@@ -201,27 +204,36 @@ async function loadOrt(engine, threads) {
 export class Realm {
   #py; #web; #bridge; #inflight = new Set(); #closed = false; #fatal = null;
 
-  /** Load a model: `model` (default: the directory `realm-web pull` makes), `engine` "wasm"
+  /** Load a model: `model` (default: the directory `realm-web pull` makes; an http(s) URL of a
+   * model directory is mirrored under $REALM_WEB_HOME/remote, a packed export downloading as its
+   * quantized blocks; `packed: false` takes the plain file, `onProgress` sees the download), `engine` "wasm"
    * (onnxruntime-web, default) or "native" (onnxruntime-node), `dtype` (default: the export the
    * manifest prefers for the engine: wasm fp16/fp32, native int4), `threads`, `maxSlots` (requests
    * that run at once; more wait in the queue), `maxLength`, `maxTokensPerStep` (prefill chunk). */
   static async load(options = {}) {
     const o = check(options, LOAD_OPTIONS, "load");
     const engine = o.engine ?? "wasm";
-    const modelDir = path.resolve(o.model ?? defaultModelDir());
+    const remote = typeof o.model === "string" && /^https?:\/\//i.test(o.model);
     const threads = o.threads ?? (engine === "wasm" ? 1 : Math.min(4, os.availableParallelism?.() ?? os.cpus().length));
-    if (!fs.existsSync(modelDir))
-      throw fail("model_not_found", `${modelDir}: no such model directory` +
-                 (o.model ? "" : " (the default model: run `realm-web pull`, or pass { model: DIR })"));
-    const manifestPath = path.join(modelDir, "realm.json");
-    if (!fs.existsSync(manifestPath))
-      throw fail("model_not_found", `${modelDir}: not a realm-web model directory (no realm.json; \`realm-web export\` makes one)`);
-    let manifest;
-    try { manifest = JSON.parse(fs.readFileSync(manifestPath, "utf8")); }
-    catch (e) { throw fail("model_not_found", `${manifestPath}: unreadable manifest (${e.message})`, e); }
+    let modelDir, mirror = null, manifest;
+    if (remote) {  // a URL: mirrored locally (remote.mjs); a packed export downloads as its blocks
+      mirror = await Mirror.open(o.model, realmHome(), fail);
+      modelDir = mirror.dir;
+      manifest = JSON.parse(mirror.manifestText);
+    } else {
+      modelDir = path.resolve(o.model ?? defaultModelDir());
+      if (!fs.existsSync(modelDir))
+        throw fail("model_not_found", `${modelDir}: no such model directory` +
+                   (o.model ? "" : " (the default model: run `realm-web pull`, or pass { model: DIR })"));
+      const manifestPath = path.join(modelDir, "realm.json");
+      if (!fs.existsSync(manifestPath))
+        throw fail("model_not_found", `${modelDir}: not a realm-web model directory (no realm.json; \`realm-web export\` makes one)`);
+      try { manifest = JSON.parse(fs.readFileSync(manifestPath, "utf8")); }
+      catch (e) { throw fail("model_not_found", `${manifestPath}: unreadable manifest (${e.message})`, e); }
+    }
     const variants = manifest.variants || {};
     if (o.dtype != null && !(o.dtype in variants))
-      throw fail("bad_option", `${modelDir} has no ${o.dtype} export (have: ${Object.keys(variants).sort().join(", ")})`);
+      throw fail("bad_option", `${o.model ?? modelDir} has no ${o.dtype} export (have: ${Object.keys(variants).sort().join(", ")})`);
     const wheel = o.wheel ?? defaultWheel();
     if (!fs.existsSync(wheel)) throw fail("engine_unavailable", `${wheel}: no such wheel`);
 
@@ -236,7 +248,8 @@ export class Realm {
     py.FS.mkdirTree("/model");
     for (const f of MODEL_FILES) {
       const p = path.join(modelDir, f);
-      if (fs.existsSync(p)) py.FS.writeFile(`/model/${f}`, new Uint8Array(fs.readFileSync(p)));
+      const b = mirror ? mirror.file(f) : fs.existsSync(p) ? new Uint8Array(fs.readFileSync(p)) : null;
+      if (b) py.FS.writeFile(`/model/${f}`, b);
     }
     let web;
     try { web = py.pyimport("realm_web.web"); }
@@ -244,11 +257,26 @@ export class Realm {
     let cfg;
     try { cfg = JSON.parse(web.config("/model", ENGINES[engine], o.dtype ?? null)); }
     catch (e) { throw fromPython(e); }
+    // a packed export runs from its graph and the expanded weights beside it; locally, where the
+    // weights file is there (a mirror), else from the plain file
+    let usePacked = false;
+    if (mirror) usePacked = (await mirror.fetchWeights(cfg, { packed: o.packed ?? true, onProgress: o.onProgress })).packed;
+    else usePacked = (o.packed ?? true) && !!cfg.packed && fs.existsSync(path.join(modelDir, cfg.packed.weights))
+      && fs.existsSync(path.join(modelDir, cfg.packed.file));
+    if (usePacked) {
+      const p = cfg.packed;
+      cfg = { ...cfg, file: p.file, lora: cfg.lora && p.loraFile ? { ...cfg.lora, file: p.loraFile, bytes: p.loraBytes } : null };
+      if (engine === "wasm") cfg.externalData = [{ path: p.weights, data: new Uint8Array(fs.readFileSync(path.join(modelDir, p.weights))) }];
+    }
     const file = path.join(modelDir, cfg.file);
     if (!fs.existsSync(file)) throw fail("model_not_found", `${file}: missing (named by realm.json)`);
     const bytesOrPath = (f) => engine === "native" ? f : new Uint8Array(fs.readFileSync(f));
     const loraFile = cfg.lora ? path.join(modelDir, cfg.lora.file) : null;
     const sources = loraFile && fs.existsSync(loraFile) ? { lora: async () => bytesOrPath(loraFile) } : {};
+    if (sources.lora && cfg.externalData) {  // read the weights again for the LoRA twin, not kept meanwhile
+      const p = cfg.packed;
+      sources.externalData = async () => [{ path: p.weights, data: new Uint8Array(fs.readFileSync(path.join(modelDir, p.weights))) }];
+    }
     const maxLoras = o.maxLoras ?? 8;
     let bridge;
     try {
@@ -268,6 +296,7 @@ export class Realm {
                                                                      speculative: o.speculative ?? null })));
     } catch (e) { await bridge.dispose(); throw fromPython(e); }
     const info = { name: facts.name, engine, dtype: cfg.dtype, file, modelDir, threads, maxSlots: o.maxSlots ?? 8,
+                   packed: usePacked, url: remote ? o.model : null, downloadedBytes: mirror ? mirror.downloaded : 0,
                    maxLength: facts.max_length, adapters: facts.adapters, maxLoras, speculative: facts.speculative, vocabSize: cfg.vocabSize, eosTokenIds: facts.eos_token_ids,
                    runtime: engine === "wasm" ? `onnxruntime-web ${ort.env.versions?.web ?? ""}`.trim()
                                               : `onnxruntime-node ${ort.env.versions?.node ?? ""}`.trim(),

@@ -127,6 +127,76 @@ for (const engine of ["native", "wasm"]) {
   });
 }
 
+describe("a model from a URL (Node): the packed download, mirrored", () => {
+  // An HTTP server of the model directory with Range support; the first blocks download breaks off
+  // half way, so the loader must resume it.
+  let server, url, home, seen;
+  before(async () => {
+    const http = await import("node:http");
+    seen = [];
+    let broken = false;
+    server = http.createServer((req, res) => {
+      const name = decodeURIComponent(req.url.slice(1));
+      const f = path.join(MODEL, name);
+      seen.push([name, req.headers.range || null]);
+      if (name.includes("/") || !fs.existsSync(f)) { res.writeHead(404); res.end(); return; }
+      const size = fs.statSync(f).size;
+      const m = /^bytes=(\d+)-$/.exec(req.headers.range || "");
+      const start = m ? Number(m[1]) : 0;
+      res.writeHead(m ? 206 : 200, { "content-length": String(size - start), "accept-ranges": "bytes",
+                                     ...(m ? { "content-range": `bytes ${start}-${size - 1}/${size}` } : {}) });
+      const rs = fs.createReadStream(f, { start });
+      if (name.endsWith(".blocks") && !m && !broken) {  // break off after ~half
+        broken = true;
+        let sent = 0;
+        rs.on("data", (c) => { sent += c.length; if (sent > size / 2) { rs.destroy(); res.destroy(); } });
+      }
+      rs.pipe(res);
+    });
+    await new Promise((r) => server.listen(0, "127.0.0.1", r));
+    url = `http://127.0.0.1:${server.address().port}`;
+    home = fs.mkdtempSync(path.join(os.tmpdir(), "realm-web-remote-"));
+  });
+  after(() => { server?.close(); fs.rmSync(home, { recursive: true, force: true }); });
+
+  test("downloads the blocks (resuming a broken connection), equals the fp32 export, and a reload downloads nothing", async () => {
+    const m = JSON.parse(fs.readFileSync(path.join(MODEL, "realm.json"), "utf8"));
+    const packed = m.variants.fp32.packed;
+    assert.ok(packed, "the pulled export has a packed fp32 download");
+    const prev = process.env.REALM_WEB_HOME;
+    process.env.REALM_WEB_HOME = home;
+    const progress = [];
+    try {
+      const llm = await Realm.load({ model: url, engine: "wasm", wheel: WHEEL, onProgress: (p) => progress.push(p) });
+      try {
+        assert.equal(llm.info.packed, true);
+        assert.equal(llm.info.dtype, "fp32");
+        assert.ok(llm.info.modelDir.startsWith(home));
+        const names = seen.map(([n]) => n);
+        assert.ok(!names.includes(m.variants.fp32.file), "the 540 MB file is never fetched");
+        assert.deepEqual(seen.filter(([n]) => n === packed.blocks).map(([, r]) => r !== null), [false, true], "resumed with a Range");
+        assert.ok(llm.info.downloadedBytes >= packed.blocks_bytes && llm.info.downloadedBytes < packed.blocks_bytes + 4e6,
+                  `${llm.info.downloadedBytes} bytes`);
+        assert.ok(progress.some((p) => p.stage === "expand") && progress.some((p) => p.stage === "download" && p.got === p.total));
+        for (const [i, p] of PROMPTS.entries()) {
+          const r = await llm.generate(p, { maxTokens: MAX });
+          assert.deepEqual(r.tokenIds, REF.fp32.greedy[i].tokenIds, p);
+        }
+      } finally { await llm.close(); }
+      seen.length = 0;
+      const again = await Realm.load({ model: url, engine: "wasm", wheel: WHEEL });
+      try {
+        assert.deepEqual(seen.map(([n]) => n), ["realm.json"]);
+        assert.equal(again.info.packed, true);
+        assert.deepEqual((await again.generate(PROMPTS[0], { maxTokens: MAX })).tokenIds, REF.fp32.greedy[0].tokenIds);
+      } finally { await again.close(); }
+      await assert.rejects(Realm.load({ model: `${url}/nothing-here`, wheel: WHEEL }), (e) => e.code === "model_not_found" && /HTTP 404/.test(e.message));
+    } finally {
+      if (prev === undefined) delete process.env.REALM_WEB_HOME; else process.env.REALM_WEB_HOME = prev;
+    }
+  });
+});
+
 describe("engine native: streaming, joins, cancellation, options", () => {
   let llm;
   before(() => { llm = engines.native.llm; });

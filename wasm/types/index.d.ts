@@ -60,6 +60,11 @@ export interface LoadOptions {
   speculative?: "ngram" | SpeculativeOptions | null;
   /** The realm_web core wheel that Pyodide installs (default: the one in the package's dist/). */
   wheel?: string;
+  /** With a URL `model`: download a packed fp32 export as its quantized blocks, expanded here
+   * (default true); false downloads the plain file. */
+  packed?: boolean;
+  /** Download progress of a URL `model`. */
+  onProgress?: (p: { stage: "download" | "expand"; file: string; got?: number; total?: number }) => void;
 }
 
 /** realm_web.speculative.SpeculativeConfig in camelCase. */
@@ -140,7 +145,14 @@ export interface RealmInfo {
   engine: Engine;
   dtype: string;
   file: string;
+  /** The local directory (for a URL model: its mirror under $REALM_WEB_HOME/remote). */
   modelDir: string;
+  /** The model's URL, when it was loaded from one. */
+  url: string | null;
+  /** Whether it runs a packed export (weights expanded from the GGUF's blocks). */
+  packed: boolean;
+  /** Bytes this load downloaded (0 for a local directory; a warm mirror: realm.json only). */
+  downloadedBytes: number;
   threads: number;
   maxSlots: number;
   maxLength: number;

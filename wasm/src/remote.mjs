@@ -1,0 +1,124 @@
+// A model from a URL, for Node: realm.json and the tokenizer files, and the graph the engine will
+// run, kept in a local mirror ($REALM_WEB_HOME/remote/...). A packed export (realm_web/export/
+// packed.py) downloads as the GGUF's blocks and is expanded while it downloads (packed.mjs) into
+// the fp32 weights file next to its graph; a later load whose realm.json is unchanged reads the
+// mirror and downloads nothing but realm.json.
+import crypto from "node:crypto";
+import fs from "node:fs";
+import path from "node:path";
+import { PackedExpander } from "./packed.mjs";
+
+const SMALL_FILES = ["realm.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"];
+
+async function get(url, fail) {
+  let r;
+  try { r = await fetch(url); } catch (e) { throw fail("model_not_found", `${url}: ${e.cause?.message || e.message}`, e); }
+  return r;
+}
+
+/** Stream `url` to `sink(chunk)`; a broken connection resumes with a Range request (a few times). */
+async function stream(url, total, sink, onBytes, fail) {
+  let got = 0;
+  for (let attempt = 0; ; attempt++) {
+    let r;
+    try { r = await fetch(url, got ? { headers: { range: `bytes=${got}-` } } : {}); }
+    catch (e) {
+      if (attempt < 4) { await new Promise((res) => setTimeout(res, 500 * 2 ** attempt)); continue; }
+      throw fail("model_not_found", `${url}: the download failed (${e.cause?.message || e.message})`, e);
+    }
+    if (!r.ok) throw fail("model_not_found", `${url}: HTTP ${r.status}`);
+    if (got && r.status !== 206) throw fail("model_not_found", `${url}: the server cannot resume a download (no Range support)`);
+    try {
+      for await (const chunk of r.body) {
+        const c = chunk instanceof Uint8Array ? chunk : new Uint8Array(chunk);
+        sink(c);
+        got += c.length;
+        onBytes?.(got, total);
+      }
+    } catch (e) {
+      if (attempt < 4) continue;
+      throw fail("model_not_found", `${url}: the download broke off at ${got} of ${total} bytes`, e);
+    }
+    if (got !== total) throw fail("model_not_found", `${url}: got ${got} of ${total} bytes`);
+    return;
+  }
+}
+
+function writeAtomic(file, data) {
+  const tmp = `${file}.part`;
+  fs.writeFileSync(tmp, data);
+  fs.renameSync(tmp, file);
+}
+
+/** A local mirror of the model at a URL: `open` fetches realm.json (and, when it changed, the
+ * tokenizer files); `fetchWeights(cfg)` then gets what the engine runs and completes the mirror. */
+export class Mirror {
+  static async open(url, home, fail) {
+    const base = url.replace(/\/+$/, "");
+    const key = crypto.createHash("sha256").update(base).digest("hex").slice(0, 16);
+    const dir = path.join(home, "remote", `${new URL(base).host.replace(/[^\w.-]/g, "_")}-${key}`);
+    fs.mkdirSync(dir, { recursive: true });
+    const r = await get(`${base}/realm.json`, fail);
+    if (!r.ok) throw fail("model_not_found", `${base}/realm.json: HTTP ${r.status} (not a realm-web model URL?)`);
+    const manifestText = await r.text();
+    try { JSON.parse(manifestText); } catch (e) { throw fail("model_not_found", `${base}/realm.json: not JSON`, e); }
+    const mpath = path.join(dir, "realm.json");
+    const same = fs.existsSync(mpath) && fs.readFileSync(mpath, "utf8") === manifestText;
+    let downloaded = Buffer.byteLength(manifestText);
+    if (!same) {
+      for (const f of fs.readdirSync(dir)) fs.rmSync(path.join(dir, f), { force: true }); // another model now
+      for (const f of SMALL_FILES.slice(1)) {
+        const rf = await get(`${base}/${f}`, fail);
+        if (rf.ok) {
+          const b = new Uint8Array(await rf.arrayBuffer());
+          writeAtomic(path.join(dir, f), b);
+          downloaded += b.length;
+        }
+      }
+    }
+    return new Mirror(base, dir, manifestText, same, downloaded, fail);
+  }
+
+  constructor(base, dir, manifestText, same, downloaded, fail) {
+    Object.assign(this, { base, dir, manifestText, same, downloaded, fail });
+  }
+
+  /** The bytes of `name` as the Python core reads it (realm.json from memory until complete). */
+  file(name) {
+    if (name === "realm.json") return new TextEncoder().encode(this.manifestText);
+    const p = path.join(this.dir, name);
+    return fs.existsSync(p) ? new Uint8Array(fs.readFileSync(p)) : null;
+  }
+
+  /** Download what `cfg` (realm_web.web.config) runs: a packed export as blocks expanded into its
+   * weights file (when `packed`), else the graph file itself; then write realm.json. */
+  async fetchWeights(cfg, { packed = true, onProgress = null } = {}) {
+    const { base, dir, fail } = this;
+    const have = (f, n) => fs.existsSync(path.join(dir, f)) && fs.statSync(path.join(dir, f)).size === n;
+    const fetchFile = async (f, n) => {
+      if (have(f, n)) return;
+      const chunks = [];
+      await stream(`${base}/${f}`, n, (c) => chunks.push(c), (got, total) => onProgress?.({ stage: "download", file: f, got, total }), fail);
+      writeAtomic(path.join(dir, f), Buffer.concat(chunks));
+      this.downloaded += n;
+    };
+    const p = packed ? cfg.packed : null;
+    if (p) {
+      await fetchFile(p.file, p.bytes);
+      if (p.loraFile) await fetchFile(p.loraFile, p.loraBytes);
+      if (!have(p.weights, p.weightsBytes)) {
+        const ex = new PackedExpander(p.blocksBytes);
+        await stream(`${base}/${p.blocks}`, p.blocksBytes, (c) => ex.push(c),
+                     (got, total) => onProgress?.({ stage: "download", file: p.blocks, got, total }), fail);
+        onProgress?.({ stage: "expand", file: p.weights });
+        writeAtomic(path.join(dir, p.weights), ex.finish());
+        this.downloaded += p.blocksBytes;
+      }
+    } else {
+      await fetchFile(cfg.file, cfg.bytes);
+      if (cfg.lora) await fetchFile(cfg.lora.file, cfg.lora.bytes);
+    }
+    if (!this.same) writeAtomic(path.join(dir, "realm.json"), this.manifestText); // last: the mirror is complete
+    return { packed: !!p };
+  }
+}
