@@ -4,7 +4,7 @@ PY      := .venv/bin/python
 STAMP   := .venv/.setup-stamp
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup model web serve test test-node typecheck bench clean sysdeps-node sysdeps-test
+.PHONY: setup model web wheel serve test test-node typecheck bench clean sysdeps-node sysdeps-test
 
 # System packages: Node.js and npm (Pyodide, onnxruntime-web: `make web`) and, for the tests,
 # Debian's Chromium. Installed with apt-get when run as root; otherwise make stops at once and
@@ -58,6 +58,10 @@ wasm/node_modules/.stamp: wasm/package.json wasm/package-lock.json
 
 # The main job: the server with the default model on 127.0.0.1:8000, and the chat page at / (SERVE_ARGS for more, e.g.
 # SERVE_ARGS="--config tenants.toml --host 0.0.0.0 --log-level info").
+# A wheel that carries the chat page (pip users get `realm-web serve`'s page with no npm)
+wheel: web
+	$(PY) tools/build_wheel.py
+
 serve: model web
 	.venv/bin/realm-web serve $(SERVE_ARGS)
 
