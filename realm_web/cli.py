@@ -144,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="LoRA adapters to serve, each as model NAME (a PEFT directory or a GGUF LoRA file)")
     s.add_argument("--lora-root", help="admin tenants may load adapters from under this directory at run time")
     s.add_argument("--max-loras", type=int, default=8, help="adapters in use at once (default 8)")
+    s.add_argument("--prefix-caching", action="store_true",
+                   help="keep finished requests' caches: a prompt that begins the same way (the next turn of a chat) "
+                        "computes only the rest")
     _speculative_args(s)
     s.set_defaults(func=_cmd_serve)
     return p
@@ -214,7 +217,7 @@ def _cmd_serve(a: argparse.Namespace) -> int:
         return serve(host=a.host, port=a.port, model=a.model, config=a.config, device=a.device, dtype=a.dtype,
                      threads=a.threads, max_slots=a.max_slots, max_length=a.max_length, log_level=a.log_level,
                      web=a.web, lora_modules=modules, lora_root=a.lora_root, max_loras=a.max_loras,
-                     speculative=_speculative(a))
+                     speculative=_speculative(a), prefix_caching=a.prefix_caching)
     except ConfigError as e:
         raise CliError(str(e)) from None
 

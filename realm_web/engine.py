@@ -136,6 +136,8 @@ class LLM:
     (default: on for CUDA) replays decode steps as CUDA graphs. `speculative` turns on speculative
     decoding: "ngram", or a mapping / SpeculativeConfig such as {"method": "ngram",
     "num_speculative_tokens": 4}; its output is the same as without it (realm_web/speculative.py).
+    `prefix_caching` keeps a finished request's cache on its slot, and a later prompt that begins
+    with the same tokens (the next turn of a chat) computes only the rest (Scheduler).
 
     It implements `realm_web.service.ModelService`, the interface the server is built on.
     """
@@ -145,7 +147,8 @@ class LLM:
                  max_slots: int = 16, max_length: int | None = None, max_tokens_per_step: int | None = None,
                  kv_capacity: int | None = None, warmup: bool | None = None,
                  cuda_graph: bool | None = None, max_loras: int = 8,
-                 speculative: SpeculativeConfig | Mapping[str, Any] | str | None = None) -> None:
+                 speculative: SpeculativeConfig | Mapping[str, Any] | str | None = None,
+                 prefix_caching: bool = False) -> None:
         spec = SpeculativeConfig.of(speculative)
         if engine is None:
             model_dir = Path(model) if model is not None else _default_model()
@@ -169,7 +172,7 @@ class LLM:
                                    max_tokens_per_step=max_tokens_per_step or (4096 if engine.device == "cuda" else 512),
                                    kv_capacity=kv_capacity or engine.kv_capacity, caps=engine.caps,
                                    max_loras=getattr(engine, "max_loras", 8), speculative=spec,
-                                   vocab_size=self.manifest.vocab_size)
+                                   vocab_size=self.manifest.vocab_size, prefix_caching=prefix_caching)
         self.speculative = spec
         calibrate = getattr(engine, "calibrate", None)
         if spec is not None and callable(calibrate):

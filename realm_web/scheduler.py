@@ -138,6 +138,8 @@ class Request:
     matcher: Matcher | None = None  # its place in its output format's grammar (structured outputs)
     prompt_lps: list[float | None] | None = None  # prompt logprobs so far (params.prompt_logprobs)
     prompt_tops: list[list[tuple[int, float]] | None] | None = None
+    cached: int = 0  # prompt tokens its slot held from a finished request (a prefix-cache hit)
+    replaces: int | None = None  # that request's id: released in the plan that announces this one
 
     def __post_init__(self) -> None:
         self.spec = self.params.spec()
@@ -179,6 +181,26 @@ class Request:
         return (-self.priority, self.arrival)
 
 
+@dataclass
+class _Parked:
+    """A finished request's cache, left on its slot for a later prompt that begins the same way."""
+
+    request_id: int
+    tokens: list[int]  # what the slot's cache holds, position by position
+    adapter: Any  # the LoraAdapter it was computed with (None: the base model)
+
+
+MIN_PREFIX = 4  # a cache hit shorter than this is not worth a slot's other cache
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
 class Scheduler:
     """Plans steps for many requests over `max_slots` KV slots of `max_length` tokens each, for
     an engine with capabilities `caps` (default: the native engine's).
@@ -191,7 +213,8 @@ class Scheduler:
     def __init__(self, tokenizer: _Tok, *, eos_token_ids: Sequence[int], max_slots: int = 1,
                  max_length: int = 2048, max_tokens_per_step: int = 512, kv_capacity: int | None = None,
                  caps: EngineCaps | None = None, max_loras: int = 8,
-                 speculative: SpeculativeConfig | None = None, vocab_size: int | None = None) -> None:
+                 speculative: SpeculativeConfig | None = None, vocab_size: int | None = None,
+                 prefix_caching: bool = False) -> None:
         if max_slots < 1 or max_tokens_per_step < 1 or max_length < 2:
             raise ValueError("max_slots and max_tokens_per_step must be >= 1, max_length >= 2")
         self.tokenizer = tokenizer
@@ -228,6 +251,12 @@ class Scheduler:
         self.spec_stats = {"verify_steps": 0, "draft_tokens": 0, "accepted_tokens": 0, "emitted_tokens": 0}
         self.vocab_size = vocab_size
         self._constrainer: Constrainer | None = None  # made by the first constrained request
+        # prefix caching: a finished request's slot keeps its cache ("parked") until another
+        # request takes the slot; one whose prompt begins with those tokens skips computing them
+        self.prefix_caching = prefix_caching and self.caps.prefix_reuse and \
+            not (speculative is not None and speculative.method == "draft")
+        self._parked: dict[int, _Parked] = {}
+        self.prefix_stats = {"hits": 0, "cached_tokens": 0, "prompt_tokens": 0}
 
     @property
     def constrainer(self) -> Constrainer:
@@ -335,8 +364,12 @@ class Scheduler:
         for r, _ in chosen:
             if not r.announced:
                 assert r.slot is not None
-                plan.new_seqs.append(NewSeq(r.request_id, r.slot, r.spec, r.adapter, r.adapter_entry))
+                plan.new_seqs.append(NewSeq(r.request_id, r.slot, r.spec, r.adapter, r.adapter_entry,
+                                            r.num_computed if r.replaces is not None else 0))
                 r.announced = True
+                if r.replaces is not None:  # released with the announcement: the engine keeps the cache
+                    self._released.append(r.replaces)
+                    r.replaces = None
         if len(chosen) < len(self.running):  # rows that hold a cache and sit this step out
             ran = {r.request_id for r, _ in chosen}
             plan.idle = {r.slot: r.num_computed for r in self.running
@@ -366,7 +399,7 @@ class Scheduler:
                 self._preempt(max(victims, key=lambda r: r.rank))
                 continue
             self.waiting.pop(i)
-            req.slot = heapq.heappop(self.free_slots)
+            req.slot = self._take_slot(req)
             req.blocked_since = None
             if req.adapter is not None:
                 entry, upload = router.take(req.adapter)
@@ -376,6 +409,39 @@ class Scheduler:
             self.running.append(req)
         if router.waiting_for is not None and not any(r.adapter == router.waiting_for for r in self.waiting):
             router.release_wait()  # whoever waited for it is gone
+
+    def _take_slot(self, req: Request) -> int:
+        """A free slot for `req`: with prefix caching, the parked one whose cache begins its prompt
+        longest (then it starts past those tokens), else the lowest free slot with no parked
+        cache, else the lowest (whose cache is given up)."""
+        self.prefix_stats["prompt_tokens"] += len(req.prompt_ids)
+        best, best_n = None, 0
+        if self._parked and req.prompt_lps is None:  # prompt logprobs need every position computed
+            adapter = self.router.adapters.get(req.adapter) if req.adapter is not None else None
+            for slot in self.free_slots:
+                p = self._parked.get(slot)
+                if p is None or p.adapter is not adapter:
+                    continue
+                n = min(common_prefix(p.tokens, req.prompt_ids), len(req.prompt_ids) - 1)  # one left to compute
+                if n > best_n:
+                    best, best_n = slot, n
+        if best is not None and best_n >= MIN_PREFIX:
+            slot = best
+            self.free_slots.remove(slot)
+            heapq.heapify(self.free_slots)
+            req.num_computed = req.cached = best_n
+            req.replaces = self._parked.pop(slot).request_id
+            self.prefix_stats["hits"] += 1
+            self.prefix_stats["cached_tokens"] += best_n
+            return slot
+        clean = [s for s in self.free_slots if s not in self._parked]
+        slot = min(clean) if clean else self.free_slots[0]
+        self.free_slots.remove(slot)
+        heapq.heapify(self.free_slots)
+        gone = self._parked.pop(slot, None)
+        if gone is not None:
+            self._released.append(gone.request_id)  # its cache is given up
+        return slot
 
     def _prefill_step(self, prefillers: list[Request]) -> list[tuple[Request, list[int]]]:
         """Prompt chunks for this step. Chunk boundaries never depend on the company a request
@@ -668,14 +734,22 @@ class Scheduler:
         self._enqueue(req)
 
     def _release(self, req: Request) -> None:
+        adapter = self.router.adapters.get(req.adapter) if req.adapter is not None else None
         if req in self.running:
             self.running.remove(req)
             if req.adapter is not None:
                 self.router.drop(req.adapter)
                 req.adapter_entry = 0
+        if req.replaces is not None:  # admitted on a parked cache but never announced: that cache goes
+            self._released.append(req.replaces)
+            req.replaces = None
+        park = self.prefix_caching and req.finished and req.announced and req.slot is not None and req.num_computed > 0
         if req.slot is not None:
+            if park:  # its cache stays on the slot for a later prompt that begins the same way
+                self._parked[req.slot] = _Parked(req.request_id, req.all_ids[:req.num_computed], adapter)
             heapq.heappush(self.free_slots, req.slot)
             req.slot = None
         if req.announced:
-            self._released.append(req.request_id)
+            if not park:
+                self._released.append(req.request_id)
             req.announced = False

@@ -73,13 +73,16 @@ class NewSeq:
     """A request starting on a slot: which slot, and what stays the same for every step it runs
     (its sampling spec; its adapter, by name and by the table entry it sits in: 0 for none, and
     the entry does not change while the request runs). When the plan releases it, the engine
-    may drop that slot's cache."""
+    may drop that slot's cache, except where a NewSeq of the same plan names the slot with
+    `cached` > 0: a prefix-cache hit, the slot's first `cached` positions are this request's
+    prefix (left there by the request released), and the engine keeps them."""
 
     seq_id: int
     slot: int
     sampling: SamplingSpec
     adapter: str | None = None
     adapter_entry: int = 0
+    cached: int = 0
 
 
 @dataclass(frozen=True)
@@ -184,6 +187,7 @@ class EngineCaps:
     * `adapters`: per-row LoRA adapters. `token_masks`: per-row allowed-token masks.
     * `kv_copy`: the engine performs `StepPlan.copies`.
     * `draft_model`: the engine holds a draft model and serves `SeqStep.propose`.
+    * `prefix_reuse`: the engine keeps a released slot's cache for a NewSeq with `cached`.
     * `step_overhead`: a run's fixed cost in units of one fed token (the speculative policy's
       starting point; the LLM facade refits it from measured steps).
     """
@@ -196,6 +200,7 @@ class EngineCaps:
     token_masks: bool = False
     kv_copy: bool = True
     draft_model: bool = False
+    prefix_reuse: bool = False
     step_overhead: float = 4.0
 
     @classmethod

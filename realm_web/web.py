@@ -53,12 +53,13 @@ def start(model_dir: str, bridge: Any, options: str = "{}") -> str:
                           dtype=opts.get("dtype"), max_slots=int(opts.get("maxSlots", 4)),
                           max_length=opts.get("maxLength"), max_loras=int(opts.get("maxLoras", 8)))
     _llm = LLM(engine=engine, max_tokens_per_step=int(opts.get("maxTokensPerStep", 256)),
-               speculative=_speculative(opts.get("speculative")))
+               speculative=_speculative(opts.get("speculative")), prefix_caching=bool(opts.get("prefixCaching", False)))
     m = _llm.manifest
     spec = _llm.speculative
     return json.dumps({"name": m.name, "max_length": engine.max_length, "eos_token_ids": m.eos_token_ids,
                        "adapters": engine.caps.adapters, "max_loras": engine.max_loras,
-                       "speculative": spec.to_json() if spec else None})
+                       "speculative": spec.to_json() if spec else None,
+                       "prefix_caching": _llm.scheduler.prefix_caching})
 
 
 def _speculative(value: Any) -> SpeculativeConfig | None:
@@ -68,6 +69,11 @@ def _speculative(value: Any) -> SpeculativeConfig | None:
                  "draftDtype": "draft_dtype", "ngramMin": "ngram_min", "ngramMax": "ngram_max"}
         value = {names.get(k, k): v for k, v in value.items()}
     return SpeculativeConfig.of(value)
+
+
+def prefix_stats() -> str:
+    """JSON: prefix-cache hits, the prompt tokens they skipped, and all prompt tokens admitted."""
+    return json.dumps(_need().scheduler.prefix_stats)
 
 
 def speculative_stats() -> str:

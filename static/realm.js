@@ -53,7 +53,9 @@ class Realm {
     this._worker.onerror = (e) => { for (const p of this._pending.values()) p.reject(new Error(e.message || "worker failed")); };
     const ready = this._call("init", { modelUrl: this.modelUrl, backend, threads: this.threads,
                                        dtype: params.get("dtype"), speculative: this.speculative,
-                                       packed: params.get("packed") !== "0" }).then((info) => {
+                                       packed: params.get("packed") !== "0",
+                                       // multi-turn chat: the conversation so far stays in the cache (?prefix_caching=0: off)
+                                       prefixCaching: params.get("prefix_caching") !== "0" }).then((info) => {
       this.info = info;
       return info;
     });

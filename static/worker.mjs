@@ -111,7 +111,7 @@ async function packedModel(modelUrl, p) {
            again: stored ? again : async () => [{ path: p.weights, data: weights }] };
 }
 
-async function init({ modelUrl, backend, threads = 2, dtype = null, speculative = null, packed = true }) {
+async function init({ modelUrl, backend, threads = 2, dtype = null, speculative = null, packed = true, prefixCaching = true }) {
   const t0 = performance.now();
   if (backend === "webgpu") {
     if (!navigator.gpu) throw new Error("WebGPU is not available in this browser: choose WASM");
@@ -165,7 +165,7 @@ async function init({ modelUrl, backend, threads = 2, dtype = null, speculative 
   }
   // The prompt chunk is the engine's to say (the bridge's capabilities: 16 tokens on WebGPU).
   info = { ...JSON.parse(web.start("/model", bridge, JSON.stringify({ maxSlots: 2, maxTokensPerStep: 256, backend,
-                                                                      dtype: cfg.dtype, maxLoras: MAX_LORAS,
+                                                                      dtype: cfg.dtype, maxLoras: MAX_LORAS, prefixCaching,
                                                                       speculative: typeof speculative === "string" && speculative.startsWith("{")
                                                                         ? JSON.parse(speculative) : speculative }))), ...cfg,
            threads: ort.env.wasm.numThreads, crossOriginIsolated: self.crossOriginIsolated, fromCache,
@@ -192,7 +192,10 @@ const ops = {
   },
   async unloadAdapter({ name }) { answer(web.unload_adapter(name)); return true; },
   async adapters() { return JSON.parse(web.adapters()); },
-  async stats() { return { ...bridge?.timings, speculative: info?.speculative ? JSON.parse(web.speculative_stats()) : null }; },
+  async stats() {
+    return { ...bridge?.timings, speculative: info?.speculative ? JSON.parse(web.speculative_stats()) : null,
+             prefix: web ? JSON.parse(web.prefix_stats()) : null };
+  },
   // Per-step timestamps for benchmarks (bench/browser.py): on -> start recording; off -> return them.
   async trace({ on }) {
     const t = bridge?.trace || null;

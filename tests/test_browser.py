@@ -56,7 +56,8 @@ def browser_run(site: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str
         ctx.on("request", lambda r: requests.append(r.url))
         ctx.on("requestfinished", lambda r: sizes.append((r.url, r.sizes()["responseBodySize"], out["reloaded"])))
         page = ctx.new_page()
-        page.goto(f"{site}/?backend=wasm&threads=2")
+        # prefix caching off: every request here is compared with a fresh native run (the chat test below turns it on)
+        page.goto(f"{site}/?backend=wasm&threads=2&prefix_caching=0")
         out["info"] = page.evaluate("() => window.realm.ready")
         out["answer"] = page.evaluate(f"() => window.realm.generate({json.dumps(QUESTION)}, {{maxTokens: 24}})")
         out["deltas"] = page.evaluate(
@@ -100,6 +101,39 @@ def test_structured_output_in_the_page_equals_native(browser_run: dict[str, Any]
     assert r["tokenIds"] == c.token_ids
     if c.finish_reason == "stop":
         jsonschema.validate(json.loads(r["text"]), SCHEMA)
+
+
+def test_multi_turn_chat_in_the_page_reuses_the_conversation(site: str, model_dir: Path) -> None:
+    """The page's default: prefix caching. Each turn of a chat after the first computes only the
+    new message (the stats say how many prompt tokens the cache gave), and the turns' token ids
+    equal the native engine's with prefix caching over the same turns."""
+    from playwright.sync_api import sync_playwright
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from test_llm import CHAT_TURNS, chat_turns
+
+    js = """async (turns) => {
+      const info = await window.realm.ready;
+      const msgs = [], ids = [];
+      for (const t of turns) {
+        msgs.push({role: "user", content: t});
+        const r = await window.realm.generate(msgs, {maxTokens: 32});
+        ids.push(r.tokenIds);
+        msgs.push({role: "assistant", content: r.text});
+      }
+      return {info, ids, stats: await window.realm.stats()};
+    }"""
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        page = b.new_page()
+        page.goto(f"{site}/?backend=wasm&threads=2")
+        got = page.evaluate(js, CHAT_TURNS)
+        b.close()
+    assert got["info"]["prefix_caching"] is True
+    want = chat_turns(LLM(model_dir, dtype=got["info"]["dtype"], max_slots=2, max_length=1024, prefix_caching=True))
+    assert got["ids"] == want
+    st = got["stats"]["prefix"]
+    assert st["hits"] == len(CHAT_TURNS) - 1 and st["cached_tokens"] > st["prompt_tokens"] / 2, st
 
 
 def test_stream_deltas_in_the_page(browser_run: dict[str, Any]) -> None:

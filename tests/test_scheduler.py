@@ -438,3 +438,75 @@ def test_adapters_cannot_be_unloaded_or_used_wrongly(tok) -> None:  # type: igno
         s.add([1], SamplingParams(), adapter="x")
     with pytest.raises(AdapterError, match="no adapter"):
         s.unload_adapter("x")
+
+
+# -- prefix caching ------------------------------------------------------------------------------------
+def run_one(s: Scheduler, prompt: list[int], script: list[int], **kw):  # type: ignore[no-untyped-def]
+    """Add a request and drive it to the end; returns (its id, the plans of the steps)."""
+    rid = s.add(prompt, SamplingParams(max_tokens=len(script), ignore_eos=True), **kw)
+    plans, i = [], 0
+    while s.has_work():
+        plan = s.schedule()
+        plans.append(plan)
+        toks = {}
+        for q in plan.seqs:
+            toks[q.seq_id] = [script[i]] if q.num_samples else []
+            i += bool(q.num_samples)
+        s.update(plan, StepResult(tokens=toks))
+    return rid, plans
+
+
+def test_prefix_caching_reuses_a_finished_requests_cache(tok) -> None:  # type: ignore[no-untyped-def]
+    """The next turn of a chat starts where the last one's cache ends: its NewSeq says how many
+    positions the slot keeps, the finished request is released in that same plan (so the engine
+    keeps the cache), and only the new tokens are fed."""
+    caps = EngineCaps(prefix_reuse=True)
+    s = Scheduler(tok, eos_token_ids=[EOS], max_slots=2, max_length=128, prefix_caching=True, caps=caps)
+    turn1 = list(range(10, 30))
+    a, plans = run_one(s, turn1, [50, 51, 52])
+    assert all(a not in p.released for p in plans)  # parked: not released to the engine
+    turn2 = turn1 + [50, 51, 52, 60, 61, 62]  # the conversation so far, then the new message
+    b, plans = run_one(s, turn2, [70, 71])
+    first = plans[0]
+    (n,) = first.new_seqs
+    assert n.seq_id == b and n.cached == len(turn1) + 2 and a in first.released  # 50, 51 were fed; 52 was not
+    assert first.seqs[0].start == n.cached and first.seqs[0].tokens == turn2[n.cached:]
+    assert s.prefix_stats["hits"] == 1 and s.prefix_stats["cached_tokens"] == n.cached
+
+
+def test_prefix_caching_misses_and_evictions(tok) -> None:  # type: ignore[no-untyped-def]
+    caps = EngineCaps(prefix_reuse=True)
+    s = Scheduler(tok, eos_token_ids=[EOS], max_slots=1, max_length=128, prefix_caching=True, caps=caps)
+    a, _ = run_one(s, list(range(10, 30)), [50])
+    # another prompt takes the only slot: the parked cache is given up (released, no `cached`)
+    b, plans = run_one(s, list(range(40, 60)), [51])
+    assert plans[0].new_seqs[0].cached == 0 and a in plans[0].released and plans[0].seqs[0].start == 0
+    # a prompt that needs prompt logprobs computes every position
+    rid = s.add(list(range(40, 60)), SamplingParams(max_tokens=1, prompt_logprobs=0))
+    plan = s.schedule()
+    assert plan.new_seqs[0].cached == 0 and plan.seqs[0].start == 0 and b in plan.released
+    s.abort(rid)
+    s.update(plan, StepResult(tokens={}))
+    # off (or an engine that cannot keep caches): finished requests are released as before
+    for on, c in ((False, caps), (True, EngineCaps())):
+        t = Scheduler(tok, eos_token_ids=[EOS], max_slots=1, max_length=128, prefix_caching=on, caps=c)
+        x, plans = run_one(t, list(range(10, 30)), [50, 51])
+        y, plans = run_one(t, list(range(10, 30)) + [50, 60], [52])
+        assert plans[0].new_seqs[0].cached == 0 and plans[0].seqs[0].start == 0
+        assert any(x in p.released for p in plans) or not t._parked
+
+
+def test_prefix_caching_keeps_adapters_apart(tok) -> None:  # type: ignore[no-untyped-def]
+    """A cache computed with one adapter is never reused for another (or for the base model)."""
+    from realm_web.lora import LoraAdapter
+
+    caps = EngineCaps(prefix_reuse=True, adapters=True)
+    s = Scheduler(tok, eos_token_ids=[EOS], max_slots=2, max_length=128, prefix_caching=True, caps=caps)
+    fake = object.__new__(LoraAdapter)
+    s.router.load("x", fake)
+    prompt = list(range(10, 30))
+    run_one(s, prompt, [50], adapter="x")
+    _, plans = run_one(s, prompt + [50, 7], [51])  # the base model: no hit
+    assert plans[0].new_seqs[0].cached == 0
+    _, plans = run_one(s, prompt + [50, 7], [51], adapter="x")  # the same adapter: a hit
+    assert plans[0].new_seqs[0].cached == len(prompt)

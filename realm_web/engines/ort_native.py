@@ -47,7 +47,7 @@ log = logging.getLogger("realm_web.engine")
 # multi-token step on top of earlier context one row at a time, so rows share a prompt step only
 # when every row of the span starts empty.
 CAPS = EngineCaps(padded_span=True, prefill_batch="fresh", prefill_width=None, multi_position_logits=True,
-                  adapters=False, token_masks=True, kv_copy=True)
+                  adapters=False, token_masks=True, kv_copy=True, prefix_reuse=True)
 
 
 _global_threads: int | None = None  # the size of the process's shared intra-op pool, once made
@@ -407,10 +407,14 @@ class OrtNativeEngine:
     def _learn(self, plan: StepPlan) -> None:
         """The plan's news: requests gone (their slots' memory is given back), adapters to
         upload, requests new (their constants), prefix copies."""
+        kept = {n.slot for n in plan.new_seqs if n.cached}  # prefix-cache hits: their slots' caches stay
+        for n in plan.new_seqs:
+            if n.cached and (not 0 <= n.slot < self.max_slots or not 0 < n.cached <= len(self._tokens[n.slot])):
+                raise ValueError(f"sequence {n.seq_id}: slot {n.slot} cannot give it {n.cached} cached positions")
         for sid in plan.released:
             self._specs.pop(sid, None)
             slot = self._slot_of.pop(sid, None)
-            if slot is not None and slot not in self._slot_of.values():
+            if slot is not None and slot not in self._slot_of.values() and slot not in kept:
                 self._drop_slot(slot)
                 self._entry_of.pop(slot, None)
                 if self.draft is not None:

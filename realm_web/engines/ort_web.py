@@ -92,7 +92,7 @@ class OrtWebEngine:
         msg: dict[str, Any] = {"seqs": rows}
         if plan.new_seqs:
             msg["new"] = [{"id": n.seq_id, "slot": n.slot, "sampling": n.sampling.to_json(), "adapter": n.adapter,
-                           "entry": n.adapter_entry}
+                           "entry": n.adapter_entry, **({"cached": n.cached} if n.cached else {})}
                           for n in plan.new_seqs]
         if plan.released:
             msg["released"] = plan.released

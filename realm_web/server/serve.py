@@ -91,7 +91,7 @@ def serve(*, host: str = "127.0.0.1", port: int = 8000, model: str | None = None
           device: str = "cpu", dtype: str | None = None, threads: int | None = None, max_slots: int = 16,
           max_length: int | None = 2048, log_level: str = "warning", web: str | None = None,
           lora_modules: dict[str, str] | None = None, lora_root: str | None = None, max_loras: int = 8,
-          speculative: Any = None) -> int:
+          speculative: Any = None, prefix_caching: bool = False) -> int:
     """Serve until SIGTERM/SIGINT. `lora_modules` (name -> path) are loaded with the model;
     `lora_root` allows admin tenants to load adapters under it at run time; `speculative` is
     LLM's option of that name."""
@@ -113,7 +113,7 @@ def serve(*, host: str = "127.0.0.1", port: int = 8000, model: str | None = None
         from ..engine import LLM
 
         llm = LLM(model_dir, device=device, dtype=dtype, threads=threads, max_slots=max_slots,
-                  max_length=max_length, max_loras=max_loras, speculative=speculative)
+                  max_length=max_length, max_loras=max_loras, speculative=speculative, prefix_caching=prefix_caching)
         for name, path in (lora_modules or {}).items():
             llm.load_adapter(name, path)
             log.info("adapter loaded", extra={"fields": {"adapter": name, "path": path}})

@@ -27,7 +27,7 @@
 //
 // The plan message (realm_web/engines/ort_web.py): {seqs: [[seqId, slot, start, tokens,
 // numSamples, draws, score?, masks?], ...], new?: [{id, slot, sampling, adapter, entry}], released?:
-// [seqId], copies?: [[src, dst, length]]}: `score` lists tokens to score at the row's first
+// [seqId], copies?: [[src, dst, length]]} (a new entry's `cached` > 0: its slot keeps that many positions): `score` lists tokens to score at the row's first
 // positions (prompt logprobs), `masks` one uploaded token-mask key (setMask) or null per sample.
 // The answer: {tokens: {seqId: [id, ...]}, logprobs: {seqId: [lp, ...]}, top: {seqId: [[[id, lp],
 // ...] per sample]}, scores: {seqId: [lp, ...]}, scoreTops: {seqId: [[[id, lp], ...] per score]}}.
@@ -91,6 +91,7 @@ export class Bridge {
       adapters: this.lora !== null,
       token_masks: true,
       kv_copy: true,
+      prefix_reuse: true,
     });
   }
 
@@ -323,10 +324,19 @@ export class Bridge {
     const tEnter = performance.now();
     let tRun0 = tEnter, tRun1 = tEnter;
     const plan = JSON.parse(planJson);
+    // prefix-cache hits (new.cached > 0): the slot's first positions are the new request's prefix
+    const kept = new Set((plan.new || []).filter((n) => n.cached).map((n) => n.slot));
+    for (const n of plan.new || []) {
+      const held = this.slots.get(n.slot)?.past[this.names.kv[0][0]].dims[2] ?? 0;
+      if (n.cached && !(n.cached <= held)) throw new Error(`sequence ${n.id}: slot ${n.slot} holds ${held} positions, not ${n.cached} to reuse`);
+    }
     for (const id of plan.released || []) { // their slots' tensors are freed (GPU memory at once)
       const seq = this.seqs.get(id);
       this.seqs.delete(id);
-      if (seq && this.owner.get(seq.slot) === id) { this.release(seq.slot); this.owner.delete(seq.slot); this.tokens.delete(seq.slot); }
+      if (seq && this.owner.get(seq.slot) === id) {
+        this.owner.delete(seq.slot);
+        if (!kept.has(seq.slot)) { this.release(seq.slot); this.tokens.delete(seq.slot); }
+      }
     }
     for (const n of plan.new || []) {
       const entry = n.entry ?? 0;

@@ -83,6 +83,7 @@ const LOAD_OPTIONS = {
   wheel: (v) => typeof v === "string" || "the path of a realm_web wheel",
   packed: (v) => typeof v === "boolean" || "a boolean (false: download the plain fp32 file, not the packed blocks)",
   onProgress: (v) => typeof v === "function" || "a function ({stage, file, got, total}) => void",
+  prefixCaching: (v) => typeof v === "boolean" || "a boolean (keep finished requests' caches for prompts that begin the same way)",
 };
 
 // Mirrors window.realm (static/realm.js) and realm_web/web.py: camelCase names of SamplingParams.
@@ -293,10 +294,12 @@ export class Realm {
       facts = JSON.parse(web.start("/model", host, JSON.stringify({ maxSlots: o.maxSlots ?? 8, maxLength: o.maxLength ?? null,
                                                                      maxTokensPerStep: o.maxTokensPerStep ?? 256, maxLoras,
                                                                      backend: ENGINES[engine], dtype: cfg.dtype,
-                                                                     speculative: o.speculative ?? null })));
+                                                                     speculative: o.speculative ?? null,
+                                                                     prefixCaching: o.prefixCaching ?? false })));
     } catch (e) { await bridge.dispose(); throw fromPython(e); }
     const info = { name: facts.name, engine, dtype: cfg.dtype, file, modelDir, threads, maxSlots: o.maxSlots ?? 8,
                    packed: usePacked, url: remote ? o.model : null, downloadedBytes: mirror ? mirror.downloaded : 0,
+                   prefixCaching: facts.prefix_caching,
                    maxLength: facts.max_length, adapters: facts.adapters, maxLoras, speculative: facts.speculative, vocabSize: cfg.vocabSize, eosTokenIds: facts.eos_token_ids,
                    runtime: engine === "wasm" ? `onnxruntime-web ${ort.env.versions?.web ?? ""}`.trim()
                                               : `onnxruntime-node ${ort.env.versions?.node ?? ""}`.trim(),
@@ -438,7 +441,8 @@ export class Realm {
    * batchedRuns, maxRows (most sequences in one run), rowsRun, runMs, sampleMs, gatherMs. */
   stats() {
     return { ...this.#bridge.timings, inflight: this.#inflight.size,
-             speculative: this.info.speculative ? JSON.parse(this.#web.speculative_stats()) : null };
+             speculative: this.info.speculative ? JSON.parse(this.#web.speculative_stats()) : null,
+             prefix: JSON.parse(this.#web.prefix_stats()) };
   }
 
   /** Stop every request in flight (they end with an "aborted"/"closed" error) and free the model. */

@@ -63,6 +63,9 @@ export interface LoadOptions {
   /** With a URL `model`: download a packed fp32 export as its quantized blocks, expanded here
    * (default true); false downloads the plain file. */
   packed?: boolean;
+  /** Keep a finished request's cache on its slot: a prompt that begins with the same tokens (the
+   * next turn of a chat) computes only the rest (default false). */
+  prefixCaching?: boolean;
   /** Download progress of a URL `model`. */
   onProgress?: (p: { stage: "download" | "expand"; file: string; got?: number; total?: number }) => void;
 }
@@ -153,6 +156,8 @@ export interface RealmInfo {
   packed: boolean;
   /** Bytes this load downloaded (0 for a local directory; a warm mirror: realm.json only). */
   downloadedBytes: number;
+  /** Whether prefix caching is on. */
+  prefixCaching: boolean;
   threads: number;
   maxSlots: number;
   maxLength: number;
