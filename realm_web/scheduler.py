@@ -44,6 +44,17 @@ A request's constants (its sampling spec, its adapter) reach the engine once, in
 the first step it runs on a slot (`new_seqs`); the plan after it gives the slot up (finished,
 aborted, preempted) lists it in `released`.
 
+Prefix caching (`prefix_caching`, off by default): a finished request's slot keeps its cache
+("parked": the request is not released to the engine yet). Admission gives a request the free
+slot whose parked cache begins its prompt longest (the same adapter, and at least MIN_PREFIX
+tokens; one prompt token is always left to compute), sets its `num_computed` past those tokens,
+and announces it with `NewSeq.cached` in the same plan that releases the parked request, so the
+engine keeps the cache. Otherwise it takes the lowest free slot with no parked cache, and only
+then gives one up. The next turn of a chat thus computes only its new message. The reused
+positions were computed as the earlier request computed them (its answer one token at a time),
+so a near tie may fall otherwise than in a fresh run (fp32 agrees; int4 can differ); the same
+requests in the same order always give the same tokens.
+
 `update(plan, result)` appends sampled tokens, applies stop rules (EOS, stop token ids, stop
 strings, max_tokens, context length), turns tokens into text deltas and frees the slots of
 finished requests; a finished request leaves `requests` with its last delta. Results for

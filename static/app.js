@@ -31,6 +31,8 @@ realm.onprogress = (p) => {
 async function start() {
   enable(false);
   $("backend").value = realm.backend;
+  $("speculative").checked = !!realm.speculative;
+  $("speculative").disabled = realm.backend === "server";
   $("bar").style.width = "0%";
   try {
     const info = await realm.ready;
@@ -73,6 +75,28 @@ async function adapterOption() {
   return a;
 }
 
+$("speculative").onchange = async () => {
+  if (realm.backend === "server") return;
+  enable(false);
+  status($("speculative").checked ? "Turning on speculative decoding…" : "Turning off speculative decoding…");
+  try {
+    await realm.setSpeculative($("speculative").checked ? "ngram" : null);
+    specSeen = { draft_tokens: 0, accepted_tokens: 0 }; // a new worker counts from zero
+  } catch (e) { status(e.message, true); }
+  await start();
+};
+
+// What speculative decoding did in the last answer: drafted and accepted tokens since the one before.
+let specSeen = { draft_tokens: 0, accepted_tokens: 0 };
+async function speculationNote() {
+  if (!$("speculative").checked || realm.backend === "server") return "";
+  const s = (await realm.stats()).speculative;
+  if (!s) return "";
+  const d = s.draft_tokens - specSeen.draft_tokens, a = s.accepted_tokens - specSeen.accepted_tokens;
+  specSeen = s;
+  return d ? ` · speculative: ${a} of ${d} drafted tokens accepted (${Math.round((100 * a) / d)}%)` : " · speculative: nothing drafted";
+}
+
 $("backend").onchange = async () => {
   const b = $("backend").value;
   realm.ready = realm._switch(b);
@@ -104,6 +128,7 @@ $("form").onsubmit = async (ev) => {
     });
     history.push({ role: "assistant", content: r.text });
     if (r.finishReason === "abort") out.textContent += " [stopped]";
+    $("speed").textContent += await speculationNote();
   } catch (e) {
     out.remove();
     bubble("error", e.message);

@@ -136,6 +136,31 @@ def test_multi_turn_chat_in_the_page_reuses_the_conversation(site: str, model_di
     assert st["hits"] == len(CHAT_TURNS) - 1 and st["cached_tokens"] > st["prompt_tokens"] / 2, st
 
 
+def test_the_chat_ui_with_speculative_decoding_shows_its_acceptance(site: str) -> None:
+    """The page as a user drives it: the Speculative box, a question typed and sent; the answer
+    streams into the chat, and the footer shows tokens/s and how many drafted tokens were accepted."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        page = b.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(f"{site}/?backend=wasm&threads=2")
+        page.wait_for_function("() => !document.querySelector('#input').disabled", timeout=120_000)
+        page.check("#speculative")
+        page.wait_for_function("() => !document.querySelector('#input').disabled && window.realm.info?.speculative",
+                               timeout=120_000)
+        page.fill("#input", "Repeat after me: the quick brown fox jumps over the lazy dog. The quick brown fox")
+        page.press("#input", "Enter")
+        page.wait_for_function("() => document.querySelector('#speed').textContent.includes('speculative')", timeout=120_000)
+        answer = page.inner_text(".msg.assistant")
+        speed = page.inner_text("#speed")
+        b.close()
+    assert not errors, errors
+    assert answer.strip() and "tokens/s" in speed and "drafted tokens accepted" in speed, speed
+
+
 def test_stream_deltas_in_the_page(browser_run: dict[str, Any]) -> None:
     r, ds = browser_run["deltas"]["r"], browser_run["deltas"]["ds"]
     assert "".join(d["text"] for d in ds) == r["text"] and len(ds) >= 2
