@@ -4,6 +4,7 @@
 import { loadPyodide } from "./pyodide/pyodide.mjs";
 import { ADAPTER_CODES, fetchAdapter, loadAdapterFiles } from "./realm/adapters.mjs";
 import { Bridge } from "./realm/bridge.mjs";
+import { download } from "./realm/download.mjs";
 import { PackedExpander } from "./realm/packed.mjs";
 
 const MODEL_FILES = ["realm.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"];
@@ -46,38 +47,6 @@ async function cachedFetch(url, onBytes) {
   return { bytes: buf, fromCache };
 }
 
-/** Stream `url` into `sink(chunk)` with progress; a broken connection resumes where it stopped
- * (an HTTP Range request), a few times, and then fails with a clear message. */
-async function download(url, total, sink, onBytes) {
-  let got = 0;
-  for (let attempt = 0; ; attempt++) {
-    let net;
-    try {
-      net = await fetch(url, got ? { headers: { range: `bytes=${got}-` } } : {});
-    } catch (e) {
-      if (attempt < 4) { await new Promise((r) => setTimeout(r, 500 * 2 ** attempt)); continue; }
-      throw new Error(`${url}: the download failed (${e.message}); reload the page to try again`);
-    }
-    if (!net.ok) throw new Error(`${url}: HTTP ${net.status} (is the model there? run \`realm-web pull\`)`);
-    if (got && net.status !== 206) throw new Error(`${url}: the server cannot resume a download (no Range support); reload the page to try again`);
-    const reader = net.body.getReader();
-    try {
-      for (;;) {
-        const { done, value } = await reader.read();
-        if (done) break;
-        sink(value);
-        got += value.length;
-        onBytes(got, total);
-      }
-    } catch (e) {
-      if (attempt < 4) { post({ progress: { stage: "download", got, total, text: `connection lost at ${got} bytes: resuming` } }); continue; }
-      throw new Error(`${url}: the download broke off at ${got} of ${total} bytes (${e.message}); reload the page to resume`);
-    }
-    if (got !== total) throw new Error(`${url}: got ${got} of ${total} bytes; reload the page to try again`);
-    return got;
-  }
-}
-
 /** A packed export (realm_web/export/packed.py): the graph, and its fp32 weights expanded here
  * from the GGUF's blocks as they arrive, then kept in the Cache API (a reload reads them back). */
 async function packedModel(modelUrl, p) {
@@ -94,8 +63,10 @@ async function packedModel(modelUrl, p) {
   }
   const ex = new PackedExpander(p.blocksBytes);
   const t0 = performance.now();
-  await download(`${modelUrl}/${p.blocks}`, p.blocksBytes, (c) => ex.push(c), (got, total) =>
-    post({ progress: { stage: "download", got, total, file: p.blocks, seconds: (performance.now() - t0) / 1000 } }));
+  await download(`${modelUrl}/${p.blocks}`, p.blocksBytes, (c) => ex.push(c), {
+    onBytes: (got, total) => post({ progress: { stage: "download", got, total, file: p.blocks, seconds: (performance.now() - t0) / 1000 } }),
+    onRetry: (got) => post({ progress: { stage: "download", got, total: p.blocksBytes, text: `connection lost at ${got} bytes: resuming` } }),
+    fail: (m, e) => new Error(m.replace(/try again$/, "reload the page to try again"), { cause: e }) });
   post({ progress: { stage: "expand", text: "expanding the weights" } });
   const weights = ex.finish();
   let stored = true;

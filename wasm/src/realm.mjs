@@ -273,7 +273,9 @@ export class Realm {
     if (!fs.existsSync(file)) throw fail("model_not_found", `${file}: missing (named by realm.json)`);
     const bytesOrPath = (f) => engine === "native" ? f : new Uint8Array(fs.readFileSync(f));
     const loraFile = cfg.lora ? path.join(modelDir, cfg.lora.file) : null;
-    const sources = loraFile && fs.existsSync(loraFile) ? { lora: async () => bytesOrPath(loraFile) } : {};
+    const lazyLora = mirror && loraFile && !usePacked; // a URL model's LoRA twin: fetched when an adapter first runs
+    const sources = lazyLora ? { lora: async () => { await mirror.fetchFile(cfg.lora.file, cfg.lora.bytes); return bytesOrPath(loraFile); } }
+      : loraFile && fs.existsSync(loraFile) ? { lora: async () => bytesOrPath(loraFile) } : {};
     if (sources.lora && cfg.externalData) {  // read the weights again for the LoRA twin, not kept meanwhile
       const p = cfg.packed;
       sources.externalData = async () => [{ path: p.weights, data: new Uint8Array(fs.readFileSync(path.join(modelDir, p.weights))) }];

@@ -6,6 +6,7 @@
 import crypto from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
+import { download } from "./download.mjs";
 import { PackedExpander } from "./packed.mjs";
 
 const SMALL_FILES = ["realm.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"];
@@ -14,34 +15,6 @@ async function get(url, fail) {
   let r;
   try { r = await fetch(url); } catch (e) { throw fail("model_not_found", `${url}: ${e.cause?.message || e.message}`, e); }
   return r;
-}
-
-/** Stream `url` to `sink(chunk)`; a broken connection resumes with a Range request (a few times). */
-async function stream(url, total, sink, onBytes, fail) {
-  let got = 0;
-  for (let attempt = 0; ; attempt++) {
-    let r;
-    try { r = await fetch(url, got ? { headers: { range: `bytes=${got}-` } } : {}); }
-    catch (e) {
-      if (attempt < 4) { await new Promise((res) => setTimeout(res, 500 * 2 ** attempt)); continue; }
-      throw fail("model_not_found", `${url}: the download failed (${e.cause?.message || e.message})`, e);
-    }
-    if (!r.ok) throw fail("model_not_found", `${url}: HTTP ${r.status}`);
-    if (got && r.status !== 206) throw fail("model_not_found", `${url}: the server cannot resume a download (no Range support)`);
-    try {
-      for await (const chunk of r.body) {
-        const c = chunk instanceof Uint8Array ? chunk : new Uint8Array(chunk);
-        sink(c);
-        got += c.length;
-        onBytes?.(got, total);
-      }
-    } catch (e) {
-      if (attempt < 4) continue;
-      throw fail("model_not_found", `${url}: the download broke off at ${got} of ${total} bytes`, e);
-    }
-    if (got !== total) throw fail("model_not_found", `${url}: got ${got} of ${total} bytes`);
-    return;
-  }
 }
 
 function writeAtomic(file, data) {
@@ -94,29 +67,30 @@ export class Mirror {
    * weights file (when `packed`), else the graph file itself; then write realm.json. */
   async fetchWeights(cfg, { packed = true, onProgress = null } = {}) {
     const { base, dir, fail } = this;
+    const bad = (message, cause) => fail("model_not_found", message, cause);
     const have = (f, n) => fs.existsSync(path.join(dir, f)) && fs.statSync(path.join(dir, f)).size === n;
     const fetchFile = async (f, n) => {
       if (have(f, n)) return;
       const chunks = [];
-      await stream(`${base}/${f}`, n, (c) => chunks.push(c), (got, total) => onProgress?.({ stage: "download", file: f, got, total }), fail);
+      await download(`${base}/${f}`, n, (c) => chunks.push(c), { onBytes: (got, total) => onProgress?.({ stage: "download", file: f, got, total }), fail: bad });
       writeAtomic(path.join(dir, f), Buffer.concat(chunks));
       this.downloaded += n;
     };
+    this.fetchFile = fetchFile; // the LoRA twin of a plain export is fetched when an adapter first runs
     const p = packed ? cfg.packed : null;
     if (p) {
       await fetchFile(p.file, p.bytes);
       if (p.loraFile) await fetchFile(p.loraFile, p.loraBytes);
       if (!have(p.weights, p.weightsBytes)) {
         const ex = new PackedExpander(p.blocksBytes);
-        await stream(`${base}/${p.blocks}`, p.blocksBytes, (c) => ex.push(c),
-                     (got, total) => onProgress?.({ stage: "download", file: p.blocks, got, total }), fail);
+        await download(`${base}/${p.blocks}`, p.blocksBytes, (c) => ex.push(c),
+                       { onBytes: (got, total) => onProgress?.({ stage: "download", file: p.blocks, got, total }), fail: bad });
         onProgress?.({ stage: "expand", file: p.weights });
         writeAtomic(path.join(dir, p.weights), ex.finish());
         this.downloaded += p.blocksBytes;
       }
     } else {
       await fetchFile(cfg.file, cfg.bytes);
-      if (cfg.lora) await fetchFile(cfg.lora.file, cfg.lora.bytes);
     }
     if (!this.same) writeAtomic(path.join(dir, "realm.json"), this.manifestText); // last: the mirror is complete
     return { packed: !!p };

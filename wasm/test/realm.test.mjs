@@ -190,6 +190,14 @@ describe("a model from a URL (Node): the packed download, mirrored", () => {
         assert.equal(again.info.packed, true);
         assert.deepEqual((await again.generate(PROMPTS[0], { maxTokens: MAX })).tokenIds, REF.fp32.greedy[0].tokenIds);
       } finally { await again.close(); }
+      // the native engine from the same URL: its export (int4) has no packed form, so its file is fetched whole
+      seen.length = 0;
+      const native = await Realm.load({ model: url, engine: "native", wheel: WHEEL });
+      try {
+        assert.equal(native.info.packed, false);
+        assert.ok(seen.some(([n]) => n === m.variants[native.info.dtype].file));
+        assert.deepEqual((await native.generate(PROMPTS[0], { maxTokens: MAX })).tokenIds, REF[native.info.dtype].greedy[0].tokenIds);
+      } finally { await native.close(); }
       await assert.rejects(Realm.load({ model: `${url}/nothing-here`, wheel: WHEEL }), (e) => e.code === "model_not_found" && /HTTP 404/.test(e.message));
     } finally {
       if (prev === undefined) delete process.env.REALM_WEB_HOME; else process.env.REALM_WEB_HOME = prev;
