@@ -1,0 +1,99 @@
+// realm-web's bridge (wasm/src/bridge.mjs, the very one the browser tab runs) on WebGPU in Node:
+// dawn.node (npm `webgpu`) as navigator.gpu + onnxruntime-web's WebGPU build, driven by hand-made
+// step plans (the step contract the Python core sends): a prompt in 16-token chunks, then batch-1
+// greedy decode steps. Reports per-step time, the first process-wide step (shader compilation) and
+// the tokens, as JSON. Run on the lent H200 by bench/webgpu_node.sh (next to ../shared/webgpu's
+// raw decode loop, the anchor in the same run):
+//   node webgpu_node.mjs BRIDGE_MJS CFG_JSON MODEL_DIR OUT_JSON [STEPS]
+import fs from "node:fs";
+import path from "node:path";
+
+const [bridgePath, cfgPath, modelDir, outPath, stepsArg] = process.argv.slice(2);
+const STEPS = Number(stepsArg || 64);
+const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+const r3 = (x) => Math.round(x * 1000) / 1000;
+const result = { node: process.version };
+
+// navigator.gpu from dawn.node, with the fixes ../shared/webgpu/README.md lists (f16 on NVIDIA
+// Vulkan; writeBuffer of SharedArrayBuffer views copied first)
+const { create, globals } = await import("webgpu");
+Object.assign(globalThis, globals);
+const gpu = create((process.env.DAWN_OPTS ?? "enable-dawn-features=vulkan_enable_f16_on_nvidia").split(" ").filter(Boolean));
+const patchQueue = (proto) => {
+  if (!proto || proto.__sabPatched) return;
+  const wb = proto.writeBuffer;
+  proto.writeBuffer = function (...a) {
+    const d = a[2];
+    if (d instanceof SharedArrayBuffer) a[2] = new Uint8Array(d).slice().buffer;
+    else if (ArrayBuffer.isView(d) && d.buffer instanceof SharedArrayBuffer) a[2] = d.slice();
+    return wb.apply(this, a);
+  };
+  proto.__sabPatched = true;
+};
+patchQueue(globalThis.GPUQueue?.prototype);
+const reqAdapter = gpu.requestAdapter.bind(gpu);
+gpu.requestAdapter = async (o) => {
+  const ad = await reqAdapter(o);
+  if (ad) { const rd = ad.requestDevice.bind(ad); ad.requestDevice = async (d) => { const dev = await rd(d); patchQueue(Object.getPrototypeOf(dev.queue)); return dev; }; }
+  return ad;
+};
+Object.defineProperty(globalThis, "navigator", { value: { gpu }, configurable: true, writable: true });
+const adapter = await gpu.requestAdapter({ powerPreference: "high-performance" });
+result.adapter = adapter ? { vendor: adapter.info.vendor, device: adapter.info.device } : null;
+
+const ort = await import("onnxruntime-web/webgpu");
+ort.env.wasm.numThreads = 1;
+ort.env.logLevel = "warning";
+const { Bridge } = await import(path.resolve(bridgePath));
+const cfg = JSON.parse(fs.readFileSync(cfgPath, "utf8"));
+const t0 = performance.now();
+const bridge = await Bridge.create(ort, new Uint8Array(fs.readFileSync(path.join(modelDir, cfg.file))), { ...cfg, backend: "webgpu" });
+result.load_s = r3((performance.now() - t0) / 1000);
+result.dtype = cfg.dtype;
+
+const GREEDY = { temperature: 0, top_k: 0, top_p: 1, min_p: 0, repetition_penalty: 1, logprobs: false, top_logprobs: 0 };
+const PROMPT = [1, 9690, 198, 2683, 359, 253, 5356, 5646, 11173, 3365, 3511, 308, 34519, 28, 7018, 411, 407, 19712, 8182, 2];
+let nextId = 1;
+
+async function generate() {
+  const id = nextId++;
+  const times = [], tokens = [];
+  let start = 0, first = true;
+  const width = JSON.parse(bridge.capabilities()).prefill_width || PROMPT.length;
+  for (let at = 0; at < PROMPT.length; at += width) {  // the prompt in chunks, a sample at its end
+    const chunk = PROMPT.slice(at, at + width), last = at + width >= PROMPT.length;
+    const plan = { seqs: [[id, 0, start, chunk, last ? 1 : 0, []]], ...(first ? { new: [{ id, slot: 0, sampling: GREEDY, adapter: null, entry: 0 }] } : {}) };
+    first = false;
+    const t = performance.now();
+    const out = JSON.parse(await bridge.step(JSON.stringify(plan)));
+    times.push(performance.now() - t);
+    start += chunk.length;
+    if (last) tokens.push(out.tokens[id][0]);
+  }
+  const prefill = times.reduce((a, b) => a + b, 0);
+  const dec = [];
+  for (let k = 0; k < STEPS; k++) {
+    const plan = { seqs: [[id, 0, start, [tokens[tokens.length - 1]], 1, []]] };
+    const t = performance.now();
+    const out = JSON.parse(await bridge.step(JSON.stringify(plan)));
+    dec.push(performance.now() - t);
+    start += 1;
+    tokens.push(out.tokens[id][0]);
+  }
+  await bridge.step(JSON.stringify({ seqs: [], released: [id] }));
+  return { prefill_ms: prefill, decode: dec, tokens };
+}
+
+const warm = await generate();  // the first: shader compilation
+const run = await generate();
+result.first_run = { prefill_ms: r3(warm.prefill_ms), first_decode_ms: r3(warm.decode[0]), decode_median_ms: r3(median(warm.decode)) };
+result.prefill_ms = r3(run.prefill_ms);
+result.decode_median_ms = r3(median(run.decode));
+result.decode_mean_ms = r3(run.decode.reduce((a, b) => a + b, 0) / run.decode.length);
+result.tok_s = r3(1000 / result.decode_median_ms);
+result.tokens = run.tokens;
+result.same_tokens_both_runs = JSON.stringify(run.tokens) === JSON.stringify(warm.tokens);
+result.bridge_timings = bridge.timings;
+console.log(JSON.stringify(result));
+fs.writeFileSync(outPath, JSON.stringify(result, null, 1));
+process.exit(0);
