@@ -38,12 +38,30 @@ gpu.requestAdapter = async (o) => {
   return ad;
 };
 Object.defineProperty(globalThis, "navigator", { value: { gpu }, configurable: true, writable: true });
+// what a step asks of the GPU: compute dispatches, queue submissions, buffer readbacks (mapAsync:
+// each one waits for the GPU), buffer writes; counted on dawn.node's prototypes
+const calls = { dispatchWorkgroups: 0, submit: 0, mapAsync: 0, writeBuffer: 0, createBindGroup: 0 };
+const count = (proto, name) => {
+  const f = proto?.[name];
+  if (typeof f !== "function") return;
+  proto[name] = function (...a) { calls[name] += 1; return f.apply(this, a); };
+};
+count(globalThis.GPUComputePassEncoder?.prototype, "dispatchWorkgroups");
+count(globalThis.GPUQueue?.prototype, "submit");
+count(globalThis.GPUQueue?.prototype, "writeBuffer");
+count(globalThis.GPUBuffer?.prototype, "mapAsync");
+count(globalThis.GPUDevice?.prototype, "createBindGroup");
 const adapter = await gpu.requestAdapter({ powerPreference: "high-performance" });
 result.adapter = adapter ? { vendor: adapter.info.vendor, device: adapter.info.device } : null;
 
 const ort = await import("onnxruntime-web/webgpu");
 ort.env.wasm.numThreads = 1;
 ort.env.logLevel = "warning";
+// PROFILE=1: onnxruntime-web's per-kernel GPU timestamps (timestamp-query), summed per decode step,
+// to tell GPU time from per-dispatch and host cost
+const events = [];
+let recording = false;
+if (process.env.PROFILE) ort.env.webgpu.profiling = { mode: "default", ondata: (d) => { if (recording) events.push(d); } };
 const { Bridge } = await import(path.resolve(bridgePath));
 const cfg = JSON.parse(fs.readFileSync(cfgPath, "utf8"));
 const t0 = performance.now();
@@ -85,7 +103,29 @@ async function generate() {
 }
 
 const warm = await generate();  // the first: shader compilation
+recording = true;
+const before = { ...calls };
 const run = await generate();
+recording = false;
+const runsPerGen = STEPS + Math.ceil(PROMPT.length / 16);
+result.gpu_calls_per_run = Object.fromEntries(Object.entries(calls).map(([k, v]) => [k, r3((v - before[k]) / runsPerGen)]));
+if (process.env.PROFILE && events.length) {
+  const ns = (x) => Number(x);
+  const byType = {};
+  let busy = 0;
+  for (const e of events) {
+    const dt = (ns(e.endTime) - ns(e.startTime)) / 1e6;
+    busy += dt;
+    const k = (byType[e.kernelType] ??= { count: 0, ms: 0 });
+    k.count += 1;
+    k.ms += dt;
+  }
+  const runs = STEPS + Math.ceil(PROMPT.length / 16);
+  result.profile = { dispatches: events.length, dispatches_per_run: r3(events.length / runs),
+                     gpu_ms_per_run: r3(busy / runs), wall_ms_per_decode_step: r3(median(run.decode)),
+                     by_kernel: Object.fromEntries(Object.entries(byType).sort((a, b) => b[1].ms - a[1].ms)
+                       .map(([k, v]) => [k, { per_run: r3(v.count / runs), ms_per_run: r3(v.ms / runs) }])) };
+}
 result.first_run = { prefill_ms: r3(warm.prefill_ms), first_decode_ms: r3(warm.decode[0]), decode_median_ms: r3(median(warm.decode)) };
 result.prefill_ms = r3(run.prefill_ms);
 result.decode_median_ms = r3(median(run.decode));
