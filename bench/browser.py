@@ -300,6 +300,8 @@ def download_sample(p: Any, site: str, packed: bool, threads: int) -> dict[str, 
             out[f"{name}_from_cache"] = info.get("fromCache")
             if info.get("expandMs") is not None:
                 out[f"{name}_expand_ms"] = round(info["expandMs"], 1)
+            for k, v in (info.get("stages") or {}).items():  # worker seconds at the end of each stage
+                out[f"{name}_{k}"] = round(v, 3)
             phase[0] += 1
         out["file"], out["packed"] = info.get("file"), info.get("packed")
         ctx.close()

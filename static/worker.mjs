@@ -47,6 +47,12 @@ async function cachedFetch(url, onBytes) {
   return { bytes: buf, fromCache };
 }
 
+/** realm.json's `packed` entry in the names the core's bridge config gives it (ort_web.bridge_config). */
+function packedFacts(p) {
+  return { file: p.file, bytes: p.bytes, blocks: p.blocks, blocksBytes: p.blocks_bytes, weights: p.weights,
+           weightsBytes: p.weights_bytes, loraFile: p.lora_file ?? null, loraBytes: p.lora_bytes ?? 0 };
+}
+
 /** A packed export (realm_web/export/packed.py): the graph, and its fp32 weights expanded here
  * from the GGUF's blocks as they arrive, then kept in the Cache API (a reload reads them back). */
 async function packedModel(modelUrl, p) {
@@ -69,17 +75,16 @@ async function packedModel(modelUrl, p) {
     fail: (m, e) => new Error(m.replace(/try again$/, "reload the page to try again"), { cause: e }) });
   post({ progress: { stage: "expand", text: "expanding the weights" } });
   const weights = ex.finish();
-  let stored = true;
-  try {
-    await cache.put(weightsUrl, new Response(weights, { headers: { "content-type": "application/octet-stream",
-                                                                    "content-length": String(weights.length) } }));
-  } catch (e) {
-    stored = false;
-    post({ progress: { stage: "cache", text: `not stored (${e.message}); the next visit downloads again` } });
-  }
+  // stored while the session is made (init awaits `stored` before it answers); until then, and if the
+  // store fails, the weights are held here for the LoRA twin
+  let held = weights;
+  const stored = cache.put(weightsUrl, new Response(weights, { headers: { "content-type": "application/octet-stream",
+                                                                          "content-length": String(weights.length) } }))
+    .then(() => { held = null; return true; },
+          (e) => { post({ progress: { stage: "cache", text: `not stored (${e.message}); the next visit downloads again` } }); return false; });
   return { graph: graph.bytes, weights, fromCache: false, wire: p.blocksBytes + (graph.fromCache ? 0 : graph.bytes.length),
-           expandMs: ex.expandMs, downloadSeconds: (performance.now() - t0) / 1000,
-           again: stored ? again : async () => [{ path: p.weights, data: weights }] };
+           expandMs: ex.expandMs, downloadSeconds: (performance.now() - t0) / 1000, stored,
+           again: async () => (held ? [{ path: p.weights, data: held }] : again()) };
 }
 
 async function init({ modelUrl, backend, threads = 2, dtype = null, speculative = null, packed = true, prefixCaching = true }) {
@@ -92,32 +97,47 @@ async function init({ modelUrl, backend, threads = 2, dtype = null, speculative 
   const ort = await import(backend === "webgpu" ? "./ort/ort.webgpu.min.mjs" : "./ort/ort.wasm.min.mjs");
   ort.env.wasm.wasmPaths = new URL("./ort/", import.meta.url).href;
   ort.env.wasm.numThreads = self.crossOriginIsolated ? threads : 1;
+  // realm.json first: a packed export's weights download and expand while Python starts (they do
+  // not depend on it); the variant is the one realm.json names for this backend, as the core's
+  // Manifest.variant_for picks it, and the core's own answer is checked against it below
+  const manifestResp = await fetch(`${modelUrl}/realm.json`);
+  if (!manifestResp.ok) throw new Error(`no model at ${modelUrl} (HTTP ${manifestResp.status}): run \`realm-web pull\``);
+  const manifestBytes = new Uint8Array(await manifestResp.arrayBuffer());
+  const variants = Object.values(JSON.parse(new TextDecoder().decode(manifestBytes)).variants || {});
+  const chosen = dtype ? variants.find((v) => v.dtype === dtype) : variants.find((v) => (v.preferred_by || []).includes(backend)) || variants[0];
+  const early = packed && chosen?.packed ? packedFacts(chosen.packed) : null;
+  const weightsReady = early ? packedModel(modelUrl, early) : null;
+  weightsReady?.catch(() => {}); // awaited below; a failure is reported there
   post({ progress: { stage: "python", text: "starting Python" } });
   py = await loadPyodide({ indexURL: new URL("./pyodide/", import.meta.url).href });
   const wheelName = await (await fetch("./realm/wheel.txt")).text();
   py.unpackArchive(new Uint8Array(await (await fetch(`./realm/${wheelName.trim()}`)).arrayBuffer()), "wheel");
   py.FS.mkdirTree("/model");
-  for (const f of MODEL_FILES) {
+  py.FS.writeFile("/model/realm.json", manifestBytes);
+  for (const f of MODEL_FILES.slice(1)) {
     const r = await fetch(`${modelUrl}/${f}`);
     if (r.ok) py.FS.writeFile(`/model/${f}`, new Uint8Array(await r.arrayBuffer()));
-    else if (f === "realm.json") throw new Error(`no model at ${modelUrl} (HTTP ${r.status}): run \`realm-web pull\``);
   }
   web = py.pyimport("realm_web.web");
   const cfg = JSON.parse(web.config("/model", backend, dtype));
+  const stages = { python_s: (performance.now() - t0) / 1000 }; // seconds since init began, at each stage's end
   const usePacked = packed && cfg.packed;
-  let bytes, fromCache, wire = 0, timing = {}, externalData = null, weightsAgain = null;
+  if (usePacked && (!early || early.file !== cfg.packed.file)) throw new Error(`realm.json's ${backend} export is not the one the core picked`);
+  let bytes, fromCache, wire = 0, timing = {}, externalData = null, weightsAgain = null, storing = null;
   if (usePacked) {
-    const m = await packedModel(modelUrl, cfg.packed);
+    const m = await weightsReady;
     ({ fromCache, wire } = m);
     bytes = m.graph;
     externalData = [{ path: cfg.packed.weights, data: m.weights }];
     weightsAgain = m.again;
+    storing = m.stored;
     timing = { expandMs: m.expandMs ?? null, downloadSeconds: m.downloadSeconds ?? null };
   } else {
     ({ bytes, fromCache } = await cachedFetch(`${modelUrl}/${cfg.file}`, (got, total) =>
       post({ progress: { stage: "download", got, total: total || cfg.bytes, file: cfg.file } })));
     wire = fromCache ? 0 : bytes.length;
   }
+  stages.weights_s = (performance.now() - t0) / 1000;
   const file = usePacked ? cfg.packed.file : cfg.file;
   post({ progress: { stage: "session", text: `loading ${file} on ${backend}` } });
   // The LoRA-capable twin of the export, downloaded (and cached) when the first adapter runs;
@@ -134,6 +154,9 @@ async function init({ modelUrl, backend, threads = 2, dtype = null, speculative 
     throw new Error(`could not load the model on ${backend}: ${e.message || e}` +
                     (/memory|alloc/i.test(String(e)) ? " (out of memory: try WASM or a smaller export)" : ""));
   }
+  stages.session_s = (performance.now() - t0) / 1000;
+  if (storing) await storing; // the expanded weights are in the Cache API before the page is ready
+  stages.stored_s = (performance.now() - t0) / 1000;
   // The prompt chunk is the engine's to say (the bridge's capabilities: 16 tokens on WebGPU).
   info = { ...JSON.parse(web.start("/model", bridge, JSON.stringify({ maxSlots: 2, maxTokensPerStep: 256, backend,
                                                                       dtype: cfg.dtype, maxLoras: MAX_LORAS, prefixCaching,
@@ -141,7 +164,7 @@ async function init({ modelUrl, backend, threads = 2, dtype = null, speculative 
                                                                         ? JSON.parse(speculative) : speculative }))), ...cfg,
            threads: ort.env.wasm.numThreads, crossOriginIsolated: self.crossOriginIsolated, fromCache,
            packed: !!usePacked, file, wireBytes: wire, ...timing,
-           loadSeconds: (performance.now() - t0) / 1000 };
+           stages, loadSeconds: (performance.now() - t0) / 1000 };
   return info;
 }
 
