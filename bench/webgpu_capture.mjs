@@ -6,7 +6,9 @@
 // 2026-12-02 on the lent H200: without external buffers, "External buffer must be provided for
 // input/output index 0 when enableGraphCapture is true"; with them, dawn.node 0.6.2's createBindGroup
 // refuses entry 6 ("no possible types matched while converting member 'resource'": its buffer is not a
-// GPUBuffer), still to be found (an int64 input? an optional one?).
+// GPUBuffer). Likely: GroupQueryAttention's seqlens_k / total_sequence_length come from ops onnxruntime
+// runs on the CPU (ReduceSum of the int64 mask, Cast, Shape -> Gather), which a captured graph cannot
+// have; a capturable graph would take both as int32 GPU inputs.
 import fs from "node:fs";
 const { create, globals } = await import("webgpu");
 Object.assign(globalThis, globals);
