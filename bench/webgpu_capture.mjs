@@ -1,14 +1,4 @@
-// Probe (work in progress, issue 16): can onnxruntime-web's WebGPU EP capture our decoder's decode
-// step as a graph on dawn.node? Every step fed one token with static shapes (mask width T, KV buffers
-// of T positions shared by past and present, all inputs and outputs external GPU buffers), as graph
-// capture requires. Prints {ok, first_ms, median_ms, tokens} or the error it meets.
-//   node webgpu_capture.mjs MODEL_DIR   (with ../shared/webgpu's setup: dawn.node + onnxruntime-web 1.30)
-// 2026-12-02 on the lent H200: without external buffers, "External buffer must be provided for
-// input/output index 0 when enableGraphCapture is true"; with them, dawn.node 0.6.2's createBindGroup
-// refuses entry 6 ("no possible types matched while converting member 'resource'": its buffer is not a
-// GPUBuffer). Likely: GroupQueryAttention's seqlens_k / total_sequence_length come from ops onnxruntime
-// runs on the CPU (ReduceSum of the int64 mask, Cast, Shape -> Gather), which a captured graph cannot
-// have; a capturable graph would take both as int32 GPU inputs.
+// probe: can onnxruntime-web's WebGPU EP capture our decoder's decode step as a graph?
 import fs from "node:fs";
 const { create, globals } = await import("webgpu");
 Object.assign(globalThis, globals);
@@ -39,7 +29,7 @@ ort.env.wasm.numThreads = 1;
 const dir = process.argv[2];
 const man = JSON.parse(fs.readFileSync(dir + "/realm.json", "utf8"));
 const a = man.architecture, L = a.num_layers, kvh = a.num_kv_heads, hd = a.head_dim;
-const model = new Uint8Array(fs.readFileSync(dir + "/model_fp16.onnx"));
+const model = new Uint8Array(fs.readFileSync(process.argv[3] || dir + "/model_fp16.onnx"));
 const out = {};
 const T = 64, V = a.vocab_size;
 const s = await ort.InferenceSession.create(model, { executionProviders: ["webgpu"], graphOptimizationLevel: "all", enableGraphCapture: true });
@@ -50,6 +40,9 @@ const gpuT = (type, dims, bytesPer) => { const n = dims.reduce((x, y) => x * y, 
 const [ids, idsB] = gpuT("int64", [1, 1], 8), [mask, maskB] = gpuT("int64", [1, T], 8), [li, liB] = gpuT("int64", [1, 1], 8);
 const [logits, logitsB] = gpuT("float16", [1, 1, V], 2);
 const feeds = { input_ids: ids, attention_mask: mask, logits_index: li }, fetches = { logits };
+const direct = s.inputNames.includes("seqlens_k");  // the surgery's graph: GQA's lengths fed directly
+const [sk, skB] = gpuT("int32", [1], 4), [tl, tlB] = gpuT("int32", [], 4);
+if (direct) { feeds.seqlens_k = sk; feeds.total_seq_len = tl; if (!s.inputNames.includes("attention_mask")) delete feeds.attention_mask; }
 for (let i = 0; i < L; i++) for (const kv of ["key", "value"]) {
   const [t] = gpuT("float16", [1, kvh, T, hd], 2);
   feeds[`past_key_values.${i}.${kv}`] = t; fetches[`present.${i}.${kv}`] = t;  // one buffer: past and present share it
@@ -70,6 +63,7 @@ try {
     write(idsB, [pos < prompt.length ? prompt[pos] : tok]);
     write(maskB, Array.from({ length: T }, (_, i) => (i <= pos ? 1 : 0)));
     write(liB, [0]);
+    if (direct) { dev.queue.writeBuffer(skB, 0, Int32Array.from([pos])); dev.queue.writeBuffer(tlB, 0, Int32Array.from([T])); }
     const t = performance.now();
     await s.run(feeds, fetches);
     const h = await readLogits();
@@ -78,7 +72,7 @@ try {
     if (pos >= prompt.length - 1) toks.push(tok);
   }
   const m = [...times.slice(5)].sort((x, y) => x - y);
-  out.capture = { ok: true, first_ms: times.slice(0, 3), median_ms: m[Math.floor(m.length / 2)], tokens: toks };
+  out.capture = { ok: true, direct, first_ms: times.slice(0, 3), median_ms: m[Math.floor(m.length / 2)], tokens: toks };
 } catch (e) { out.capture = { ok: false, error: String(e.message || e).slice(0, 1500) }; }
 console.log(JSON.stringify(out, null, 1));
 process.exit(0);
