@@ -13,6 +13,9 @@ import pytest
 
 from realm_web import LLM, load_manifest
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_llm import CHAT_TURNS, chat_turns  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 WASM = ROOT / "wasm"
 PROMPTS = ["What is the capital of France?", "Write a haiku about the sea."]
@@ -48,8 +51,19 @@ const constrained = [];
 for (const o of CONSTRAINED) constrained.push(await realm.generate(JSON.parse(prompts)[0], o));
 let refused = null;
 try { await realm.generate("x", { jsonSchema: { type: "integer", multipleOf: 3 } }); } catch (e) { refused = { code: e.code, message: e.message }; }
-console.log(JSON.stringify({ info: realm.info, out, streamed, deltas, seeded, constrained, refused }));
 await realm.close();
+// a multi-turn chat with prefix caching: each turn sends the conversation so far
+const chatRealm = await Realm.load({ model: modelDir, wheel, engine: "wasm", threads: 1, prefixCaching: true });
+const msgs = [], chat = [];
+for (const t of %s) {
+  msgs.push({ role: "user", content: t });
+  const c = await chatRealm.generate(msgs, { maxTokens: 32 });
+  chat.push(c.tokenIds);
+  msgs.push({ role: "assistant", content: c.text });
+}
+const chatStats = chatRealm.stats().prefix;
+await chatRealm.close();
+console.log(JSON.stringify({ info: realm.info, out, streamed, deltas, seeded, constrained, refused, chat, chatStats }));
 """
 
 
@@ -61,7 +75,7 @@ def node_run(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     wheel = subprocess.run([sys.executable, str(ROOT / "tools" / "build_core_wheel.py"), "--out", str(tmp)],
                            check=True, capture_output=True, text=True).stdout.strip()
     script = tmp / "run.mjs"
-    script.write_text(SCRIPT % ((WASM / "src" / "index.mjs").as_posix(), json.dumps(CONSTRAINED)))
+    script.write_text(SCRIPT % ((WASM / "src" / "index.mjs").as_posix(), json.dumps(CONSTRAINED), json.dumps(CHAT_TURNS)))
     r = subprocess.run(["node", str(script), str(model_dir), wheel, json.dumps(PROMPTS), json.dumps(SEEDED)],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -114,3 +128,12 @@ def test_node_wasm_constrained_outputs_equal_native(node_run: dict, model_dir: P
             assert [[t for t, _ in row] for row in got["topLogprobs"]] == [[t for t, _ in row] for row in c.top_logprobs or []]
     assert json.loads(node_run["constrained"][0]["text"])["age"] >= 0
     assert node_run["refused"]["code"] == "bad_option" and "multipleOf" in node_run["refused"]["message"]
+
+
+def test_node_wasm_prefix_caching_chat_equals_native(node_run: dict, model_dir: Path) -> None:  # type: ignore[type-arg]
+    """Node's `prefixCaching`: each turn after the first reuses the conversation's cache, and the
+    turns' tokens equal the native engine's with prefix caching over the same turns."""
+    want = chat_turns(LLM(model_dir, dtype=node_run["info"]["dtype"], max_slots=2, max_length=1024, prefix_caching=True))
+    assert node_run["chat"] == want
+    st = node_run["chatStats"]
+    assert st["hits"] == len(CHAT_TURNS) - 1 and st["cached_tokens"] > st["prompt_tokens"] / 2, st
