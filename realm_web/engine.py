@@ -514,7 +514,8 @@ class LLM:
         spec = s.speculative
         return ServiceStats(running=len(s.running), waiting=len(s.waiting), kv_used=s.kv_used(),
                             kv_capacity=s.kv_capacity, speculative_method=spec.method if spec else None,
-                            speculative=dict(s.spec_stats) if spec else None)
+                            speculative=dict(s.spec_stats) if spec else None,
+                            prefix_cache=dict(s.prefix_stats) if s.prefix_caching else None)
 
     def waiting(self, request_ids: Sequence[int]) -> int:
         reqs = self.scheduler.requests

@@ -36,6 +36,7 @@ class ServiceStats:
     kv_capacity: int
     speculative_method: str | None = None  # speculative decoding in force, if any
     speculative: dict[str, int] | None = None  # its counters: verify_steps, draft/accepted/emitted_tokens
+    prefix_cache: dict[str, int] | None = None  # with prefix caching: hits, cached_tokens, prompt_tokens
 
 
 Sink = Callable[[RequestOutput], None]

@@ -172,3 +172,34 @@ def test_speculative_server_answers_as_plain_and_counts(model_dir, method) -> No
     assert st["accepted_tokens"] > 0
     assert f'realm_spec_accepted_tokens_total{{method="{method}"}} {float(st["accepted_tokens"])}' in metrics
     assert f'realm_spec_mean_accepted_length{{method="{method}"}}' in metrics
+
+
+def test_prefix_caching_server_reuses_a_conversation_and_counts(model_dir) -> None:  # type: ignore[no-untyped-def]
+    """The real app over an LLM with prefix caching: the second turn of a chat over HTTP starts past
+    the first turn's cache (the same answer as without it, fp32), and /metrics counts the hit."""
+    import time
+
+    from starlette.testclient import TestClient
+
+    from realm_web import LLM
+    from realm_web.server import app as app_module
+
+    turn1 = [{"role": "user", "content": "What is the capital of France?"}]
+    llm = LLM(model_dir, dtype="fp32", max_slots=2, max_length=512, prefix_caching=True)
+    plain = LLM(model_dir, dtype="fp32", max_slots=2, max_length=512)
+    with TestClient(app_module.create_app(lambda: llm)) as client:
+        for _ in range(100):
+            if client.get("/health").status_code == 200:
+                break
+            time.sleep(0.1)
+        model = client.get("/v1/models").json()["data"][0]["id"]
+        a1 = client.post("/v1/chat/completions", json={"model": model, "messages": turn1, "max_tokens": 16, "temperature": 0}).json()
+        turn2 = turn1 + [{"role": "assistant", "content": a1["choices"][0]["message"]["content"]},
+                         {"role": "user", "content": "And of Italy?"}]
+        a2 = client.post("/v1/chat/completions", json={"model": model, "messages": turn2, "max_tokens": 16, "temperature": 0}).json()
+        metrics = client.get("/metrics").text
+    assert a2["choices"][0]["message"]["content"] == plain.generate([turn2], max_tokens=16)[0].text  # type: ignore[list-item]
+    st = llm.scheduler.prefix_stats
+    assert st["hits"] >= 1 and st["cached_tokens"] > 0
+    assert f"realm_prefix_cache_hits_total {float(st['hits'])}" in metrics
+    assert f"realm_prefix_cache_tokens_total {float(st['cached_tokens'])}" in metrics

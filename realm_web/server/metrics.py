@@ -46,6 +46,7 @@ class Metrics:
     def watch(self, stats: Callable[[], ServiceStats], adapters: Callable[[], list[str]] | None = None) -> None:
         """Read the live gauges from the model's stats at each scrape."""
         self.registry.register(_Speculative(stats))
+        self.registry.register(_PrefixCache(stats))
         if adapters is not None:
             self.adapters_loaded.set_function(lambda: len(adapters()))
         self.running.set_function(lambda: stats().running)
@@ -65,6 +66,25 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _PrefixCache(Collector):
+    """Prefix caching: requests that found their prompt's beginning cached, the prompt tokens that
+    saved, and all prompt tokens admitted (the hit rate is cached / prompt tokens)."""
+
+    def __init__(self, stats: Callable[[], ServiceStats]) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        p = self.stats().prefix_cache
+        if p is None:
+            return
+        for key, name, help_ in (("hits", "realm_prefix_cache_hits", "Requests that started past a cached prefix"),
+                                 ("cached_tokens", "realm_prefix_cache_tokens", "Prompt tokens taken from the cache"),
+                                 ("prompt_tokens", "realm_prefix_cache_prompt_tokens", "Prompt tokens admitted")):
+            c = CounterMetricFamily(name, help_)
+            c.add_metric([], p[key])
+            yield c
 
 
 class _Speculative(Collector):
