@@ -231,16 +231,13 @@ def chat_turns(llm: LLM, turns: list[str] = CHAT_TURNS, max_tokens: int = 32) ->
     return out
 
 
-def test_prefix_caching_chat_turns_skip_the_conversation(model_dir: Path) -> None:
-    """With prefix caching, each turn after the first computes only the new message: the rest of
-    the conversation is its slot's cache from the turn before. In fp32 the answers equal a run
-    without it; in int4 a near tie may fall the other way (the cached positions of the last
-    answer were computed one token at a time, not in a prompt chunk), but the same turns always
-    give the same answers."""
-    plain = chat_turns(LLM(model_dir, dtype="fp32", max_slots=2, max_length=1024))
-    cached = LLM(model_dir, dtype="fp32", max_slots=2, max_length=1024, prefix_caching=True)
+@pytest.mark.parametrize("dtype", ["fp32", "int4"])
+def test_prefix_caching_chat_turns_skip_the_conversation(model_dir: Path, dtype: str) -> None:
+    """With prefix caching, each turn after the first computes only its last answer and new message:
+    the conversation before them is its slot's cache from the turn before. The answers equal a run
+    without it (the reused positions are prompt positions, computed as a fresh prompt's are)."""
+    plain = chat_turns(LLM(model_dir, dtype=dtype, max_slots=2, max_length=1024))
+    cached = LLM(model_dir, dtype=dtype, max_slots=2, max_length=1024, prefix_caching=True)
     assert chat_turns(cached) == plain
     st = cached.scheduler.prefix_stats
     assert st["hits"] == len(CHAT_TURNS) - 1 and st["cached_tokens"] > st["prompt_tokens"] / 2, st
-    q1, q2 = (LLM(model_dir, dtype="int4", max_slots=2, max_length=1024, prefix_caching=True) for _ in range(2))
-    assert chat_turns(q1) == chat_turns(q2) and q1.scheduler.prefix_stats["hits"] == len(CHAT_TURNS) - 1

@@ -457,9 +457,10 @@ def run_one(s: Scheduler, prompt: list[int], script: list[int], **kw):  # type: 
 
 
 def test_prefix_caching_reuses_a_finished_requests_cache(tok) -> None:  # type: ignore[no-untyped-def]
-    """The next turn of a chat starts where the last one's cache ends: its NewSeq says how many
-    positions the slot keeps, the finished request is released in that same plan (so the engine
-    keeps the cache), and only the new tokens are fed."""
+    """The next turn of a chat starts where the last one's prompt ends in the cache: its NewSeq
+    says how many positions the slot keeps, the finished request is released in that same plan (so
+    the engine keeps the cache), and only the rest is fed (the last answer's positions are
+    computed again, as a prompt: they were computed one token at a time)."""
     caps = EngineCaps(prefix_reuse=True)
     s = Scheduler(tok, eos_token_ids=[EOS], max_slots=2, max_length=128, prefix_caching=True, caps=caps)
     turn1 = list(range(10, 30))
@@ -469,7 +470,7 @@ def test_prefix_caching_reuses_a_finished_requests_cache(tok) -> None:  # type: 
     b, plans = run_one(s, turn2, [70, 71])
     first = plans[0]
     (n,) = first.new_seqs
-    assert n.seq_id == b and n.cached == len(turn1) + 2 and a in first.released  # 50, 51 were fed; 52 was not
+    assert n.seq_id == b and n.cached == len(turn1) and a in first.released
     assert first.seqs[0].start == n.cached and first.seqs[0].tokens == turn2[n.cached:]
     assert s.prefix_stats["hits"] == 1 and s.prefix_stats["cached_tokens"] == n.cached
 
