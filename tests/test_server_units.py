@@ -1,10 +1,20 @@
 """Tenant limits and config parsing, with a hand-driven clock (no model, no sockets)."""
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from realm_web.server.config import ConfigError, Tenant, parse_config
 from realm_web.server.limits import LimitExceeded, Limiter
+
+
+def wait_healthy(client) -> None:  # type: ignore[no-untyped-def]
+    """Until the app's model is loaded (/health answers 200), at most 10 s."""
+    for _ in range(100):
+        if client.get("/health").status_code == 200:
+            return
+        time.sleep(0.1)
 
 
 def test_requests_per_minute_slide_with_the_window() -> None:
@@ -116,11 +126,7 @@ def test_an_unexpected_error_in_a_frame_is_that_frames_own(model_dir, monkeypatc
     monkeypatch.setattr(protocol, "parse_completion", flaky)
     llm = LLM(model_dir, dtype="int4", max_slots=2, max_length=256)
     with TestClient(app_module.create_app(lambda: llm)) as client:
-        for _ in range(100):
-            if client.get("/health").status_code == 200:
-                break
-            import time
-            time.sleep(0.1)
+        wait_healthy(client)
         with client.websocket_connect("/ws") as ws:
             ws.send_text(json.dumps({"id": "ok", "function": "generate",
                                      "params": {"prompt": "The capital of France is", "max_tokens": 8, "temperature": 0}}))
@@ -145,8 +151,6 @@ def test_an_unexpected_error_in_a_frame_is_that_frames_own(model_dir, monkeypatc
 def test_speculative_server_answers_as_plain_and_counts(model_dir, method) -> None:  # type: ignore[no-untyped-def]
     """The real app over an LLM with speculation (n-gram, or the int4 export drafting): an
     OpenAI completion equals the plain model's, and /metrics carries the counters by method."""
-    import time
-
     from starlette.testclient import TestClient
 
     from realm_web import LLM
@@ -160,10 +164,7 @@ def test_speculative_server_answers_as_plain_and_counts(model_dir, method) -> No
     llm = LLM(model_dir, dtype="fp32", max_slots=2, max_length=256,
               speculative={"method": method, "num_speculative_tokens": 4, "adaptive": False})
     with TestClient(app_module.create_app(lambda: llm)) as client:
-        for _ in range(100):
-            if client.get("/health").status_code == 200:
-                break
-            time.sleep(0.1)
+        wait_healthy(client)
         body["model"] = client.get("/v1/models").json()["data"][0]["id"]
         r = client.post("/v1/chat/completions", json=body)
         metrics = client.get("/metrics").text
@@ -177,8 +178,6 @@ def test_speculative_server_answers_as_plain_and_counts(model_dir, method) -> No
 def test_prefix_caching_server_reuses_a_conversation_and_counts(model_dir) -> None:  # type: ignore[no-untyped-def]
     """The real app over an LLM with prefix caching: the second turn of a chat over HTTP starts past
     the first turn's cache (the same answer as without it, fp32), and /metrics counts the hit."""
-    import time
-
     from starlette.testclient import TestClient
 
     from realm_web import LLM
@@ -188,10 +187,7 @@ def test_prefix_caching_server_reuses_a_conversation_and_counts(model_dir) -> No
     llm = LLM(model_dir, dtype="fp32", max_slots=2, max_length=512, prefix_caching=True)
     plain = LLM(model_dir, dtype="fp32", max_slots=2, max_length=512)
     with TestClient(app_module.create_app(lambda: llm)) as client:
-        for _ in range(100):
-            if client.get("/health").status_code == 200:
-                break
-            time.sleep(0.1)
+        wait_healthy(client)
         model = client.get("/v1/models").json()["data"][0]["id"]
         a1 = client.post("/v1/chat/completions", json={"model": model, "messages": turn1, "max_tokens": 16, "temperature": 0}).json()
         turn2 = turn1 + [{"role": "assistant", "content": a1["choices"][0]["message"]["content"]},
