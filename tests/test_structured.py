@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from realm_web.structured import Constrainer, Matcher, OutputFormat, StructuredError, Vocabulary, grammar_node
 from realm_web.structured.ast import parse_regex
-from realm_web.structured.automaton import Dfa
+from realm_web.structured.automaton import Dfa, GrammarTooLarge
 from realm_web.structured.schema import compile_schema
 from realm_web.tokenizer import load_tokenizer
 
@@ -114,7 +114,10 @@ schemas = st.one_of(schemas, st.builds(lambda a, b: {"$defs": {"x": a}, "type": 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(schemas, st.integers(0, 2**32))
 def test_every_string_of_a_schema_parses_and_validates(schema: dict[str, Any], seed: int) -> None:
-    dfa = Dfa(compile_schema(schema))
+    try:
+        dfa = Dfa(compile_schema(schema))
+    except GrammarTooLarge:  # refused with the reason (a 400 at the server): nested free values can be too many
+        return
     if dfa.empty:
         return
     rng = random.Random(seed)
