@@ -150,8 +150,8 @@ class Request:
     matcher: Matcher | None = None  # its place in its output format's grammar (structured outputs)
     prompt_lps: list[float | None] | None = None  # prompt logprobs so far (params.prompt_logprobs)
     prompt_tops: list[list[tuple[int, float]] | None] | None = None
-    cached: int = 0  # prompt tokens its slot held from a finished request (a prefix-cache hit)
-    replaces: int | None = None  # that request's id: released in the plan that announces this one
+    replaces: int | None = None  # a prefix-cache hit: the finished request whose cache it took over,
+    # released in the plan that announces this one
 
     def __post_init__(self) -> None:
         self.spec = self.params.spec()
@@ -427,8 +427,10 @@ class Scheduler:
         longest (then it starts past those tokens), else the lowest free slot with no parked
         cache, else the lowest (whose cache is given up)."""
         self.prefix_stats["prompt_tokens"] += len(req.prompt_ids)
+        if not self._parked:
+            return heapq.heappop(self.free_slots)
         best, best_n = None, 0
-        if self._parked and req.prompt_lps is None:  # prompt logprobs need every position computed
+        if req.prompt_lps is None:  # prompt logprobs need every position computed
             adapter = self.router.adapters.get(req.adapter) if req.adapter is not None else None
             for slot in self.free_slots:
                 p = self._parked.get(slot)
@@ -441,7 +443,7 @@ class Scheduler:
             slot = best
             self.free_slots.remove(slot)
             heapq.heapify(self.free_slots)
-            req.num_computed = req.cached = best_n
+            req.num_computed = best_n
             req.replaces = self._parked.pop(slot).request_id
             self.prefix_stats["hits"] += 1
             self.prefix_stats["cached_tokens"] += best_n

@@ -185,9 +185,9 @@ class Vocabulary:
         """The tokens whose bytes are a non-empty beginning of `data`."""
         out: list[int] = []
         node = 0
-        kids, ends = self.trie.kids, self.trie.ends
+        index, ends = self.trie.index, self.trie.ends
         for c in data:
-            nxt = next((child for b, child in kids[node] if b == c), None)
+            nxt = index[node].get(c)
             if nxt is None:
                 break
             node = nxt
@@ -219,11 +219,7 @@ class Vocabulary:
                     dfs[a:b] = ones[: b - a]
                 out = bytearray(self._gather(dfs))
             else:
-                out = bytearray(self.size)
-                order = self.trie.order
-                for a, b in got:
-                    for tid in order[a:b]:
-                        out[tid] = 1
+                out = self._mark(bytearray(self.size), got)
         if dfa.accepting[d]:
             for e in self.eos:
                 out[e] = 1
@@ -257,8 +253,12 @@ class Vocabulary:
                     if ok >> c & 1:
                         t = row[c]
                         todo += ((n, t) for n in nodes)
+        return self._mark(out, self.trie.ranges(dfa, todo))
+
+    def _mark(self, out: bytearray, ranges: list[tuple[int, int]]) -> bytearray:
+        """`out` with the tokens at the trie-order positions of `ranges` set to 1."""
         order = self.trie.order
-        for a, b in self.trie.ranges(dfa, todo):
+        for a, b in ranges:
             for tid in order[a:b]:
                 out[tid] = 1
         return out
