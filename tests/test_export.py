@@ -206,3 +206,52 @@ await b.dispose();
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads(r.stdout.strip().splitlines()[-1]) == want
+
+
+@pytest.mark.model
+def test_the_packed_download_expands_to_the_fp32_export(model_dir: Path, tmp_path: Path) -> None:
+    """The default model's packed fp32 download (export/packed.py): its blocks expand to exactly the
+    bytes of every fp32 initializer, and its graph with the expanded weights beside it gives the
+    fp32 export's logits bit for bit on onnxruntime (and JS's expansion, wasm/src/packed.mjs, the same
+    bytes: Node compares them)."""
+    import hashlib
+    import shutil
+    import subprocess
+
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    from realm_web.export.packed import expand_weights, read_packed
+
+    p = load_manifest(model_dir).variants["fp32"].packed
+    assert p and p["blocks_bytes"] < load_manifest(model_dir).variants["fp32"].bytes / 5
+    meta, _ = read_packed(model_dir / p["blocks"])
+    assert {e["kind"] for e in meta["tensors"]} >= {"q4_1", "q8_0"}
+    weights = expand_weights(model_dir / p["blocks"])
+    ref = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(model_dir / "model.onnx")).graph.initializer}
+    for e in meta["tensors"]:
+        got = np.frombuffer(weights[e["offset"]: e["offset"] + e["bytes"]], "<f4").reshape(e["shape"])
+        assert np.array_equal(got.view(np.uint32), ref[e["name"]].view(np.uint32)), e["name"]
+    # the graph + its external weights run, and give the fp32 export's logits exactly
+    shutil.copy(model_dir / p["file"], tmp_path / p["file"])
+    (tmp_path / p["weights"]).write_bytes(weights)
+    n = load_manifest(model_dir).num_layers
+    a = load_manifest(model_dir).architecture
+    feeds = {"input_ids": np.array([[1, 9690, 198, 2683]], np.int64), "attention_mask": np.ones((1, 4), np.int64),
+             "logits_index": np.array([[3]], np.int64)}
+    for i in range(n):
+        for kv in ("key", "value"):
+            feeds[f"past_key_values.{i}.{kv}"] = np.zeros((1, a["num_kv_heads"], 0, a["head_dim"]), np.float32)
+    outs = [ort.InferenceSession(str(f), providers=["CPUExecutionProvider"]).run(["logits"], feeds)[0]
+            for f in (model_dir / "model.onnx", tmp_path / p["file"])]
+    assert np.array_equal(outs[0], outs[1])
+    # JavaScript's expansion gives the same bytes
+    js = ("import fs from 'node:fs'; import crypto from 'node:crypto';"
+          f"import {{ PackedExpander }} from '{(Path(__file__).parent.parent / 'wasm/src/packed.mjs').as_posix()}';"
+          f"const b = fs.readFileSync('{(model_dir / p['blocks']).as_posix()}'); const x = new PackedExpander(b.length);"
+          "for (let i = 0; i < b.length; i += 1 << 20) x.push(b.subarray(i, i + (1 << 20)));"
+          "console.log(crypto.createHash('sha256').update(x.finish()).digest('hex'));")
+    out = subprocess.run(["node", "--input-type=module", "-e", js], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == hashlib.sha256(weights).hexdigest()
