@@ -6,7 +6,7 @@ source "$(dirname "$0")/gpu_env.sh"
 export REALM_WEB_HOME=/tmp/rwh
 mkdir -p $REALM_WEB_HOME/sources && ln -sf /tmp/stage/model.gguf $REALM_WEB_HOME/sources/SmolLM2-135M-Instruct.Q4_1.gguf
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
-FORMS=${FORMS:-grouped,masked,masked-gemm}
+FORMS=${FORMS:-grouped,masked}
 log "forms $FORMS, no capture"
 timeout 300 python3 bench/lora_forms.py --device cuda --dtype fp16 --ranks 16 --forms $FORMS --reps 31 --work /tmp/lf \
   --out "$OUT/forms_gpu.json" 2>&1 | grep -v -i warn | tail -16
