@@ -4,7 +4,8 @@
 # after the parts of ../shared/gpu/stage.sh were carried into /tmp/stage. Writes JSON under $OUT.
 source "$(dirname "$0")/gpu_env.sh"
 export REALM_WEB_HOME=/tmp/rwh
-mkdir -p $REALM_WEB_HOME/sources && ln -sf /tmp/stage/model.gguf $REALM_WEB_HOME/sources/SmolLM2-135M-Instruct.Q4_1.gguf
+gguf=$(python3 -c "from realm_web.export.pull import default_gguf_path; print(default_gguf_path())")  # where the forms bench looks
+mkdir -p "$(dirname "$gguf")" && ln -sf /tmp/stage/model.gguf "$gguf"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 FORMS=${FORMS:-grouped,masked}
 log "forms $FORMS, no capture"

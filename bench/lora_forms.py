@@ -11,7 +11,7 @@ targets, --slots table entries (entry 0 = no adapter), rows spread over L distin
 Every configuration's session is made first, then steps are timed round robin (drift and other
 load hit every row alike), medians of --reps.
 
-    .venv/bin/python bench/lora_forms.py [--dtype int4] [--rows 16] [--ranks 8,16] [--device cpu]
+    .venv/bin/python bench/lora_forms.py [--dtype int4] [--rows 16] [--ranks 8,16] [--device cpu|cuda [--cuda-graph]]
 """
 from __future__ import annotations
 
