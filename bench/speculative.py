@@ -1,8 +1,8 @@
 """Speculative decoding: tokens/s of realm-web's LLM with speculation against plain decoding, in
 the same run, per workload and batch size, with the acceptance and the tokens per verify step.
 
-Methods (--methods): ngram (prompt lookup) and draft (the model's own int4 export drafting for
-the --dtype target; --draft-dtype another).
+Methods (--methods): ngram (prompt lookup) and draft (one of the model's own exports drafting for
+the --dtype target: int8, else int4, see speculative.default_draft_dtype; --draft-dtype another).
 
 Workloads (--workloads): grounded (repeat / edit a given text, summarize a passage, extract
 fields), code (edit a given function), chat (open questions, nothing to look up). Batch 1 runs
@@ -155,7 +155,9 @@ def main() -> int:
            "model": str(model), "threads": a.threads or len(os.sched_getaffinity(0)), "python": platform.python_version(),
            "cpus": os.cpu_count(), "onnxruntime": onnxruntime.__version__, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
            "overhead_fit": {n: round(l.scheduler.cost.overhead, 2) for n, l in llms.items() if n != "plain"},
-           "draft_cost": {n: round(l.scheduler.cost.draft, 2) for n, l in llms.items() if n == "draft"}}
+           "draft_cost": {n: round(l.scheduler.cost.draft, 2) for n, l in llms.items() if n == "draft"},
+           "draft_dtype": {n: l.engine.draft.engine.variant.dtype for n, l in llms.items()
+                           if getattr(l.engine, "draft", None) is not None}}
     out = {"env": env, "rows": rows}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(out, indent=1))

@@ -159,7 +159,7 @@ def _speculative_args(s: argparse.ArgumentParser) -> None:
                    help="most draft tokens per verify step (default 4)")
     s.add_argument("--draft-model", help="with --speculative draft: the draft model's directory (default: this model)")
     s.add_argument("--draft-dtype", choices=["fp32", "fp16", "int8", "int4"],
-                   help="with --speculative draft: the draft export's dtype (default int4)")
+                   help="with --speculative draft: the draft export's dtype (default: the model's int8 export, else int4)")
 
 
 def _speculative(a: argparse.Namespace) -> dict[str, object] | None:

@@ -156,9 +156,9 @@ class LLM:
 
             draft_model: str | Path | None = None
             draft_dtype: str | None = None
-            if spec is not None and spec.method == "draft":  # default: this model's own int4 export drafts
+            if spec is not None and spec.method == "draft":  # default: one of this model's own exports drafts
                 draft_model = spec.draft_model or model_dir
-                draft_dtype = spec.draft_dtype or (None if spec.draft_model else "int4")
+                draft_dtype = spec.draft_dtype
             engine = OrtNativeEngine(model_dir, dtype=dtype, device=device, threads=threads,
                                      max_slots=max_slots, max_length=max_length, cuda_graph=cuda_graph,
                                      max_loras=max_loras, draft_model=draft_model, draft_dtype=draft_dtype)

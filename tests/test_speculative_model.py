@@ -42,7 +42,8 @@ def spec_llm(model_dir: Path, k: int, adaptive: bool = True, method: str = "ngra
 
 @pytest.fixture(scope="module")
 def drafting(model_dir: Path) -> LLM:
-    """The target in fp32 with its own int4 export as the draft model (settings changed per test)."""
+    """The target in fp32 with its own int8 export as the draft model, the default (settings
+    changed per test; test_static_verify_buffers_identical drafts with int4)."""
     return spec_llm(model_dir, 4, adaptive=False, method="draft")
 
 
@@ -64,6 +65,11 @@ def test_alone_identical_for_every_k(model_dir: Path, plain: LLM, k: int) -> Non
         p = params(i)
         assert ids(llm.generate(prompt, p)) == ids(plain.generate(prompt, p)), (k, i)
     assert llm.scheduler.spec_stats["accepted_tokens"] > 0
+
+
+def test_default_draft_is_the_int8_export(drafting: LLM) -> None:
+    draft = drafting.engine.draft  # type: ignore[attr-defined]
+    assert (drafting.engine.variant.dtype, draft.engine.variant.dtype) == ("fp32", "int8")  # type: ignore[attr-defined]
 
 
 def test_draft_model_alone_identical_for_every_k(plain: LLM, drafting: LLM) -> None:
@@ -146,6 +152,8 @@ def test_a_smaller_draft_model_with_the_same_tokenizer(model_dir: Path, plain: L
 
 def test_draft_model_refusals(model_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(SpeculativeError, match="target itself"):
+        LLM(model_dir, dtype="int8", max_slots=1, max_length=128, speculative={"method": "draft", "draft_dtype": "int8"})
+    with pytest.raises(SpeculativeError, match="no export smaller"):  # int4 is the smallest: nothing drafts for it
         LLM(model_dir, dtype="int4", max_slots=1, max_length=128, speculative="draft")
     with pytest.raises(SpeculativeError, match="draft_model"):
         SpeculativeConfig(method="ngram", draft_model=str(model_dir))

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from ..manifest import Manifest, load_manifest
+from ..speculative import default_draft_dtype
 from ..step import EngineCaps, KVCopy, NewSeq, SamplingSpec, SeqStep, StepPlan, StepResult, TokenMask
 from .ort_draft import DraftError, DraftModel
 from .ort_lora import LoraTables, static_groups
@@ -209,6 +210,12 @@ class OrtNativeEngine:
         # speculative method "draft": a second engine over a cheaper model, made on the step thread
         self.draft: DraftModel | None = None
         if draft_model is not None:
+            if draft_dtype is None and Path(draft_model).resolve() == Path(m.directory).resolve():
+                exports = {d: v.bytes for d, v in m.variants.items()}
+                draft_dtype = default_draft_dtype(exports, self.variant.dtype)
+                if draft_dtype is None:
+                    raise DraftError(f"{m.directory} has no export smaller than the target's ({self.variant.dtype}) "
+                                     "to draft with: pass a draft_dtype or a draft_model")
             self.draft = self._on_worker(self._make_draft, draft_model, draft_dtype, threads)
             self.caps = replace(self.caps, draft_model=True)
 
