@@ -4,8 +4,8 @@ speculation against plain decoding, same run, per workload of bench/speculative.
     .venv/bin/python bench/browser_speculative.py [--workloads grounded,chat] [--new 96] [--pages 2]
         [--threads 2] [--out bench/results/speculative_browser.json]
 
-Each page loads the model once (`?speculative=ngram` or plain), warms up with a short
-generation, then generates each prompt of each workload alone (batch 1, greedy, up to --new
+Each page loads the model once (`?speculative=ngram` or plain), warms up with two
+48-token generations (V8 tiers onnxruntime-web's WASM up from Liftoff code as it runs), then generates each prompt of each workload alone (batch 1, greedy, up to --new
 tokens, ending where the model ends it), timing window.realm.generate from the call to the
 answer (prefill included; "decode" columns: from the first token to the answer). Pages alternate between configurations in rounds, --pages rounds;
 tok/s is the tokens over the median time per workload; "vs plain" is the ratio to plain
@@ -31,9 +31,11 @@ sys.path.insert(0, str(HERE))
 from browser import ARGS, CHROMIUM, serve, setup, wait_quiet  # noqa: E402
 from speculative import WORKLOADS  # noqa: E402
 
-RUN = """async ({prompts, maxTokens}) => {
+RUN = """async ({prompts, maxTokens, warmups}) => {
   const info = await window.realm.ready;
-  await window.realm.generate("Hello", {maxTokens: 8});
+  // V8 first runs onnxruntime-web's kernels as Liftoff code and tiers them up to TurboFan while
+  // they run (a fresh page's first ~40 steps are up to 3x slower): warm up past that, verify rows too
+  for (const w of warmups) await window.realm.generate(w, {maxTokens: 48});
   const before = (await window.realm.stats()).speculative || null;
   const out = [];
   for (const p of prompts) {
@@ -44,9 +46,14 @@ RUN = """async ({prompts, maxTokens}) => {
     out.push({seconds: (t1 - t0) / 1000, decode_seconds: (t1 - (first ?? t1)) / 1000, ids: r.tokenIds});
   }
   const after = (await window.realm.stats()).speculative || null;
-  return {info: {backend: info.backend, dtype: info.dtype, threads: info.threads, speculative: info.speculative},
+  return {info: {backend: info.backend, dtype: info.dtype, threads: info.threads, speculative: info.speculative,
+                 stepCosts: info.stepCosts || null},
           out, before, after};
 }"""
+
+
+WARMUPS = ["Repeat exactly: the quick brown fox jumps over the lazy dog, the quick brown fox jumps over the lazy dog.",
+           "Name three colours."]
 
 
 def say(msg: str) -> None:
@@ -80,7 +87,7 @@ def main() -> int:
                 page = ctx.new_page()
                 try:
                     page.goto(f"{site}/?backend=wasm&threads={a.threads}{q}")
-                    raw = page.evaluate(RUN, {"prompts": prompts, "maxTokens": a.new})
+                    raw = page.evaluate(RUN, {"prompts": prompts, "maxTokens": a.new, "warmups": WARMUPS})
                 finally:
                     page.close()
                 samples[name].append(raw)
@@ -106,6 +113,7 @@ def main() -> int:
                                    "decode_tok_s": round(dec_rate, 2),
                                    "decode_vs_plain": round(dec_rate / dec_base, 3) if dec_base else None,
                                    "tokens": tokens, "seconds": [round(t, 2) for t in times],
+                                   "per_prompt_seconds": [[round(s["out"][i]["seconds"], 2) for i in idx] for s in smp],
                                    "identical": ids == [samples["plain"][0]["out"][i]["ids"] for i in idx]}
             rows[f"{w}, batch 1, {name}"] = row
     for name in configs:  # acceptance over the whole page (every workload)
@@ -113,6 +121,13 @@ def main() -> int:
         if s["after"]:
             d = {k: s["after"][k] - (s["before"] or {}).get(k, 0) for k in s["after"] if isinstance(s["after"][k], int)}
             rows[f"all, {name}, speculative counters (page 1)"] = d
+    costs = samples["ngram"][0]["info"].get("stepCosts")
+    if costs:  # what the calibration says speculation can give at best: every draft accepted
+        r, t, k = costs["run_seconds"], costs["token_seconds"], 4
+        rows["bound: k=4, every draft accepted (from the page's calibration)"] = {
+            "run_ms": round(1000 * r, 2), "token_ms": round(1000 * t, 2),
+            "verify_5_vs_decode_1": round((r + 5 * t) / (r + t), 2),
+            "max_decode_vs_plain": round((k + 1) * (r + t) / (r + (k + 1) * t), 3)}
     env = {"chromium": version, "backend": "wasm", "threads": a.threads, "new": a.new, "pages": a.pages,
            "info": samples["ngram"][0]["info"], "python": platform.python_version(), "cpus": os.cpu_count(),
            "date": time.strftime("%Y-%m-%d %H:%M:%S")}

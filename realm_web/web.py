@@ -62,6 +62,14 @@ def start(model_dir: str, bridge: Any, options: str = "{}") -> str:
                        "prefix_caching": _llm.scheduler.prefix_caching})
 
 
+def calibrate(costs: str) -> None:
+    """Seed the speculative policy's cost model with the bridge's measured step costs (JSON
+    from bridge.mjs `calibrate()`: {run_seconds, token_seconds}); the hosts call it after
+    `start` when speculation is on, before any request."""
+    _need().scheduler.calibrate(**{k: float(v) for k, v in json.loads(costs).items()
+                                   if k in ("run_seconds", "token_seconds", "draft_seconds")})
+
+
 def _speculative(value: Any) -> SpeculativeConfig | None:
     """The JS option (camelCase keys, as everywhere in JS) -> SpeculativeConfig."""
     if isinstance(value, dict):

@@ -165,6 +165,13 @@ async function init({ modelUrl, backend, threads = 2, dtype = null, speculative 
            threads: ort.env.wasm.numThreads, crossOriginIsolated: self.crossOriginIsolated, fromCache,
            packed: !!usePacked, file, wireBytes: wire, ...timing,
            stages, loadSeconds: (performance.now() - t0) / 1000 };
+  // speculation: the policy learns what a verify row costs on this device before the first request
+  if (info.speculative) {
+    const costs = await bridge.calibrate();
+    web.calibrate(costs);
+    info.stepCosts = JSON.parse(costs);
+    stages.calibrated_s = info.loadSeconds = (performance.now() - t0) / 1000;
+  }
   return info;
 }
 

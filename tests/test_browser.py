@@ -228,8 +228,10 @@ def test_speculative_decoding_in_the_page(site: str) -> None:
         assert page.evaluate("() => window.realm.setSpeculative({method: 'ngram', numSpeculativeTokens: 4})")["method"] == "ngram"
         spec = page.evaluate(js)
         stats = page.evaluate("() => window.realm.stats()")
+        costs = page.evaluate("() => window.realm.info.stepCosts")
         with pytest.raises(Exception, match="num_speculative_tokens"):
             page.evaluate("() => window.realm.setSpeculative({method: 'ngram', numSpeculativeTokens: 99})")
         b.close()
     assert spec == plain
     assert stats["speculative"]["accepted_tokens"] > 0, stats
+    assert costs["run_seconds"] > 0 and costs["token_seconds"] > 0, costs  # the tab's policy priced by its own steps

@@ -95,6 +95,38 @@ export class Bridge {
     });
   }
 
+  /** Measured step costs for the speculative policy (realm_web Scheduler.calibrate), as JSON:
+   * {run_seconds, token_seconds}, a run's fixed seconds and the seconds per fed token, from the
+   * medians of `reps` runs feeding 1 and 8 tokens on `ctx` positions of (zero) cache with logits
+   * at every fed position, as a verify row asks. On this machine's WASM (2 threads) a run of w
+   * tokens costs about 6 + 10.7 w ms: compute-bound, unlike native CPU or a GPU, so a verify row
+   * costs nearly as much as the decode steps it replaces and the policy needs to know. Touches no
+   * slot; call it while no step runs. */
+  async calibrate(reps = 3, ctx = 64) {
+    const { kvHeads: H, headDim: D, kvDtype } = this.cfg, n = this.names;
+    const timed = async (width) => {
+      const ts = [];
+      for (let r = 0; r <= reps; r++) {
+        const feeds = {};
+        for (const [name] of n.kv) feeds[name] = new this.ort.Tensor(kvDtype, new (kvDtype === "float16" ? Uint16Array : Float32Array)(H * ctx * D), [1, H, ctx, D]);
+        feeds[n.input_ids] = new this.ort.Tensor("int64", new BigInt64Array(width), [1, width]);
+        feeds[n.attention_mask] = new this.ort.Tensor("int64", new BigInt64Array(ctx + width).fill(1n), [1, ctx + width]);
+        feeds[n.logits_index] = new this.ort.Tensor("int64", BigInt64Array.from({ length: width }, (_, j) => BigInt(j)), [1, width]);
+        const t0 = performance.now();
+        const res = await this.session.run(feeds);
+        await tensorData(res[n.logits]);
+        ts.push(performance.now() - t0);
+        disposeGpu(res);
+      }
+      ts.shift(); // the first run of a shape warms up
+      ts.sort((a, b) => a - b);
+      return ts[ts.length >> 1] / 1000;
+    };
+    const one = await timed(1), eight = await timed(8);
+    const perToken = Math.max(1e-6, (eight - one) / 7);
+    return JSON.stringify({ run_seconds: Math.max(1e-6, one - perToken), token_seconds: perToken });
+  }
+
   /** A fresh single-row cache for `slot` (whatever it held is dropped). */
   empty(slot) {
     const { kvHeads, headDim, kvDtype } = this.cfg;

@@ -291,18 +291,23 @@ export class Realm {
                    capabilities: () => bridge.capabilities(),
                    upload: (entry, meta, blob) => bridge.upload(entry, meta, blob),
                    setMask: (key, blob) => bridge.setMask(key, blob), clearMasks: () => bridge.clearMasks() };
-    let facts;
+    let facts, stepCosts = null;
     try {
       facts = JSON.parse(web.start("/model", host, JSON.stringify({ maxSlots: o.maxSlots ?? 8, maxLength: o.maxLength ?? null,
                                                                      maxTokensPerStep: o.maxTokensPerStep ?? 256, maxLoras,
                                                                      backend: ENGINES[engine], dtype: cfg.dtype,
                                                                      speculative: o.speculative ?? null,
                                                                      prefixCaching: o.prefixCaching ?? false })));
+      // speculation: the policy learns what a verify row costs here before the first request
+      if (facts.speculative) {
+        stepCosts = JSON.parse(await bridge.calibrate());
+        web.calibrate(JSON.stringify(stepCosts));
+      }
     } catch (e) { await bridge.dispose(); throw fromPython(e); }
     const info = { name: facts.name, engine, dtype: cfg.dtype, file, modelDir, threads, maxSlots: o.maxSlots ?? 8,
                    packed: usePacked, url: remote ? o.model : null, downloadedBytes: mirror ? mirror.downloaded : 0,
                    prefixCaching: facts.prefix_caching,
-                   maxLength: facts.max_length, adapters: facts.adapters, maxLoras, speculative: facts.speculative, vocabSize: cfg.vocabSize, eosTokenIds: facts.eos_token_ids,
+                   maxLength: facts.max_length, adapters: facts.adapters, maxLoras, speculative: facts.speculative, stepCosts, vocabSize: cfg.vocabSize, eosTokenIds: facts.eos_token_ids,
                    runtime: engine === "wasm" ? `onnxruntime-web ${ort.env.versions?.web ?? ""}`.trim()
                                               : `onnxruntime-node ${ort.env.versions?.node ?? ""}`.trim(),
                    loadMs: Math.round(performance.now() - t0) };

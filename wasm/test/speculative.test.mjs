@@ -47,6 +47,9 @@ for (const engine of ["wasm", "native"]) {
       assert.ok(st.verify_steps > 0 && st.accepted_tokens > 0, JSON.stringify(st));
       assert.equal(st.emitted_tokens, st.verify_steps + st.accepted_tokens);
       assert.equal(plain.stats().speculative, null);
+      // the policy was priced by this engine's measured step costs at load
+      assert.ok(spec.info.stepCosts.run_seconds > 0 && spec.info.stepCosts.token_seconds > 0, JSON.stringify(spec.info.stepCosts));
+      assert.equal(plain.info.stepCosts, null);
     });
   });
 }

@@ -170,6 +170,9 @@ export interface RealmInfo {
   maxLoras: number;
   /** The speculative settings in force (snake_case, as realm_web.speculative), or null. */
   speculative: Record<string, unknown> | null;
+  /** With speculation: the step costs measured at load that price a verify row for the policy
+   * (a run's fixed seconds and the seconds per fed token), else null. */
+  stepCosts: { run_seconds: number; token_seconds: number } | null;
 }
 
 export interface AdapterInfo {
