@@ -8,6 +8,7 @@ let busy = false;
 let inTab = new Set(); // adapters loaded into this tab's model (reset when the backend changes)
 const adapterUrl = new Map(); // server adapter -> where the tab downloads it
 
+let readyText = ""; // the status line once the model is ready
 function status(text, error = false) { $("statusText").textContent = text; $("status").classList.toggle("error", error); }
 function mb(n) { return (n / 1e6).toFixed(1) + " MB"; }
 function bubble(role, text) {
@@ -42,6 +43,7 @@ async function start() {
                 `${info.fromCache ? "from the browser's storage" : `${mb(info.wireBytes)} downloaded`}) on ` +
                 `${info.backend === "webgpu" ? "WebGPU" : `WASM, ${info.threads} thread${info.threads > 1 ? "s" : ""}`}` +
                 ` in ${info.loadSeconds.toFixed(1)} s`);
+    readyText = $("statusText").textContent;
     $("model").textContent = `${info.name} · ${info.file}`;
     inTab = new Set();
     await listAdapters();
@@ -97,6 +99,19 @@ async function speculationNote() {
   return d ? ` · speculative: ${a} of ${d} drafted tokens accepted (${Math.round((100 * a) / d)}%)` : " · speculative: nothing drafted";
 }
 
+// The answer format: free text, or JSON following the schema typed under "Answer as JSON"
+// ({} or {"type": "object"} with nothing more: any JSON object). A schema that is not JSON is
+// the user's to fix: the message is not sent.
+function formatOption() {
+  const text = $("schema").value.trim();
+  if (!text) return {};
+  let schema;
+  try { schema = JSON.parse(text); } catch (e) { throw Object.assign(new Error(`The JSON schema is not valid JSON: ${e.message}`), { code: "bad_schema" }); }
+  if (typeof schema !== "object" || schema === null || Array.isArray(schema)) throw new Error("The JSON schema must be a JSON object");
+  return Object.keys(schema).length === 0 ? { responseFormat: { type: "json_object" } } : { jsonSchema: schema };
+}
+$("schema").oninput = () => { $("formatNote").textContent = $("schema").value.trim() ? "(on)" : ""; };
+
 $("backend").onchange = async () => {
   const b = $("backend").value;
   realm.ready = realm._switch(b);
@@ -107,6 +122,9 @@ $("form").onsubmit = async (ev) => {
   ev.preventDefault();
   const text = input.value.trim();
   if (!text || busy) return;
+  let format;
+  try { format = formatOption(); } catch (e) { status(e.message, true); $("format").open = true; $("schema").focus(); return; }
+  if ($("status").classList.contains("error") && readyText) status(readyText);
   input.value = "";
   busy = true;
   enable(false);
@@ -119,7 +137,7 @@ $("form").onsubmit = async (ev) => {
   try {
     const adapter = await adapterOption();
     const r = await realm.stream(history, { temperature: Number($("temperature").value), maxTokens: Number($("maxTokens").value),
-                                            adapter }, (d) => {
+                                            adapter, ...format }, (d) => {
       if (!first && d.tokenIds.length) first = performance.now();
       n += d.tokenIds.length;
       out.textContent += d.text;

@@ -161,6 +161,45 @@ def test_the_chat_ui_with_speculative_decoding_shows_its_acceptance(site: str) -
     assert answer.strip() and "tokens/s" in speed and "drafted tokens accepted" in speed, speed
 
 
+def test_the_chat_ui_answers_as_json_following_a_schema(site: str, model_dir: Path) -> None:
+    """The page's "Answer as JSON" box as a user drives it: a schema that is not JSON is refused
+    in the status line and nothing is sent; a schema typed there makes the streamed answer JSON
+    that validates, with the native engine's text for the same chat and schema."""
+    import jsonschema
+    from playwright.sync_api import sync_playwright
+
+    schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20},
+                                               "country": {"type": "string", "maxLength": 20}},
+              "required": ["city", "country"], "additionalProperties": False}
+    ask = "Which city is the capital of France? Answer as JSON."
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        page = b.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(f"{site}/?backend=wasm&threads=2")
+        page.wait_for_function("() => !document.querySelector('#input').disabled", timeout=120_000)
+        page.click("#format summary")
+        page.fill("#schema", '{"type": "object", ')
+        page.fill("#input", ask)
+        page.press("#input", "Enter")
+        refused = page.inner_text("#statusText")
+        sent = page.locator(".msg").count()
+        page.fill("#schema", json.dumps(schema))
+        page.press("#input", "Enter")
+        page.wait_for_function("() => document.querySelectorAll('.msg.assistant').length === 1 && "
+                               "!document.querySelector('#input').disabled", timeout=180_000)
+        answer = page.inner_text(".msg.assistant")
+        dtype = page.evaluate("() => window.realm.info.dtype")
+        b.close()
+    assert not errors, errors
+    assert "not valid JSON" in refused and sent == 0, (refused, sent)
+    jsonschema.validate(json.loads(answer), schema)
+    c = LLM(model_dir, dtype=dtype, max_slots=1, max_length=512).generate(
+        [{"role": "user", "content": ask}], max_tokens=256, json_schema=schema)[0]
+    assert answer == c.text
+
+
 def test_stream_deltas_in_the_page(browser_run: dict[str, Any]) -> None:
     r, ds = browser_run["deltas"]["r"], browser_run["deltas"]["ds"]
     assert "".join(d["text"] for d in ds) == r["text"] and len(ds) >= 2
