@@ -50,7 +50,7 @@ async function cachedFetch(url, onBytes) {
 /** realm.json's `packed` entry in the names the core's bridge config gives it (ort_web.bridge_config). */
 function packedFacts(p) {
   return { file: p.file, bytes: p.bytes, blocks: p.blocks, blocksBytes: p.blocks_bytes, weights: p.weights,
-           weightsBytes: p.weights_bytes, loraFile: p.lora_file ?? null, loraBytes: p.lora_bytes ?? 0 };
+           weightsBytes: p.weights_bytes, element: p.element ?? "f32", derived: p.derived ?? [], loraFile: p.lora_file ?? null, loraBytes: p.lora_bytes ?? 0 };
 }
 
 /** A packed export (realm_web/export/packed.py): the graph, and its fp32 weights expanded here
@@ -67,7 +67,7 @@ async function packedModel(modelUrl, p) {
     const weights = new Uint8Array(await hit.arrayBuffer());
     if (weights.length === p.weightsBytes) return { graph: graph.bytes, weights, fromCache: true, wire: 0, again };
   }
-  const ex = new PackedExpander(p.blocksBytes);
+  const ex = new PackedExpander(p.blocksBytes, { half: p.element === "f16", derived: p.derived, weightsBytes: p.weightsBytes });
   const t0 = performance.now();
   await download(`${modelUrl}/${p.blocks}`, p.blocksBytes, (c) => ex.push(c), {
     onBytes: (got, total) => post({ progress: { stage: "download", got, total, file: p.blocks, seconds: (performance.now() - t0) / 1000 } }),
@@ -89,10 +89,12 @@ async function packedModel(modelUrl, p) {
 
 async function init({ modelUrl, backend, threads = 2, dtype = null, speculative = null, packed = true, prefixCaching = true }) {
   const t0 = performance.now();
+  let f16 = true; // WebGPU: whether the adapter can run fp16 shaders
   if (backend === "webgpu") {
     if (!navigator.gpu) throw new Error("WebGPU is not available in this browser: choose WASM");
     const adapter = await navigator.gpu.requestAdapter();
     if (!adapter) throw new Error("no WebGPU adapter: choose WASM");
+    f16 = adapter.features.has("shader-f16");
   }
   const ort = await import(backend === "webgpu" ? "./ort/ort.webgpu.min.mjs" : "./ort/ort.wasm.min.mjs");
   ort.env.wasm.wasmPaths = new URL("./ort/", import.meta.url).href;
@@ -104,7 +106,14 @@ async function init({ modelUrl, backend, threads = 2, dtype = null, speculative 
   if (!manifestResp.ok) throw new Error(`no model at ${modelUrl} (HTTP ${manifestResp.status}): run \`realm-web pull\``);
   const manifestBytes = new Uint8Array(await manifestResp.arrayBuffer());
   const variants = Object.values(JSON.parse(new TextDecoder().decode(manifestBytes)).variants || {});
-  const chosen = dtype ? variants.find((v) => v.dtype === dtype) : variants.find((v) => (v.preferred_by || []).includes(backend)) || variants[0];
+  let chosen = dtype ? variants.find((v) => v.dtype === dtype) : variants.find((v) => (v.preferred_by || []).includes(backend)) || variants[0];
+  if (!f16 && chosen?.dtype === "fp16") {
+    // an fp16 graph on WebGPU needs shader-f16 (SwiftShader, some GPUs lack it): the next of
+    // realm_web.export.PREFERENCES["webgpu"], or fail as the user's explicit choice
+    if (dtype) throw new Error("this GPU has no shader-f16: the fp16 export cannot run on its WebGPU (choose another dtype or WASM)");
+    chosen = ["int8", "int4", "fp32"].map((d) => variants.find((v) => v.dtype === d)).find(Boolean) || chosen;
+    dtype = chosen.dtype;
+  }
   const early = packed && chosen?.packed ? packedFacts(chosen.packed) : null;
   const weightsReady = early ? packedModel(modelUrl, early) : null;
   weightsReady?.catch(() => {}); // awaited below; a failure is reported there
@@ -163,7 +172,7 @@ async function init({ modelUrl, backend, threads = 2, dtype = null, speculative 
                                                                       speculative: typeof speculative === "string" && speculative.startsWith("{")
                                                                         ? JSON.parse(speculative) : speculative }))), ...cfg,
            threads: ort.env.wasm.numThreads, crossOriginIsolated: self.crossOriginIsolated, fromCache,
-           packed: !!usePacked, file, wireBytes: wire, ...timing,
+           packed: !!usePacked, file, wireBytes: wire, ...timing, ...(backend === "webgpu" ? { shaderF16: f16 } : {}),
            stages, loadSeconds: (performance.now() - t0) / 1000 };
   // speculation: the policy learns what a verify row costs on this device before the first request
   if (info.speculative) {

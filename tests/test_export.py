@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -255,3 +256,89 @@ def test_the_packed_download_expands_to_the_fp32_export(model_dir: Path, tmp_pat
     out = subprocess.run(["node", "--input-type=module", "-e", js], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == hashlib.sha256(weights).hexdigest()
+
+
+def _node(js: str) -> str:
+    import subprocess
+
+    out = subprocess.run(["node", "--input-type=module", "-e", js], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout.strip()
+
+
+def test_js_float16_rounding_is_numpys() -> None:
+    """packed.mjs's toHalf (float32 -> float16 bits, ties to even) against numpy's astype on
+    random values of every magnitude, ties, subnormals, overflow, infinities and NaN."""
+    rng = np.random.default_rng(7)
+    bits = np.concatenate([rng.integers(0, 2**32, 200_000, dtype=np.uint64).astype(np.uint32),
+                           # around float16's range, its subnormals and exact ties of its last place
+                           (rng.integers(0x33000000, 0x47800000, 100_000, dtype=np.uint64).astype(np.uint32) & ~np.uint32(0xFFF))
+                           | np.uint32(0x1000),
+                           np.array([0, 0x80000000, 0x7F800000, 0xFF800000, 0x7FC00000, 0x477FE000, 0x477FF000,
+                                     0x33000000, 0x33000001, 0x387FC000, 0x38800000, 0x337FFFFF], np.uint32)])
+    f = bits.view(np.float32)
+    with np.errstate(over="ignore"):
+        want = f.astype(np.float16).view(np.uint16)
+    nan = np.isnan(f)
+    path = (Path(__file__).parent.parent / "wasm/src/packed.mjs").as_posix()
+    with tempfile.NamedTemporaryFile(suffix=".bin") as tmp:
+        tmp.write(bits.tobytes())
+        tmp.flush()
+        got = np.frombuffer(bytes.fromhex(_node(
+            f"import fs from 'node:fs'; import {{ toHalf }} from '{path}';"
+            f"const b = fs.readFileSync('{tmp.name}'); const f = new Float32Array(b.buffer, b.byteOffset, b.length / 4);"
+            "const o = new Uint16Array(f.length); for (let i = 0; i < f.length; i++) o[i] = toHalf(f[i]);"
+            "console.log(Buffer.from(o.buffer).toString('hex'));")), np.uint16)
+    assert np.array_equal(got[~nan], want[~nan])
+    assert np.all((got[nan] & 0x7C00) == 0x7C00) and np.all(got[nan] & 0x3FF)
+
+
+@pytest.mark.model
+def test_the_packed_fp16_download_expands_to_the_fp16_export(model_dir: Path, tmp_path: Path) -> None:
+    """The fp16 export's packed form shares the fp32 one's blocks: expanded and rounded to
+    float16 (plus the explicit lm_head transpose) they are exactly the bytes of every fp16
+    initializer the packed graph holds outside itself, its logits equal the fp16 file's, and
+    packed.mjs (half) makes the same bytes."""
+    import hashlib
+    import shutil
+
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, numpy_helper
+
+    from realm_web.export.packed import expand_weights
+
+    m = load_manifest(model_dir)
+    p = m.variants["fp16"].packed
+    assert p and p["element"] == "f16" and p["blocks"] == m.variants["fp32"].packed["blocks"]  # type: ignore[index]
+    assert p["bytes"] < 2_000_000 and p["derived"]
+    weights = expand_weights(model_dir / p["blocks"], p)
+    assert len(weights) == p["weights_bytes"]
+    ref = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(model_dir / m.variants["fp16"].file)).graph.initializer}
+    outside = 0
+    for t in onnx.load(str(model_dir / p["file"]), load_external_data=False).graph.initializer:
+        if t.data_location != TensorProto.EXTERNAL:
+            continue
+        info = {e.key: e.value for e in t.external_data}
+        off, n = int(info["offset"]), int(info["length"])
+        assert info["location"] == p["weights"]
+        assert weights[off: off + n] == np.ascontiguousarray(ref[t.name]).tobytes(), t.name
+        outside += n
+    assert outside > 0.99 * sum(a.nbytes for a in ref.values())
+    shutil.copy(model_dir / p["file"], tmp_path / p["file"])
+    (tmp_path / p["weights"]).write_bytes(weights)
+    a = m.architecture
+    feeds = {"input_ids": np.array([[1, 9690, 198, 2683]], np.int64), "attention_mask": np.ones((1, 4), np.int64),
+             "logits_index": np.array([[3]], np.int64)}
+    for i in range(m.num_layers):
+        for kv in ("key", "value"):
+            feeds[f"past_key_values.{i}.{kv}"] = np.zeros((1, a["num_kv_heads"], 0, a["head_dim"]), np.float16)
+    outs = [ort.InferenceSession(str(f), providers=["CPUExecutionProvider"]).run(["logits"], feeds)[0]
+            for f in (model_dir / m.variants["fp16"].file, tmp_path / p["file"])]
+    assert np.array_equal(outs[0], outs[1])
+    path = (Path(__file__).parent.parent / "wasm/src/packed.mjs").as_posix()
+    opts = json.dumps({"half": True, "derived": p["derived"], "weightsBytes": p["weights_bytes"]})
+    assert _node(f"import fs from 'node:fs'; import crypto from 'node:crypto'; import {{ PackedExpander }} from '{path}';"
+                 f"const b = fs.readFileSync('{(model_dir / p['blocks']).as_posix()}'); const x = new PackedExpander(b.length, {opts});"
+                 "for (let i = 0; i < b.length; i += 1 << 20) x.push(b.subarray(i, i + (1 << 20)));"
+                 "console.log(crypto.createHash('sha256').update(x.finish()).digest('hex'));") == hashlib.sha256(weights).hexdigest()

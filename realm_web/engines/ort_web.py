@@ -32,7 +32,8 @@ def bridge_config(manifest: Manifest, dtype: str | None, backend: str) -> dict[s
     if v.packed:  # the compact download (export/packed.py); the host chooses which it fetches
         p = v.packed
         cfg["packed"] = {"file": p["file"], "bytes": p["bytes"], "blocks": p["blocks"], "blocksBytes": p["blocks_bytes"],
-                         "weights": p["weights"], "weightsBytes": p["weights_bytes"],
+                         "weights": p["weights"], "weightsBytes": p["weights_bytes"], "element": p.get("element", "f32"),
+                         "derived": p.get("derived", []),
                          "loraFile": p.get("lora_file"), "loraBytes": p.get("lora_bytes", 0)}
     c = manifest.graph.lora
     if c is not None and v.lora_file:  # the LoRA-capable twin (realm_web.manifest.LoraContract)

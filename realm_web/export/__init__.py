@@ -11,11 +11,13 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import onnx
+
 from ..manifest import Manifest, Variant
 from .config import UnsupportedModelError
 from .graph import DTYPES, build_decoder, graph_spec, lora_layout
 from .load import detect_format, load_source
-from .packed import Origin, write_packed
+from .packed import Origin, write_packed, write_packed_half
 from .source import Source
 from .weights import Q4Blocks, Q8Blocks
 
@@ -38,8 +40,9 @@ PREFERENCES = {
     "cpu": ["int4", "int8", "fp32", "fp16"],
     "cuda": ["fp16", "fp32", "int4", "int8"],
     # onnxruntime-web's WASM build has no fast MatMulNBits (measured in Node, 1 thread: fp16 and
-    # fp32 26 ms/token, int8 204, int4 259): fp16 for half the download, fp32 next.
-    "wasm": ["fp16", "fp32", "int8", "int4"],
+    # fp32 26 ms/token, int8 204, int4 259). fp32 first: its packed download is the GGUF's blocks
+    # (the fp16 one's too), and it is exactly the GGUF's dequantized weights.
+    "wasm": ["fp32", "fp16", "int8", "int4"],
     # WebGPU's 4-bit MatMulNBits quantizes activations (accuracy level 4) and moves logits by a few
     # tenths: enough to flip SmolLM2's knife-edge first token to French on SwiftShader; 8-bit
     # keeps the answer. fp16 first on real GPUs.
@@ -123,6 +126,12 @@ def export_model(src: str | os.PathLike[str], out_dir: str | os.PathLike[str], d
         del model, lora_model
         timings[f"{d}_s"] = round(time.perf_counter() - t, 2)
         say(f"{d}: {size / 1e6:.1f} MB in {timings[f'{d}_s']:.1f} s")
+    if "fp16" in variants and variants.get("fp32") is not None and variants["fp32"].packed:
+        say("writing the packed fp16 download (the same blocks, rounded to fp16 where the model runs)")
+        v16 = variants["fp16"]
+        lora16 = onnx.load(str(out / v16.lora_file)) if v16.lora_file else None
+        v16.packed = write_packed_half(onnx.load(str(out / v16.file)), variants["fp32"].packed, out, lora_model=lora16)
+        del lora16
     (out / "tokenizer.json").write_text(json.dumps(source.tokenizer_json, ensure_ascii=False))
     specials = dict(source.special_tokens)
     tok_cfg = {f"{k}_token": v for k, v in specials.items()}

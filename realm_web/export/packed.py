@@ -1,6 +1,7 @@
 """The compact download of an fp32 export ("packed"): the same graph with its weights outside
 it, and those weights carried as the GGUF's quantized blocks, expanded back to the exact fp32
-bytes where the model runs (wasm/src/packed.mjs: in the tab's worker, in Node).
+bytes where the model runs (wasm/src/packed.mjs: in the tab's worker, in Node). The fp16 export
+gets one too over the same blocks (`write_packed_half`: expanded, then rounded to float16).
 
 onnxruntime-web's WASM kernels are fast for fp32 only, and an fp32 export of a Q4_1 GGUF is
 nothing but its blocks dequantized (weights.Q4Blocks.dense): so 98 MB of blocks stand for 540 MB
@@ -175,6 +176,72 @@ def write_packed(model: onnx.ModelProto, origins: dict[str, Origin], out: Path, 
     return entry_out
 
 
+def _entry_fp32(e: dict[str, Any], data: bytes) -> np.ndarray:
+    """The fp32 tensor one header entry stands for."""
+    blob = data[e["data"]: e["data"] + e["data_bytes"]]
+    if e["kind"] == "raw":
+        return np.frombuffer(blob, "<f4").reshape(e["shape"])
+    return expand(e["kind"], e["rows"], e["cols"], e["transpose"], blob).reshape(e["shape"])
+
+
+def write_packed_half(model: onnx.ModelProto, fp32_packed: dict[str, Any], out: Path, stem: str = "model_fp16_packed",
+                      lora_model: onnx.ModelProto | None = None) -> dict[str, Any]:
+    """Write the packed form of the fp16 `model` (and its LoRA twin) over the fp32 export's
+    blocks (`fp32_packed`: that variant's `packed` entry): the fp16 graph's weights are the fp32
+    expansion rounded to float16 (round to nearest even, numpy's astype), so one .blocks file
+    serves both. Each float16 initializer the header names is moved out to `{stem}.weights` at
+    half the fp32 offset, after checking that the rounded expansion is its exact bytes (any
+    other stays in the graph). Returns the fp16 variant's `packed` entry ("element": "f16")."""
+    meta, data = read_packed(out / fp32_packed["blocks"])
+    by_name = {e["name"]: e for e in meta["tensors"]}
+    weights_name = f"{stem}.weights"
+    want: dict[str, bytes] = {}  # name -> the float16 bytes its entry expands to
+
+    end = meta["weights_bytes"] // 2
+    derived: list[dict[str, Any]] = []  # 2-D transposes of header tensors (fp16's explicit lm_head)
+
+    def rounded(name: str) -> bytes:
+        if name not in want:
+            want[name] = _entry_fp32(by_name[name], data).astype("<f2").tobytes()
+        return want[name]
+
+    def move_out(m: onnx.ModelProto) -> None:
+        nonlocal end
+        for t in m.graph.initializer:
+            if t.data_type != TensorProto.FLOAT16 or t.data_location == TensorProto.EXTERNAL:
+                continue
+            arr = np.ascontiguousarray(numpy_helper.to_array(t), dtype="<f2")
+            e = by_name.get(t.name)
+            if e is not None and list(arr.shape) == e["shape"] and arr.tobytes() == rounded(t.name):
+                _externalize(t, weights_name, e["offset"] // 2, e["bytes"] // 2)
+                continue
+            known = next((d for d in derived if d["name"] == t.name), None)
+            if known is None and arr.ndim == 2 and arr.nbytes >= MIN_EXTERNAL:
+                for src in (x for x in meta["tensors"] if x["shape"] == list(arr.shape[::-1])):
+                    back = np.frombuffer(rounded(src["name"]), "<f2").reshape(src["shape"])
+                    if np.array_equal(back.T.view(np.uint16), arr.view(np.uint16)):
+                        known = {"name": t.name, "from": src["name"], "offset": end, "bytes": arr.nbytes}
+                        derived.append(known)
+                        end += -(-arr.nbytes // ALIGN) * ALIGN
+                        break
+            if known is not None and known["bytes"] == arr.nbytes:
+                _externalize(t, weights_name, known["offset"], known["bytes"])
+
+    move_out(model)
+    graph_path = out / f"{stem}.onnx"
+    graph_path.write_bytes(model.SerializeToString())
+    entry: dict[str, Any] = {"file": graph_path.name, "bytes": graph_path.stat().st_size, "blocks": fp32_packed["blocks"],
+                             "blocks_bytes": fp32_packed["blocks_bytes"], "weights": weights_name,
+                             "weights_bytes": end, "element": "f16", "derived": derived}
+    if lora_model is not None:
+        move_out(lora_model)
+        lora_path = out / f"{stem.replace('_packed', '_lora_packed')}.onnx"
+        lora_path.write_bytes(lora_model.SerializeToString())
+        entry.update(lora_file=lora_path.name, lora_bytes=lora_path.stat().st_size)
+    entry["weights_bytes"] = end
+    return entry
+
+
 def read_packed(path: str | Path) -> tuple[dict[str, Any], bytes]:
     """The header and data section of a .blocks file."""
     buf = Path(path).read_bytes()
@@ -188,15 +255,21 @@ def read_packed(path: str | Path) -> tuple[dict[str, Any], bytes]:
     return json.loads(buf[12:12 + n]), buf[start:]
 
 
-def expand_weights(path: str | Path) -> bytes:
-    """The weights file a .blocks file stands for (what packed.mjs makes in the tab)."""
+def expand_weights(path: str | Path, packed: dict[str, Any] | None = None) -> bytes:
+    """The weights file a .blocks file stands for (what packed.mjs makes in the tab): fp32, or
+    for a `packed` entry with element "f16" the fp16 graph's (every tensor rounded to float16 at
+    half the offset, then its `derived` transposes after them)."""
     meta, data = read_packed(path)
-    out = bytearray(meta["weights_bytes"])
+    half = bool(packed and packed.get("element") == "f16")
+    div = 2 if half else 1
+    out = bytearray(packed["weights_bytes"] if packed else meta["weights_bytes"])
+    by_name = {e["name"]: e for e in meta["tensors"]}
     for e in meta["tensors"]:
-        blob = data[e["data"]: e["data"] + e["data_bytes"]]
-        if e["kind"] == "raw":
-            out[e["offset"]: e["offset"] + e["bytes"]] = blob
-        else:
-            out[e["offset"]: e["offset"] + e["bytes"]] = expand(e["kind"], e["rows"], e["cols"], e["transpose"],
-                                                                blob).astype("<f4").tobytes()
+        at = e["offset"] // div
+        out[at: at + e["bytes"] // div] = _entry_fp32(e, data).astype("<f2" if half else "<f4").tobytes()
+    for d in (packed or {}).get("derived", []):
+        src = by_name[d["from"]]
+        at = src["offset"] // div
+        arr = np.frombuffer(bytes(out[at: at + src["bytes"] // div]), "<f2" if half else "<f4").reshape(src["shape"])
+        out[d["offset"]: d["offset"] + d["bytes"]] = np.ascontiguousarray(arr.T).tobytes()
     return bytes(out)

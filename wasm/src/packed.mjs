@@ -4,6 +4,9 @@
 // exact in float32 (an 11-bit by 8-bit product) and a float64 sum of two float32 values rounds to
 // the same float32 as a float32 sum, so a Float32Array store gives the exporter's bytes.
 //
+// The fp16 export's packed form (`half`) uses the same blocks: each value is made in float32 as
+// above, then rounded to float16 (to nearest, ties to even: numpy's astype) at half the offset.
+//
 // Streaming: `push` bytes as they arrive; each tensor is expanded as soon as its blocks are all
 // there, so expansion overlaps the download. `finish()` returns the weights.
 
@@ -26,8 +29,14 @@ export class PackedError extends Error {
 }
 
 export class PackedExpander {
-  /** @param totalBytes the .blocks file's size (realm.json's blocks_bytes), to hold it in one buffer */
-  constructor(totalBytes) {
+  /** @param totalBytes the .blocks file's size (realm.json's blocks_bytes), to hold it in one buffer
+   * @param options {half, derived, weightsBytes}: expand to float16 (the fp16 graph's weights;
+   * realm.json's element "f16"), then write its `derived` 2-D transposes of expanded tensors (the
+   * fp16 graph's explicit lm_head) at their offsets in a weights file of `weightsBytes` */
+  constructor(totalBytes, { half = false, derived = [], weightsBytes = null } = {}) {
+    this.half = half;
+    this.derived = derived;
+    this.weightsBytes = weightsBytes;
     this.buf = new Uint8Array(totalBytes);
     this.got = 0;
     this.meta = null;
@@ -56,7 +65,7 @@ export class PackedExpander {
     if (this.got < 12 + n) return;
     this.meta = JSON.parse(new TextDecoder().decode(b.subarray(12, 12 + n)));
     this.dataStart = 12 + n + ((8 - ((12 + n) % 8)) % 8);
-    this.weights = new Uint8Array(this.meta.weights_bytes);
+    this.weights = new Uint8Array(this.weightsBytes ?? (this.half ? this.meta.weights_bytes / 2 : this.meta.weights_bytes));
   }
 
   _expandReady() {
@@ -66,7 +75,7 @@ export class PackedExpander {
       const end = this.dataStart + t.data + t.data_bytes;
       if (end > this.got) return;
       const t0 = performance.now();
-      expandTensor(t, this.buf.subarray(this.dataStart + t.data, end), this.weights);
+      expandTensor(t, this.buf.subarray(this.dataStart + t.data, end), this.weights, this.half);
       this.expandMs += performance.now() - t0;
       this.next++;
     }
@@ -78,18 +87,41 @@ export class PackedExpander {
       throw new PackedError(`packed weights cut short: ${this.got} of ${this.buf.length} bytes`);
     }
     this.buf = null; // the blocks are no longer needed
+    const t0 = performance.now();
+    for (const d of this.derived) {
+      const src = this.meta.tensors.find((t) => t.name === d.from);
+      if (!src || src.shape.length !== 2) throw new PackedError(`derived tensor ${d.name}: no 2-D tensor ${d.from}`);
+      const [rows, cols] = src.shape, size = this.half ? 2 : 4;
+      if (d.bytes !== rows * cols * size || d.offset + d.bytes > this.weights.length) throw new PackedError(`derived tensor ${d.name}: sizes do not match`);
+      const A = this.half ? Uint16Array : Float32Array;
+      const from = new A(this.weights.buffer, this.weights.byteOffset + src.offset / (this.half ? 2 : 1), rows * cols);
+      const to = new A(this.weights.buffer, this.weights.byteOffset + d.offset, rows * cols);
+      for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) to[c * rows + r] = from[r * cols + c];
+    }
+    this.expandMs += performance.now() - t0;
     return this.weights;
   }
 }
 
-/** Expand one tensor's blocks into its place in `weights`. */
-export function expandTensor(t, data, weights) {
+/** Expand one tensor's blocks into its place in `weights` (as float16 when `half`). */
+export function expandTensor(t, data, weights, half = false) {
+  const count = t.bytes / 4;
+  let out; // where the float32 values go (a scratch array when they are rounded to float16 after)
   if (t.kind === "raw") {
-    weights.set(data, t.offset);
-    return;
+    if (!half) { weights.set(data, t.offset); return; }
+    out = new Float32Array(data.buffer.slice(data.byteOffset, data.byteOffset + data.length));
+  } else {
+    out = half ? new Float32Array(count) : new Float32Array(weights.buffer, weights.byteOffset + t.offset, count);
+    expandBlocks(t, data, out);
   }
+  if (half) {
+    const dst = new Uint16Array(weights.buffer, weights.byteOffset + t.offset / 2, count);
+    for (let i = 0; i < count; i++) dst[i] = toHalf(out[i]);
+  }
+}
+
+function expandBlocks(t, data, out) {
   const half = halfTable();
-  const out = new Float32Array(weights.buffer, weights.byteOffset + t.offset, t.bytes / 4);
   const rows = t.rows, cols = t.cols, nb = cols / 32;
   const q4 = t.kind === "q4_1";
   if (!q4 && t.kind !== "q8_0") throw new PackedError(`unknown block kind ${t.kind}`);
@@ -118,4 +150,26 @@ export function expandTensor(t, data, weights) {
       }
     }
   }
+}
+
+const F32 = new Float32Array(1), U32 = new Uint32Array(F32.buffer);
+
+/** The float16 bits nearest a float32 value, ties to even (overflow to infinity, NaN kept NaN). */
+export function toHalf(v) {
+  F32[0] = v;
+  const x = U32[0], sign = (x >>> 16) & 0x8000, m = x & 0x7fffff;
+  const e = ((x >>> 23) & 0xff) - 112; // float16's biased exponent
+  if (e === 143) return sign | 0x7c00 | (m ? 0x200 : 0); // infinity, NaN
+  if (e >= 31) return sign | 0x7c00;
+  if (e <= 0) { // a float16 subnormal (or zero): 24-bit significand down to 10 + e bits
+    if (e < -10) return sign;
+    const sig = m | 0x800000, shift = 14 - e, tie = 1 << (shift - 1), rem = sig & ((1 << shift) - 1);
+    let h = sig >>> shift;
+    if (rem > tie || (rem === tie && (h & 1))) h++;
+    return sign | h;
+  }
+  let h = (e << 10) | (m >>> 13);
+  const rem = m & 0x1fff;
+  if (rem > 0x1000 || (rem === 0x1000 && (h & 1))) h++; // a carry into the exponent is right (up to infinity)
+  return sign | h;
 }

@@ -82,7 +82,7 @@ export class Mirror {
       await fetchFile(p.file, p.bytes);
       if (p.loraFile) await fetchFile(p.loraFile, p.loraBytes);
       if (!have(p.weights, p.weightsBytes)) {
-        const ex = new PackedExpander(p.blocksBytes);
+        const ex = new PackedExpander(p.blocksBytes, { half: p.element === "f16", derived: p.derived, weightsBytes: p.weightsBytes });
         await download(`${base}/${p.blocks}`, p.blocksBytes, (c) => ex.push(c),
                        { onBytes: (got, total) => onProgress?.({ stage: "download", file: p.blocks, got, total }), fail: bad });
         onProgress?.({ stage: "expand", file: p.weights });
