@@ -209,7 +209,7 @@ export class Realm {
    * model directory is mirrored under $REALM_WEB_HOME/remote, a packed export downloading as its
    * quantized blocks; `packed: false` takes the plain file, `onProgress` sees the download), `engine` "wasm"
    * (onnxruntime-web, default) or "native" (onnxruntime-node), `dtype` (default: the export the
-   * manifest prefers for the engine: wasm fp16/fp32, native int4), `threads`, `maxSlots` (requests
+   * manifest prefers for the engine: wasm fp32/fp16, native int4), `threads`, `maxSlots` (requests
    * that run at once; more wait in the queue), `maxLength`, `maxTokensPerStep` (prefill chunk). */
   static async load(options = {}) {
     const o = check(options, LOAD_OPTIONS, "load");

@@ -40,7 +40,7 @@ export interface LoadOptions {
   /** "wasm": onnxruntime-web's WebAssembly build (default); "native": onnxruntime-node (CPU). */
   engine?: Engine;
   /** Which export to run ("fp32", "fp16", "int8", "int4"); default: the one realm.json prefers for
-   * the engine (wasm: fp16, else fp32; native: int4). */
+   * the engine (wasm: fp32, else fp16; native: int4). */
   dtype?: string | null;
   /** Compute threads (wasm default 1; native default min(4, cores)). onnxruntime-web's WASM runtime
    * takes its thread count once per process. */
