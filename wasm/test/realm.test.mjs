@@ -198,6 +198,21 @@ describe("a model from a URL (Node): the packed download, mirrored", () => {
         assert.ok(seen.some(([n]) => n === m.variants[native.info.dtype].file));
         assert.deepEqual((await native.generate(PROMPTS[0], { maxTokens: MAX })).tokenIds, REF[native.info.dtype].greedy[0].tokenIds);
       } finally { await native.close(); }
+      // the fp16 export from the same URL (WebGPU's form): the same blocks again, expanded to float16
+      // (and its lm_head transpose derived) on this side; onnxruntime-node runs it beside the local
+      // fp16 file and gives the same tokens
+      seen.length = 0;
+      const half = await Realm.load({ model: url, engine: "native", dtype: "fp16", wheel: WHEEL });
+      const local = await Realm.load({ model: MODEL, engine: "native", dtype: "fp16", wheel: WHEEL });
+      try {
+        assert.equal(half.info.packed, true);
+        const names = seen.map(([n]) => n);
+        assert.ok(names.includes(m.variants.fp16.packed.blocks) && !names.includes(m.variants.fp16.file), names.join(" "));
+        assert.equal(fs.statSync(path.join(half.info.modelDir, m.variants.fp16.packed.weights)).size, m.variants.fp16.packed.weights_bytes);
+        for (const p of PROMPTS.slice(0, 2)) {
+          assert.deepEqual((await half.generate(p, { maxTokens: MAX })).tokenIds, (await local.generate(p, { maxTokens: MAX })).tokenIds, p);
+        }
+      } finally { await half.close(); await local.close(); }
       await assert.rejects(Realm.load({ model: `${url}/nothing-here`, wheel: WHEEL }), (e) => e.code === "model_not_found" && /HTTP 404/.test(e.message));
     } finally {
       if (prev === undefined) delete process.env.REALM_WEB_HOME; else process.env.REALM_WEB_HOME = prev;
