@@ -5,6 +5,7 @@
 // the tokens, as JSON. Run on the lent H200 by bench/webgpu_node.sh (next to ../shared/webgpu's
 // raw decode loop, the anchor in the same run):
 //   node webgpu_node.mjs BRIDGE_MJS CFG_JSON MODEL_DIR OUT_JSON [STEPS]
+// PACKED=1 loads the export's packed form (cfg.packed) instead: bench/webgpu_packed.sh.
 import fs from "node:fs";
 import path from "node:path";
 
@@ -65,7 +66,22 @@ if (process.env.PROFILE) ort.env.webgpu.profiling = { mode: "default", ondata: (
 const { Bridge } = await import(path.resolve(bridgePath));
 const cfg = JSON.parse(fs.readFileSync(cfgPath, "utf8"));
 const t0 = performance.now();
-const bridge = await Bridge.create(ort, new Uint8Array(fs.readFileSync(path.join(modelDir, cfg.file))), { ...cfg, backend: "webgpu" });
+let bridge;
+if (process.env.PACKED) {
+  // the compact download's form (what the tab's worker runs): the packed graph, its weights
+  // expanded here from the GGUF's blocks (float16 for the fp16 export: packed.mjs `half`)
+  const { PackedExpander } = await import(path.resolve(path.dirname(bridgePath), "packed.mjs"));
+  const p = cfg.packed;
+  const blocks = fs.readFileSync(path.join(modelDir, p.blocks));
+  const ex = new PackedExpander(blocks.length, { half: p.element === "f16", derived: p.derived, weightsBytes: p.weightsBytes });
+  for (let i = 0; i < blocks.length; i += 1 << 22) ex.push(blocks.subarray(i, i + (1 << 22)));
+  const weights = ex.finish();
+  result.packed = { graph: p.file, element: p.element, blocks_bytes: p.blocksBytes, weights_bytes: weights.length, expand_ms: r3(ex.expandMs) };
+  bridge = await Bridge.create(ort, new Uint8Array(fs.readFileSync(path.join(modelDir, p.file))),
+                               { ...cfg, backend: "webgpu", externalData: [{ path: p.weights, data: weights }] });
+} else {
+  bridge = await Bridge.create(ort, new Uint8Array(fs.readFileSync(path.join(modelDir, cfg.file))), { ...cfg, backend: "webgpu" });
+}
 result.load_s = r3((performance.now() - t0) / 1000);
 result.dtype = cfg.dtype;
 
