@@ -19,7 +19,7 @@ old = "        if (true) {\n          inputTensors.forEach((t) => {\n           
 assert s.count(old) == 1, "onnxruntime-web's run epilogue changed: check the patch"
 open(sys.argv[2], "w").write(s.replace(old, old.replace("if (true)", "if (!enableGraphCapture)")))
 PY
-cp bench/webgpu_capture_decode.mjs /tmp/wg/
+cp bench/webgpu_capture_decode.mjs bench/dawn_gpu.mjs /tmp/wg/
 cp wasm/src/packed.mjs /tmp/wg/packed.mjs
 cd /tmp/wg && ./node webgpu_capture_decode.mjs $D/ort.webgpu.capture.mjs /tmp/wg/packed.mjs $M cap_fp16_packed.onnx $OUT/webgpu_capture.json ${STEPS:-64} ${T:-256} 2>&1 | grep -v VerifyEachNode
 python3 - <<PY

@@ -13,28 +13,8 @@ const [ortPath, packedPath, modelDir, graphFile, outPath, stepsArg, tArg] = proc
 const STEPS = Number(stepsArg || 64), T = Number(tArg || 256);
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const r3 = (x) => Math.round(x * 1000) / 1000;
-const { create, globals } = await import("webgpu");
-Object.assign(globalThis, globals);
-const gpu = create(["enable-dawn-features=vulkan_enable_f16_on_nvidia"]);
-const patchQueue = (proto) => {
-  if (!proto || proto.__sabPatched) return;
-  const wb = proto.writeBuffer;
-  proto.writeBuffer = function (...a) {
-    const d = a[2];
-    if (d instanceof SharedArrayBuffer) a[2] = new Uint8Array(d).slice().buffer;
-    else if (ArrayBuffer.isView(d) && d.buffer instanceof SharedArrayBuffer) a[2] = d.slice();
-    return wb.apply(this, a);
-  };
-  proto.__sabPatched = true;
-};
-patchQueue(globalThis.GPUQueue?.prototype);
-const reqAdapter = gpu.requestAdapter.bind(gpu);
-gpu.requestAdapter = async (o) => {
-  const ad = await reqAdapter(o);
-  if (ad) { const rd = ad.requestDevice.bind(ad); ad.requestDevice = async (d) => { const dev = await rd(d); patchQueue(Object.getPrototypeOf(dev.queue)); return dev; }; }
-  return ad;
-};
-Object.defineProperty(globalThis, "navigator", { value: { gpu }, configurable: true, writable: true });
+const { installNavigatorGpu } = await import(path.resolve(path.dirname(process.argv[1]), "dawn_gpu.mjs"));
+const gpu = await installNavigatorGpu();
 const ort = await import(path.resolve(ortPath));
 ort.env.wasm.numThreads = 1;
 ort.env.logLevel = "warning";

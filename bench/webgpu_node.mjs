@@ -15,30 +15,8 @@ const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const r3 = (x) => Math.round(x * 1000) / 1000;
 const result = { node: process.version };
 
-// navigator.gpu from dawn.node, with the fixes ../shared/webgpu/README.md lists (f16 on NVIDIA
-// Vulkan; writeBuffer of SharedArrayBuffer views copied first)
-const { create, globals } = await import("webgpu");
-Object.assign(globalThis, globals);
-const gpu = create((process.env.DAWN_OPTS ?? "enable-dawn-features=vulkan_enable_f16_on_nvidia").split(" ").filter(Boolean));
-const patchQueue = (proto) => {
-  if (!proto || proto.__sabPatched) return;
-  const wb = proto.writeBuffer;
-  proto.writeBuffer = function (...a) {
-    const d = a[2];
-    if (d instanceof SharedArrayBuffer) a[2] = new Uint8Array(d).slice().buffer;
-    else if (ArrayBuffer.isView(d) && d.buffer instanceof SharedArrayBuffer) a[2] = d.slice();
-    return wb.apply(this, a);
-  };
-  proto.__sabPatched = true;
-};
-patchQueue(globalThis.GPUQueue?.prototype);
-const reqAdapter = gpu.requestAdapter.bind(gpu);
-gpu.requestAdapter = async (o) => {
-  const ad = await reqAdapter(o);
-  if (ad) { const rd = ad.requestDevice.bind(ad); ad.requestDevice = async (d) => { const dev = await rd(d); patchQueue(Object.getPrototypeOf(dev.queue)); return dev; }; }
-  return ad;
-};
-Object.defineProperty(globalThis, "navigator", { value: { gpu }, configurable: true, writable: true });
+const { installNavigatorGpu } = await import(path.resolve(path.dirname(process.argv[1]), "dawn_gpu.mjs"));
+const gpu = await installNavigatorGpu();
 // what a step asks of the GPU: compute dispatches, queue submissions, buffer readbacks (mapAsync:
 // each one waits for the GPU), buffer writes; counted on dawn.node's prototypes
 const calls = { dispatchWorkgroups: 0, submit: 0, mapAsync: 0, writeBuffer: 0, createBindGroup: 0 };

@@ -14,7 +14,7 @@ import json
 from realm_web.manifest import load_manifest
 from realm_web.engines.ort_web import bridge_config
 print(json.dumps(bridge_config(load_manifest('/tmp/realm_fp16'), 'fp16', 'webgpu')))" > /tmp/cfg.json
-cp bench/webgpu_node.mjs /tmp/wg/
+cp bench/webgpu_node.mjs bench/dawn_gpu.mjs /tmp/wg/
 cd /tmp/wg && ./node webgpu_node.mjs $REPO/wasm/src/bridge.mjs /tmp/cfg.json /tmp/realm_fp16 $OUT/webgpu_bridge.json ${STEPS:-64}
 [ -z "${PROFILE:-}" ] || PROFILE=1 ./node webgpu_node.mjs $REPO/wasm/src/bridge.mjs /tmp/cfg.json /tmp/realm_fp16 $OUT/webgpu_bridge_profile.json 32
 python3 - <<PY

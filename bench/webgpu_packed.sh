@@ -17,7 +17,7 @@ import json
 from realm_web.manifest import load_manifest
 from realm_web.engines.ort_web import bridge_config
 print(json.dumps(bridge_config(load_manifest('$M'), 'fp16', 'webgpu')))" > /tmp/cfg.json
-cp bench/webgpu_node.mjs /tmp/wg/
+cp bench/webgpu_node.mjs bench/dawn_gpu.mjs /tmp/wg/
 cd /tmp/wg && PACKED=1 ./node webgpu_node.mjs $REPO/wasm/src/bridge.mjs /tmp/cfg.json $M $OUT/webgpu_packed_fp16.json ${STEPS:-64}
 python3 - <<PY
 import json

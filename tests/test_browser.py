@@ -136,18 +136,24 @@ def test_multi_turn_chat_in_the_page_reuses_the_conversation(site: str, model_di
     assert st["hits"] == len(CHAT_TURNS) - 1 and st["cached_tokens"] > st["prompt_tokens"] / 2, st
 
 
+def open_chat(p: Any, site: str) -> tuple[Any, Any, list[str]]:
+    """Chromium on the chat page (WASM, 2 threads), ready for input: (browser, page, page errors)."""
+    b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+    page = b.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(f"{site}/?backend=wasm&threads=2")
+    page.wait_for_function("() => !document.querySelector('#input').disabled", timeout=120_000)
+    return b, page, errors
+
+
 def test_the_chat_ui_with_speculative_decoding_shows_its_acceptance(site: str) -> None:
     """The page as a user drives it: the Speculative box, a question typed and sent; the answer
     streams into the chat, and the footer shows tokens/s and how many drafted tokens were accepted."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        page = b.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto(f"{site}/?backend=wasm&threads=2")
-        page.wait_for_function("() => !document.querySelector('#input').disabled", timeout=120_000)
+        b, page, errors = open_chat(p, site)
         page.check("#speculative")
         page.wait_for_function("() => !document.querySelector('#input').disabled && window.realm.info?.speculative",
                                timeout=120_000)
@@ -173,12 +179,7 @@ def test_the_chat_ui_answers_as_json_following_a_schema(site: str, model_dir: Pa
               "required": ["city", "country"], "additionalProperties": False}
     ask = "Which city is the capital of France? Answer as JSON."
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        page = b.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto(f"{site}/?backend=wasm&threads=2")
-        page.wait_for_function("() => !document.querySelector('#input').disabled", timeout=120_000)
+        b, page, errors = open_chat(p, site)
         page.click("#format summary")
         page.fill("#schema", '{"type": "object", ')
         page.fill("#input", ask)

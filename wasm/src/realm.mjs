@@ -300,8 +300,9 @@ export class Realm {
                                                                      prefixCaching: o.prefixCaching ?? false })));
       // speculation: the policy learns what a verify row costs here before the first request
       if (facts.speculative) {
-        stepCosts = JSON.parse(await bridge.calibrate());
-        web.calibrate(JSON.stringify(stepCosts));
+        const costs = await bridge.calibrate();
+        web.calibrate(costs);
+        stepCosts = JSON.parse(costs);
       }
     } catch (e) { await bridge.dispose(); throw fromPython(e); }
     const info = { name: facts.name, engine, dtype: cfg.dtype, file, modelDir, threads, maxSlots: o.maxSlots ?? 8,
