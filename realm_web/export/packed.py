@@ -195,9 +195,8 @@ def write_packed_half(model: onnx.ModelProto, fp32_packed: dict[str, Any], out: 
     meta, data = read_packed(out / fp32_packed["blocks"])
     by_name = {e["name"]: e for e in meta["tensors"]}
     weights_name = f"{stem}.weights"
-    want: dict[str, bytes] = {}  # name -> the float16 bytes its entry expands to
-
-    end = meta["weights_bytes"] // 2
+    want: dict[str, bytes] = {}  # name -> the float16 bytes its entry expands to (the twin reuses them)
+    end = meta["weights_bytes"] // 2  # the derived tensors go after the rounded ones
     derived: list[dict[str, Any]] = []  # 2-D transposes of header tensors (fp16's explicit lm_head)
 
     def rounded(name: str) -> bytes:
@@ -232,7 +231,7 @@ def write_packed_half(model: onnx.ModelProto, fp32_packed: dict[str, Any], out: 
     graph_path.write_bytes(model.SerializeToString())
     entry: dict[str, Any] = {"file": graph_path.name, "bytes": graph_path.stat().st_size, "blocks": fp32_packed["blocks"],
                              "blocks_bytes": fp32_packed["blocks_bytes"], "weights": weights_name,
-                             "weights_bytes": end, "element": "f16", "derived": derived}
+                             "element": "f16", "derived": derived}
     if lora_model is not None:
         move_out(lora_model)
         lora_path = out / f"{stem.replace('_packed', '_lora_packed')}.onnx"
