@@ -33,19 +33,28 @@ count(globalThis.GPUDevice?.prototype, "createBindGroup");
 const adapter = await gpu.requestAdapter({ powerPreference: "high-performance" });
 result.adapter = adapter ? { vendor: adapter.info.vendor, device: adapter.info.device } : null;
 
-const ort = await import("onnxruntime-web/webgpu");
-ort.env.wasm.numThreads = 1;
-ort.env.logLevel = "warning";
+const KERNELS = !!process.env.KERNELS; // realm-web's own kernels (gpu_bridge.mjs) instead of onnxruntime-web
+const ort = KERNELS ? null : await import("onnxruntime-web/webgpu");
+if (ort) { ort.env.wasm.numThreads = 1; ort.env.logLevel = "warning"; }
 // PROFILE=1: onnxruntime-web's per-kernel GPU timestamps (timestamp-query), summed per decode step,
 // to tell GPU time from per-dispatch and host cost
 const events = [];
 let recording = false;
-if (process.env.PROFILE) ort.env.webgpu.profiling = { mode: "default", ondata: (d) => { if (recording) events.push(d); } };
+if (process.env.PROFILE && ort) ort.env.webgpu.profiling = { mode: "default", ondata: (d) => { if (recording) events.push(d); } };
 const { Bridge } = await import(path.resolve(bridgePath));
 const cfg = JSON.parse(fs.readFileSync(cfgPath, "utf8"));
 const t0 = performance.now();
 let bridge;
-if (process.env.PACKED) {
+if (KERNELS) {
+  // the packed export's GGUF blocks as they are, on realm-web's WGSL kernels (no onnxruntime)
+  const { GpuBridge } = await import(path.resolve(path.dirname(bridgePath), "gpu_bridge.mjs"));
+  const lim = adapter.limits;
+  const device = await adapter.requestDevice({ requiredLimits: { maxStorageBufferBindingSize: lim.maxStorageBufferBindingSize, maxBufferSize: lim.maxBufferSize } });
+  device.addEventListener?.("uncapturederror", (e) => console.error("WebGPU error:", e.error?.message));
+  const blocks = new Uint8Array(fs.readFileSync(path.join(modelDir, cfg.packed.blocks)));
+  bridge = await GpuBridge.create(device, blocks, cfg, process.env.LANES ? { lanes: Number(process.env.LANES) } : {});
+  result.kernels = { lanes: bridge.dec.LN, upload_ms: r3(bridge.dec.loadMs), memory: bridge.dec.memory() };
+} else if (process.env.PACKED) {
   // the compact download's form (what the tab's worker runs): the packed graph, its weights
   // expanded here from the GGUF's blocks (float16 for the fp16 export: packed.mjs `half`)
   const { PackedExpander } = await import(path.resolve(path.dirname(bridgePath), "packed.mjs"));
@@ -65,7 +74,7 @@ result.dtype = cfg.dtype;
 
 const GREEDY = { temperature: 0, top_k: 0, top_p: 1, min_p: 0, repetition_penalty: 1, logprobs: false, top_logprobs: 0 };
 const PROMPT = [1, 9690, 198, 2683, 359, 253, 5356, 5646, 11173, 3365, 3511, 308, 34519, 28, 7018, 411, 407, 19712, 8182, 2];
-let nextId = 1;
+let nextId = 1, firstToken = null;
 
 async function generate() {
   const id = nextId++;
@@ -82,6 +91,7 @@ async function generate() {
     start += chunk.length;
     if (last) tokens.push(out.tokens[id][0]);
   }
+  firstToken ??= performance.now(); // since the process started
   const prefill = times.reduce((a, b) => a + b, 0);
   const dec = [];
   for (let k = 0; k < STEPS; k++) {
@@ -101,7 +111,8 @@ recording = true;
 const before = { ...calls };
 const run = await generate();
 recording = false;
-const runsPerGen = STEPS + Math.ceil(PROMPT.length / 16);
+const chunkWidth = JSON.parse(bridge.capabilities()).prefill_width || PROMPT.length;
+const runsPerGen = STEPS + Math.ceil(PROMPT.length / chunkWidth);
 result.gpu_calls_per_run = Object.fromEntries(Object.entries(calls).map(([k, v]) => [k, r3((v - before[k]) / runsPerGen)]));
 if (process.env.PROFILE && events.length) {
   const ns = (x) => Number(x);
@@ -114,12 +125,13 @@ if (process.env.PROFILE && events.length) {
     k.count += 1;
     k.ms += dt;
   }
-  const runs = STEPS + Math.ceil(PROMPT.length / 16);
+  const runs = runsPerGen;
   result.profile = { dispatches: events.length, dispatches_per_run: r3(events.length / runs),
                      gpu_ms_per_run: r3(busy / runs), wall_ms_per_decode_step: r3(median(run.decode)),
                      by_kernel: Object.fromEntries(Object.entries(byType).sort((a, b) => b[1].ms - a[1].ms)
                        .map(([k, v]) => [k, { per_run: r3(v.count / runs), ms_per_run: r3(v.ms / runs) }])) };
 }
+result.first_token_since_process_start_ms = r3(firstToken);
 result.first_run = { prefill_ms: r3(warm.prefill_ms), first_decode_ms: r3(warm.decode[0]), decode_median_ms: r3(median(warm.decode)) };
 result.prefill_ms = r3(run.prefill_ms);
 result.decode_median_ms = r3(median(run.decode));

@@ -28,7 +28,7 @@ def bridge_config(manifest: Manifest, dtype: str | None, backend: str) -> dict[s
     cfg: dict[str, Any] = {"file": v.file, "dtype": v.dtype, "kvDtype": KV_TYPES[v.kv_dtype], "backend": backend,
                            "numLayers": manifest.num_layers, "kvHeads": manifest.num_kv_heads,
                            "headDim": manifest.head_dim, "vocabSize": manifest.vocab_size, "bytes": v.bytes,
-                           "names": manifest.graph.names}
+                           "names": manifest.graph.names, "arch": manifest.architecture}
     if v.packed:  # the compact download (export/packed.py); the host chooses which it fetches
         p = v.packed
         cfg["packed"] = {"file": p["file"], "bytes": p["bytes"], "blocks": p["blocks"], "blocksBytes": p["blocks_bytes"],

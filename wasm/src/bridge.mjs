@@ -336,7 +336,7 @@ export class Bridge {
   /** Positions [0, length) of `src`'s cache (and tokens) become `dst`'s. */
   async copy(src, dst, length) {
     const s = this.slots.get(src);
-    const held = s ? s.past[this.names.kv[0][0]].dims[2] : 0;
+    const held = this.held(src);
     if (src === dst || length > held || length < 0) throw new Error(`cannot copy ${length} positions of slot ${src} (it holds ${held}) to slot ${dst}`);
     const past = await this.build([s], [length]);
     this.release(dst);
@@ -359,7 +359,7 @@ export class Bridge {
     // prefix-cache hits (new.cached > 0): the slot's first positions are the new request's prefix
     const kept = new Set((plan.new || []).filter((n) => n.cached).map((n) => n.slot));
     for (const n of plan.new || []) {
-      const held = this.slots.get(n.slot)?.past[this.names.kv[0][0]].dims[2] ?? 0;
+      const held = this.held(n.slot);
       if (n.cached && !(n.cached <= held)) throw new Error(`sequence ${n.id}: slot ${n.slot} holds ${held} positions, not ${n.cached} to reuse`);
     }
     for (const id of plan.released || []) { // their slots' tensors are freed (GPU memory at once)
@@ -385,6 +385,16 @@ export class Bridge {
     this.take(rows);
     const out = { tokens: {}, logprobs: {}, top: {}, scores: {}, scoreTops: {} };
     this.timings.steps += 1;
+    if (rows.length) [tRun0, tRun1] = await this.runAll(rows, out);
+    const json = JSON.stringify(out);
+    this.trace?.push([tEnter, tRun0, tRun1, performance.now()]);
+    return json;
+  }
+
+  /** Run a step's rows, writing what they sample into `out`; returns [first run's start, last
+   * run's end] (ms). Decode rows run as one batch where batching, the rest one run each. */
+  async runAll(rows, out) {
+    let tRun0 = null, tRun1 = null;
     const decoding = this.batching ? rows.filter((q) => q.tokens.length === 1 && q.start > 0) : [];
     let rest = rows;
     if (decoding.length > 1) {
@@ -393,12 +403,15 @@ export class Bridge {
     }
     for (const q of rest) {
       const [t0, t1] = await this.runRow(q, out);
-      if (tRun0 === tEnter) tRun0 = t0;
+      tRun0 ??= t0;
       tRun1 = t1;
     }
-    const json = JSON.stringify(out);
-    this.trace?.push([tEnter, tRun0, tRun1, performance.now()]);
-    return json;
+    return [tRun0, tRun1];
+  }
+
+  /** Positions `slot`'s cache holds (0: none). */
+  held(slot) {
+    return this.slots.get(slot)?.past[this.names.kv[0][0]].dims[2] ?? 0;
   }
 
   /** Check each row against what its slot holds and this engine's capabilities; cut each

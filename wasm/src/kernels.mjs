@@ -1,0 +1,615 @@
+// realm-web's own WebGPU decoder ("realm kernels"): a Llama-family forward pass in a few fused
+// WGSL kernels that read the GGUF's quantized blocks (the packed export, realm_web/export/packed.py)
+// as they are, with float32 arithmetic.
+//
+// Theory of operation. onnxruntime-web's WebGPU EP runs our graph as ~394 dependent dispatches a
+// decode step (13 per layer), and on a real GPU (H100, Dawn/Vulkan) a step costs ~22-30 ms whether
+// or not its commands are recorded once and replayed (graph capture gave 1.08x): the cost is per
+// dispatch. Here a layer is five dispatches, each doing all the work between two points where
+// every output must be complete before the next kernel reads it:
+//
+//   1. qkv:  RMSNorm(x) @ [Wq|Wk|Wv]^T, RoPE on q and k, k and v written into the KV cache
+//   2. attn: softmax(q K^T / sqrt(d)) V per (token, head), online over chunks of positions
+//   3. o:    x += attn @ Wo^T
+//   4. glu:  RMSNorm(x) @ [Wg|Wu]^T -> silu(g) * u
+//   5. down: x += act @ Wd^T
+//
+// plus the embedding lookup, the final RMSNorm + lm_head over the positions whose logits are
+// wanted, and (greedy rows) an argmax, so that only token ids come back: 153 dispatches a step for
+// a 30-layer model, one compute pass, one submit, one small readback.
+//
+// Weights are the GGUF's blocks: Q4_1 (a float16 scale d and min m, 32 4-bit q: w = q * d + m) and
+// Q8_0 (d, 32 int8 q: w = q * d), regrouped at load into 32-bit words of q and float32 (d, m), so
+// each dequantized weight is exactly the fp32 export's value; only the order of the sums differs
+// from onnxruntime's fp32 kernels. The GPU holds ~100 MB for SmolLM2-135M instead of 540 (fp32) or
+// 327 (fp16), reads it once a step, and needs no shader-f16.
+//
+// KV cache: one pool, `slots` regions of `cap` positions; a position holds every layer's k and v
+// (layers x 2 x kv_heads x head_dim floats), so growing `cap` copies each slot's used part once.
+// Each token of a step carries its slot's element offset at its own position; attention reads
+// positions [0, pos] of its slot. A step may mix rows (prompt chunks, decode rows, verify rows).
+
+import { PackedError } from "./packed.mjs";
+
+const WG = 256; // threads per matvec workgroup on a GPU: 8 output units x 32 lanes
+const MT = 4; // tokens per matvec workgroup (weights dequantized once for MT tokens)
+
+export class KernelError extends Error {
+  constructor(message) { super(message); this.name = "KernelError"; this.code = "engine_unavailable"; }
+}
+
+/** The packed file's header and data (realm_web/export/packed.py's layout). */
+export function parsePacked(bytes) {
+  if (bytes.length < 12 || String.fromCharCode(...bytes.subarray(0, 4)) !== "RWPK") throw new PackedError("not a realm-web packed weights file (bad magic)");
+  const dv = new DataView(bytes.buffer, bytes.byteOffset, 12);
+  if (dv.getUint32(4, true) !== 1) throw new PackedError(`packed weights version ${dv.getUint32(4, true)}; this realm-web reads 1`);
+  const n = dv.getUint32(8, true);
+  const meta = JSON.parse(new TextDecoder().decode(bytes.subarray(12, 12 + n)));
+  const start = 12 + n + ((8 - ((12 + n) % 8)) % 8);
+  return { meta, data: bytes.subarray(start) };
+}
+
+/** The model's shape for the kernels, from realm.json's architecture (bridge_config's `arch`),
+ * or why they cannot run it. */
+export function kernelPlan(arch, meta) {
+  const a = arch || {};
+  if (a.architecture !== "llama") return { why: `architecture ${a.architecture} (the kernels run llama)` };
+  if (a.attention_bias) return { why: "attention biases (the kernels have none)" };
+  if (a.rope_scaling) return { why: "RoPE scaling" };
+  const L = a.num_layers, H = a.hidden_size, NH = a.num_heads, KVH = a.num_kv_heads, HD = a.head_dim, I = a.intermediate_size, V = a.vocab_size;
+  if (HD % 8 || HD > 256 || (HD & (HD - 1)) || NH % KVH || H % 32 || I % 32) return { why: `shape (head_dim ${HD}, hidden ${H}, intermediate ${I})` };
+  const byName = new Map(meta.tensors.map((t) => [t.name, t]));
+  const need = (name, kinds, rows, cols) => {
+    const t = byName.get(name);
+    if (!t) throw new KernelError(`the packed weights have no ${name}`);
+    if (!kinds.includes(t.kind)) throw new KernelError(`${name} is ${t.kind} (the kernels read ${kinds.join(", ")})`);
+    if (rows !== undefined && (t.rows ?? t.shape[0]) !== rows) throw new KernelError(`${name}: ${t.rows} rows, not ${rows}`);
+    if (cols !== undefined && (t.cols ?? t.shape[1]) !== cols) throw new KernelError(`${name}: ${t.cols} columns, not ${cols}`);
+    return t;
+  };
+  const q = ["q4_1", "q8_0"];
+  try {
+    const layers = [];
+    for (let i = 0; i < L; i++) layers.push({
+      attnNorm: need(`model.layers.${i}.input_layernorm.weight`, ["raw"]),
+      qkv: need(`/layers.${i}/attn/qkv.weight`, q, (NH + 2 * KVH) * HD, H),
+      o: need(`/layers.${i}/attn/o_proj.weight`, q, H, NH * HD),
+      mlpNorm: need(`model.layers.${i}.post_attention_layernorm.weight`, ["raw"]),
+      gateUp: need(`/layers.${i}/mlp/gate_up.weight`, q, 2 * I, H),
+      down: need(`/layers.${i}/mlp/down_proj.weight`, q, H, I),
+    });
+    const embed = need("model.embed_tokens.weight", q, V, H);
+    const head = a.tie_word_embeddings ? embed : need("lm_head.weight", q, V, H);
+    return { L, H, NH, KVH, HD, I, V, eps: a.rms_norm_eps, layers, embed, head, norm: need("model.norm.weight", ["raw"]),
+             cos: need("cos_cache", ["raw"]), sin: need("sin_cache", ["raw"]) };
+  } catch (e) {
+    if (e instanceof KernelError) return { why: e.message };
+    throw e;
+  }
+}
+
+// -- WGSL --------------------------------------------------------------------------------------
+
+const f = (x) => (Number.isInteger(x) ? `${x}.0` : String(x));
+
+/** The step buffer: [M, Ml, 0, 0], then per token: its id, position, KV element offset; then the
+ * token index of each logits row. */
+const stepDecl = (T) => `
+@group(1) @binding(0) var<storage, read> S: array<u32>;
+@group(1) @binding(1) var<storage, read> ROPE: array<f32>;
+const TOK: u32 = 4u; const POS: u32 = ${4 + T}u; const OFF: u32 = ${4 + 2 * T}u; const SEL: u32 = ${4 + 3 * T}u;`;
+
+/** 32 dequantized weights of block `wb` into w (Q4_1: q * d + m; Q8_0: q * d). */
+function dequant(kind) {
+  if (kind === "q4_1") return `
+    let d = WS[2u * wb]; let mn = WS[2u * wb + 1u];
+    for (var i = 0u; i < 4u; i++) {
+      let word = WQ[4u * wb + i];
+      for (var b = 0u; b < 4u; b++) {
+        let byte = (word >> (8u * b)) & 255u;
+        w[i * 4u + b] = f32(byte & 15u) * d + mn;
+        w[i * 4u + b + 16u] = f32(byte >> 4u) * d + mn;
+      }
+    }`;
+  return `
+    let d = WS[wb];
+    for (var i = 0u; i < 8u; i++) {
+      let word = i32(WQ[8u * wb + i]);
+      for (var b = 0u; b < 4u; b++) { w[i * 4u + b] = f32(extractBits(word, 8u * b, 8u)) * d; }
+    }`;
+}
+
+/** Output units of a matvec: "qkv" a pair (i, i + HD/2) of one head (for RoPE), "glu" a pair
+ * (gate n, up n + N), else one row. */
+export function units(epi, N, HD) {
+  return epi === "qkv" ? N / 2 : N;
+}
+
+/** y = (RMSNorm?)(x) @ W^T for MT tokens a workgroup, with an epilogue: "plain" y, "resid"
+ * x += y, "glu" silu(gate) * up, "qkv" RoPE and the KV cache write, "logits" (token rows picked
+ * by SEL). `LN` lanes share an output unit: 32 on GPUs (the unit's blocks split over a warp's
+ * lanes, summed in workgroup memory), 1 on CPU adapters (SwiftShader: a thread per unit and no
+ * workgroup barriers, which it runs as coroutine switches). */
+function matvecShader({ kind, norm, epi, K, N, eps, T, HD, NH, KVH, L, cap, LN }) {
+  const sel = epi === "logits", pair = epi === "glu" || epi === "qkv";
+  const NACC = pair ? 2 : 1;
+  const RPW = LN === 1 ? 64 : WG / LN; // units per workgroup
+  const WGS = RPW * LN;
+  const U = units(epi, N, HD);
+  const rows = epi === "qkv"
+    ? `let head = u / ${HD / 2}u; let i = u % ${HD / 2}u; let n0 = head * ${HD}u + i; let n1 = n0 + ${HD / 2}u;`
+    : epi === "glu" ? `let n0 = u; let n1 = u + ${N}u;` : `let n0 = u;`;
+  const epilogue = {
+    plain: `Y[j * ${N}u + n0] = v0;`,
+    logits: `Y[j * ${N}u + n0] = v0;`,
+    resid: `Y[j * ${N}u + n0] = Y[j * ${N}u + n0] + v0;`,
+    glu: `Y[j * ${N}u + n0] = (v0 * (1.0 / (1.0 + exp(-v0)))) * v1;`,
+    qkv: `let pos = S[POS + j]; let kv = S[OFF + j];
+        if (head < ${NH + KVH}u) {
+          let c = ROPE[pos * ${HD / 2}u + i]; let sn = ROPE[${cap * HD / 2}u + pos * ${HD / 2}u + i];
+          let ra = v0 * c - v1 * sn; let rb = v1 * c + v0 * sn;
+          if (head < ${NH}u) { Y[j * ${NH * HD}u + n0] = ra; Y[j * ${NH * HD}u + n1] = rb; }
+          else { let o = kv + LP.x * ${2 * KVH * HD}u + (head - ${NH}u) * ${HD}u + i; KV[o] = ra; KV[o + ${HD / 2}u] = rb; }
+        } else { let o = kv + LP.x * ${2 * KVH * HD}u + ${KVH * HD}u + (head - ${NH + KVH}u) * ${HD}u + i; KV[o] = v0; KV[o + ${HD / 2}u] = v1; }`,
+  }[epi];
+  const xval = norm ? "((X[xo + k] * inv[t]) * G[blk * 32u + k])" : "X[xo + k]";
+  const accumulate = Array.from({ length: NACC }, (_, g) => `{
+      let wb = n${g} * NB + blk;
+      ${dequant(kind)}
+      for (var t = 0u; t < mt; t++) {
+        let xo = xr[t] + blk * 32u;
+        var sum = 0.0;
+        for (var k = 0u; k < 32u; k++) { sum += w[k] * ${xval}; }
+        acc[t * ${NACC}u + ${g}u] += sum;
+      }
+    }`).join("\n");
+  const normShared = `for (var t = 0u; t < mt; t++) {
+    var part = 0.0;
+    for (var k = tid; k < K; k += ${WGS}u) { let v = X[xr[t] + k]; part += v * v; }
+    red[tid] = part;
+    workgroupBarrier();
+    for (var s = ${WGS / 2}u; s > 0u; s >>= 1u) { if (tid < s) { red[tid] += red[tid + s]; } workgroupBarrier(); }
+    if (tid == 0u) { invs[t] = 1.0 / sqrt(red[0] / ${f(K)} + ${eps}); }
+    workgroupBarrier();
+  }
+  var inv: array<f32, ${MT}>;
+  for (var t = 0u; t < mt; t++) { inv[t] = invs[t]; }`;
+  const normOwn = `var inv: array<f32, ${MT}>;
+  for (var t = 0u; t < mt; t++) {
+    var part = 0.0;
+    for (var k = 0u; k < K; k++) { let v = X[xr[t] + k]; part += v * v; }
+    inv[t] = 1.0 / sqrt(part / ${f(K)} + ${eps});
+  }`;
+  const finish = (v) => `for (var t = 0u; t < mt; t++) {
+      let j = m0 + t;
+      let v0 = ${v(0)};
+      ${pair ? `let v1 = ${v(1)};` : ""}
+      ${epilogue}
+    }`;
+  const body = LN === 1 ? `
+  let u = wid.x * ${RPW}u + tid;
+  if (u >= ${U}u) { return; }
+  ${norm ? normOwn : ""}
+  ${rows}
+  var acc: array<f32, ${MT * NACC}>;
+  var w: array<f32, 32>;
+  for (var blk = 0u; blk < NB; blk++) {
+    ${accumulate}
+  }
+  ${finish((g) => `acc[t * ${NACC}u + ${g}u]`)}` : `
+  let r = tid / ${LN}u; let lane = tid % ${LN}u;
+  let u = min(wid.x * ${RPW}u + r, ${U - 1}u);
+  ${norm ? normShared : ""}
+  ${rows}
+  var acc: array<f32, ${MT * NACC}>;
+  var w: array<f32, 32>;
+  for (var blk = lane; blk < NB; blk += ${LN}u) {
+    ${accumulate}
+  }
+  for (var q = 0u; q < ${MT * NACC}u; q++) { red[q * ${WGS}u + tid] = acc[q]; }
+  workgroupBarrier();
+  for (var s = ${LN / 2}u; s > 0u; s >>= 1u) {
+    if (lane < s) { for (var q = 0u; q < ${MT * NACC}u; q++) { red[q * ${WGS}u + tid] += red[q * ${WGS}u + tid + s]; } }
+    workgroupBarrier();
+  }
+  if (lane == 0u && wid.x * ${RPW}u + r < ${U}u) {
+    ${finish((g) => `red[(t * ${NACC}u + ${g}u) * ${WGS}u + r * ${LN}u]`)}
+  }`;
+  return `${stepDecl(T)}
+@group(0) @binding(0) var<storage, read> X: array<f32>;
+@group(0) @binding(1) var<storage, read> WQ: array<u32>;
+@group(0) @binding(2) var<storage, read> WS: array<f32>;
+@group(0) @binding(3) var<storage, read_write> Y: array<f32>;
+@group(0) @binding(4) var<storage, read> G: array<f32>;
+@group(0) @binding(5) var<storage, read_write> KV: array<f32>;
+@group(0) @binding(6) var<uniform> LP: vec4<u32>;
+const K: u32 = ${K}u; const NB: u32 = ${K / 32}u; const MT: u32 = ${MT}u;
+${LN === 1 ? "" : `var<workgroup> red: array<f32, ${WGS * MT * NACC}>;
+var<workgroup> invs: array<f32, ${MT}>;`}
+@compute @workgroup_size(${WGS})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
+  let M = S[${sel ? 1 : 0}];
+  let m0 = wid.y * MT;
+  let mt = min(MT, M - m0); // this workgroup's tokens (uniform)
+  var xr: array<u32, ${MT}>; // each token's row of X
+  for (var t = 0u; t < mt; t++) { xr[t] = ${sel ? "S[SEL + m0 + t]" : "(m0 + t)"} * K; }
+  ${body}
+}`;
+}
+
+/** Workgroups along x for a matvec of `epi` over N rows. */
+export function matvecGroups(epi, N, HD, LN) {
+  return Math.ceil(units(epi, N, HD) / (LN === 1 ? 64 : WG / LN));
+}
+
+/** softmax(q K^T * scale) V for one (token, head) a workgroup of HD threads, over chunks of HD
+ * positions with a running max and sum (the usual online softmax). */
+function attentionShader({ T, HD, NH, KVH, L }) {
+  const E = L * 2 * KVH * HD, QW = NH * HD;
+  const tree = (op) => `for (var s = ${HD / 2}u; s > 0u; s >>= 1u) { if (tid < s) { rd[tid] = ${op}; } workgroupBarrier(); }`;
+  return `${stepDecl(T)}
+@group(0) @binding(0) var<storage, read> Q: array<f32>;
+@group(0) @binding(1) var<storage, read> KV: array<f32>;
+@group(0) @binding(2) var<storage, read_write> O: array<f32>;
+@group(0) @binding(3) var<uniform> LP: vec4<u32>;
+var<workgroup> qs: array<f32, ${HD}>;
+var<workgroup> sc: array<f32, ${HD}>;
+var<workgroup> rd: array<f32, ${HD}>;
+@compute @workgroup_size(${HD})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
+  let m = wid.y; let h = wid.x;
+  if (m >= S[0]) { return; }
+  let pos = S[POS + m];
+  let base = S[OFF + m] - pos * ${E}u; // the slot's position 0
+  let kvh = h / ${NH / KVH}u;
+  let ko = base + LP.x * ${2 * KVH * HD}u + kvh * ${HD}u;
+  let vo = ko + ${KVH * HD}u;
+  qs[tid] = Q[m * ${QW}u + h * ${HD}u + tid];
+  workgroupBarrier();
+  let n = pos + 1u;
+  var mx = -3.0e38; var l = 0.0; var acc = 0.0;
+  for (var c0 = 0u; c0 < n; c0 += ${HD}u) {
+    let t = c0 + tid;
+    var sv = -3.0e38;
+    if (t < n) {
+      var d = 0.0;
+      let at = ko + t * ${E}u;
+      for (var i = 0u; i < ${HD}u; i++) { d += qs[i] * KV[at + i]; }
+      sv = d * ${1 / Math.sqrt(HD)};
+    }
+    rd[tid] = sv;
+    workgroupBarrier();
+    ${tree("max(rd[tid], rd[tid + s])")}
+    let mnew = max(mx, rd[0]);
+    workgroupBarrier();
+    let p = select(0.0, exp(sv - mnew), t < n);
+    sc[tid] = p; rd[tid] = p;
+    workgroupBarrier();
+    ${tree("rd[tid] + rd[tid + s]")}
+    let alpha = exp(mx - mnew);
+    let cnt = min(${HD}u, n - c0);
+    var a = 0.0;
+    for (var j = 0u; j < cnt; j++) { a += sc[j] * KV[vo + (c0 + j) * ${E}u + tid]; }
+    acc = acc * alpha + a;
+    l = l * alpha + rd[0];
+    mx = mnew;
+    workgroupBarrier();
+  }
+  O[m * ${QW}u + h * ${HD}u + tid] = acc / l;
+}`;
+}
+
+function embedShader({ kind, T, H }) {
+  return `${stepDecl(T)}
+@group(0) @binding(0) var<storage, read> WQ: array<u32>;
+@group(0) @binding(1) var<storage, read> WS: array<f32>;
+@group(0) @binding(2) var<storage, read_write> X: array<f32>;
+@compute @workgroup_size(32)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
+  let m = wid.y; if (m >= S[0]) { return; }
+  let blk = wid.x * 32u + tid; if (blk >= ${H / 32}u) { return; }
+  let wb = S[TOK + m] * ${H / 32}u + blk;
+  var w: array<f32, 32>;
+  ${dequant(kind)}
+  for (var k = 0u; k < 32u; k++) { X[m * ${H}u + blk * 32u + k] = w[k]; }
+}`;
+}
+
+/** The first largest logit of each logits row (as the JS sampler's greedy pick). */
+function argmaxShader({ V }) {
+  return `
+@group(0) @binding(0) var<storage, read> LG: array<f32>;
+@group(0) @binding(1) var<storage, read_write> IDS: array<u32>;
+var<workgroup> bv: array<f32, 256>;
+var<workgroup> bi: array<u32, 256>;
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
+  let o = wid.x * ${V}u;
+  var v = -3.4e38; var id = 0xffffffffu;
+  for (var n = tid; n < ${V}u; n += 256u) { let x = LG[o + n]; if (x > v) { v = x; id = n; } }
+  bv[tid] = v; bi[tid] = id;
+  workgroupBarrier();
+  for (var s = 128u; s > 0u; s >>= 1u) {
+    if (tid < s) {
+      let ov = bv[tid + s]; let oi = bi[tid + s];
+      if (ov > bv[tid] || (ov == bv[tid] && oi < bi[tid])) { bv[tid] = ov; bi[tid] = oi; }
+    }
+    workgroupBarrier();
+  }
+  if (tid == 0u) { IDS[wid.x] = select(bi[0], 0u, bi[0] == 0xffffffffu); }
+}`;
+}
+
+// -- the decoder -------------------------------------------------------------------------------
+
+const U = { STORAGE: 0x80, COPY_SRC: 0x04, COPY_DST: 0x08, UNIFORM: 0x40, MAP_READ: 0x01 };
+const F16 = new Float32Array(65536);
+for (let h = 0; h < 65536; h++) {
+  const s = h & 0x8000 ? -1 : 1, e = (h >> 10) & 0x1f, m = h & 0x3ff;
+  F16[h] = e === 0 ? s * m * 2 ** -24 : e === 31 ? (m ? NaN : s * Infinity) : s * (1 + m / 1024) * 2 ** (e - 15);
+}
+
+export class GpuDecoder {
+  /** Load the packed export's weights onto `device` (a GPUDevice): `arch` realm.json's
+   * architecture, `packed` the .blocks file's bytes. `maxTokens`: tokens one forward takes (all
+   * rows together); `maxLogits`: logits rows one forward returns. */
+  static async create(device, arch, packed, { maxTokens = 256, maxLogits = 64, lanes = null } = {}) {
+    const { meta, data } = parsePacked(packed);
+    const plan = kernelPlan(arch, meta);
+    if (plan.why) throw new KernelError(`realm kernels cannot run this model: ${plan.why}`);
+    return new GpuDecoder(device, plan, data, maxTokens, maxLogits, lanes ?? lanesFor(device));
+  }
+
+  constructor(device, plan, data, maxTokens, maxLogits, lanes) {
+    const t0 = performance.now();
+    this.device = device;
+    this.LN = lanes;
+    this.p = plan;
+    this.T = maxTokens;
+    this.maxLogits = maxLogits;
+    const { L, H, NH, KVH, HD, I, V } = plan;
+    this.E = L * 2 * KVH * HD; // floats per cached position
+    this.cap = 0; this.slots = 0; this.pool = null;
+    this.lengths = new Map(); // slot -> positions written (for copies when the pool grows)
+    this.ropeLen = plan.cos.shape[0];
+    const buf = (size, usage) => device.createBuffer({ size: Math.max(16, Math.ceil(size / 4) * 4), usage });
+    const upload = (arr, usage = U.STORAGE) => {
+      const b = device.createBuffer({ size: Math.max(16, Math.ceil(arr.byteLength / 4) * 4), usage, mappedAtCreation: true });
+      new Uint8Array(b.getMappedRange()).set(new Uint8Array(arr.buffer, arr.byteOffset, arr.byteLength));
+      b.unmap();
+      return b;
+    };
+    const raw = (t) => new Float32Array(data.slice(t.data, t.data + t.data_bytes).buffer);
+    this.weightBytes = 0;
+    const blocks = (t) => {
+      const [q, s] = regroup(t, data.subarray(t.data, t.data + t.data_bytes));
+      this.weightBytes += q.byteLength + s.byteLength;
+      return { kind: t.kind, q: upload(q), s: upload(s) };
+    };
+    const rope = new Float32Array(2 * this.ropeLen * (HD / 2));
+    rope.set(raw(plan.cos), 0); rope.set(raw(plan.sin), this.ropeLen * (HD / 2));
+    this.rope = upload(rope);
+    this.layers = plan.layers.map((l, i) => ({
+      attnNorm: upload(raw(l.attnNorm)), mlpNorm: upload(raw(l.mlpNorm)),
+      qkv: blocks(l.qkv), o: blocks(l.o), gateUp: blocks(l.gateUp), down: blocks(l.down),
+      lp: upload(new Uint32Array([i, 0, 0, 0]), U.UNIFORM),
+    }));
+    this.embed = blocks(plan.embed);
+    this.head = plan.head === plan.embed ? this.embed : blocks(plan.head);
+    this.norm = upload(raw(plan.norm));
+    const T = this.T;
+    this.stepBuf = buf(4 * (4 + 4 * T), U.STORAGE | U.COPY_DST);
+    this.x = buf(4 * T * H, U.STORAGE);
+    this.q = buf(4 * T * NH * HD, U.STORAGE);
+    this.att = buf(4 * T * NH * HD, U.STORAGE);
+    this.act = buf(4 * T * I, U.STORAGE);
+    this.logits = buf(4 * maxLogits * V, U.STORAGE | U.COPY_SRC);
+    this.ids = buf(4 * maxLogits, U.STORAGE | U.COPY_SRC);
+    this.dummy = buf(16, U.STORAGE);
+    this.dummyRw = buf(16, U.STORAGE);
+    this.readback = null;
+    this.loadMs = performance.now() - t0;
+    this.pipelines();
+    this.growPool(1, 256);
+  }
+
+  pipelines() {
+    const d = this.device, p = this.p, T = this.T, cap = this.ropeLen;
+    const entry = (binding, type) => ({ binding, visibility: 4 /* COMPUTE */, buffer: { type } });
+    this.stepLayout = d.createBindGroupLayout({ entries: [entry(0, "read-only-storage"), entry(1, "read-only-storage")] });
+    const layout = (types) => d.createBindGroupLayout({ entries: types.map((t, i) => entry(i, t)) });
+    const ro = "read-only-storage", rw = "storage";
+    this.mvLayout = layout([ro, ro, ro, rw, ro, rw, "uniform"]);
+    this.attLayout = layout([ro, ro, rw, "uniform"]);
+    this.embLayout = layout([ro, ro, rw]);
+    this.argLayout = layout([ro, rw]);
+    const make = (code, lay) => d.createComputePipeline({
+      layout: d.createPipelineLayout({ bindGroupLayouts: lay === this.argLayout ? [lay] : [lay, this.stepLayout] }),
+      compute: { module: d.createShaderModule({ code }), entryPoint: "main" } });
+    const base = { eps: p.eps, T, HD: p.HD, NH: p.NH, KVH: p.KVH, L: p.L, cap, LN: this.LN };
+    const mv = (kind, norm, epi, K, N) => make(matvecShader({ ...base, kind, norm, epi, K, N }), this.mvLayout);
+    const l0 = p.layers[0];
+    this.kinds = new Set(p.layers.flatMap((l) => [l.qkv.kind, l.o.kind, l.gateUp.kind, l.down.kind]));
+    if (this.kinds.size !== 1) throw new KernelError("realm kernels: layers of mixed block kinds");
+    const k = l0.qkv.kind;
+    this.pipe = {
+      qkv: mv(k, true, "qkv", p.H, (p.NH + 2 * p.KVH) * p.HD),
+      o: mv(k, false, "resid", p.NH * p.HD, p.H),
+      glu: mv(k, true, "glu", p.H, p.I),
+      down: mv(k, false, "resid", p.I, p.H),
+      head: mv(p.head.kind, true, "logits", p.H, p.V),
+      attn: make(attentionShader(base), this.attLayout),
+      embed: make(embedShader({ kind: p.embed.kind, T, H: p.H }), this.embLayout),
+      argmax: make(argmaxShader({ V: p.V }), this.argLayout),
+    };
+    const LN = this.LN;
+    this.gx = { qkv: matvecGroups("qkv", (p.NH + 2 * p.KVH) * p.HD, p.HD, LN), o: matvecGroups("resid", p.H, p.HD, LN),
+                glu: matvecGroups("glu", p.I, p.HD, LN), down: matvecGroups("resid", p.H, p.HD, LN),
+                head: matvecGroups("logits", p.V, p.HD, LN) };
+    this.stepGroup = d.createBindGroup({ layout: this.stepLayout, entries: [{ binding: 0, resource: { buffer: this.stepBuf } }, { binding: 1, resource: { buffer: this.rope } }] });
+  }
+
+  /** Bind groups over the current KV pool (made again when it grows). */
+  bindGroups() {
+    const d = this.device;
+    const g = (layout, bufs) => d.createBindGroup({ layout, entries: bufs.map((b, i) => ({ binding: i, resource: { buffer: b } })) });
+    const mv = (x, w, y, gnorm, kv, lp) => g(this.mvLayout, [x, w.q, w.s, y, gnorm ?? this.dummy, kv ?? this.dummyRw, lp]);
+    const lp0 = this.layers[0].lp;
+    this.groups = {
+      layers: this.layers.map((l) => ({
+        qkv: mv(this.x, l.qkv, this.q, l.attnNorm, this.pool, l.lp),
+        attn: g(this.attLayout, [this.q, this.pool, this.att, l.lp]),
+        o: mv(this.att, l.o, this.x, null, null, l.lp),
+        glu: mv(this.x, l.gateUp, this.act, l.mlpNorm, null, l.lp),
+        down: mv(this.act, l.down, this.x, null, null, l.lp),
+      })),
+      head: mv(this.x, this.head, this.logits, this.norm, null, lp0),
+      embed: g(this.embLayout, [this.embed.q, this.embed.s, this.x]),
+      argmax: g(this.argLayout, [this.logits, this.ids]),
+    };
+  }
+
+  /** A KV pool of `slots` regions of `cap` positions, keeping what the old one held. */
+  growPool(slots, cap) {
+    const E = this.E, bytes = slots * cap * E * 4;
+    const lim = this.device.limits;
+    if (bytes > lim.maxStorageBufferBindingSize || bytes > lim.maxBufferSize)
+      throw new KernelError(`the KV cache would need ${(bytes / 2 ** 20).toFixed(0)} MiB (${slots} slots x ${cap} positions); this GPU binds at most ${(lim.maxStorageBufferBindingSize / 2 ** 20).toFixed(0)} MiB`);
+    const pool = this.device.createBuffer({ size: bytes, usage: U.STORAGE | U.COPY_SRC | U.COPY_DST });
+    if (this.pool) {
+      const enc = this.device.createCommandEncoder();
+      for (const [slot, n] of this.lengths) if (n > 0) enc.copyBufferToBuffer(this.pool, slot * this.cap * E * 4, pool, slot * cap * E * 4, n * E * 4);
+      this.device.queue.submit([enc.finish()]);
+      this.pool.destroy();
+    }
+    Object.assign(this, { pool, slots, cap });
+    this.bindGroups();
+  }
+
+  /** Make room for `slot` holding `positions`. */
+  ensure(slot, positions) {
+    if (positions > this.ropeLen) throw new KernelError(`position ${positions - 1} is past the model's ${this.ropeLen}`);
+    if (slot < this.slots && positions <= this.cap) return;
+    let cap = this.cap;
+    while (cap < positions) cap *= 2;
+    this.growPool(Math.max(this.slots, slot + 1), Math.min(cap, this.ropeLen));
+  }
+
+  /** Positions [0, length) of slot `src` become slot `dst`'s. */
+  copy(src, dst, length) {
+    this.ensure(Math.max(src, dst), length);
+    if (length > 0) {
+      const enc = this.device.createCommandEncoder(), E4 = this.E * 4;
+      enc.copyBufferToBuffer(this.pool, src * this.cap * E4, this.pool, dst * this.cap * E4, length * E4);
+      this.device.queue.submit([enc.finish()]);
+    }
+    this.lengths.set(dst, length);
+  }
+
+  release(slot) {
+    this.lengths.delete(slot);
+  }
+
+  /** One forward over `rows` ([{slot, start, tokens, logits: [index into tokens, ...]}], all
+   * their tokens together at most maxTokens, their logits rows at most maxLogits): each row's
+   * tokens go into its slot from `start` on. `greedy`: return the argmax id of each logits row
+   * (Int32Array) instead of the logits (Float32Array, rows x vocab). */
+  async forward(rows, greedy) {
+    const { T, E, p } = this;
+    const M = rows.reduce((a, q) => a + q.tokens.length, 0), Ml = rows.reduce((a, q) => a + q.logits.length, 0);
+    if (M === 0 || M > T) throw new KernelError(`${M} tokens in one forward (1 to ${T})`);
+    if (Ml > this.maxLogits) throw new KernelError(`${Ml} logits rows in one forward (at most ${this.maxLogits})`);
+    for (const q of rows) this.ensure(q.slot, q.start + q.tokens.length);
+    const s = new Uint32Array(4 + 4 * T);
+    s[0] = M; s[1] = Ml;
+    let m = 0, j = 0;
+    for (const q of rows) {
+      const base = q.slot * this.cap * E;
+      for (const x of q.logits) s[4 + 3 * T + j++] = m + x;
+      q.tokens.forEach((tok, k) => {
+        if (!(tok >= 0 && tok < p.V)) throw new KernelError(`token ${tok} is not in the vocabulary`);
+        s[4 + m] = tok; s[4 + T + m] = q.start + k; s[4 + 2 * T + m] = base + (q.start + k) * E; m++;
+      });
+      this.lengths.set(q.slot, q.start + q.tokens.length);
+    }
+    const d = this.device;
+    d.queue.writeBuffer(this.stepBuf, 0, s.buffer, 0, 4 * (4 + 4 * T));
+    const enc = d.createCommandEncoder();
+    const pass = enc.beginComputePass();
+    const ty = Math.ceil(M / MT);
+    const run = (pipe, group, x, y) => { pass.setPipeline(pipe); pass.setBindGroup(0, group); pass.dispatchWorkgroups(x, y); };
+    pass.setBindGroup(1, this.stepGroup);
+    run(this.pipe.embed, this.groups.embed, Math.ceil(p.H / 32 / 32), M);
+    const x = this.gx;
+    for (const g of this.groups.layers) {
+      run(this.pipe.qkv, g.qkv, x.qkv, ty);
+      run(this.pipe.attn, g.attn, p.NH, M);
+      run(this.pipe.o, g.o, x.o, ty);
+      run(this.pipe.glu, g.glu, x.glu, ty);
+      run(this.pipe.down, g.down, x.down, ty);
+    }
+    if (Ml) run(this.pipe.head, this.groups.head, x.head, Math.ceil(Ml / MT));
+    if (Ml && greedy) {
+      pass.setPipeline(this.pipe.argmax); pass.setBindGroup(0, this.groups.argmax); pass.dispatchWorkgroups(Ml);
+    }
+    pass.end();
+    const bytes = Ml ? (greedy ? 4 * Ml : 4 * Ml * p.V) : 0;
+    let rb = null;
+    if (bytes) {
+      if (!this.readback || this.readback.size < bytes) {
+        this.readback?.destroy();
+        this.readback = d.createBuffer({ size: Math.max(bytes, 4 * p.V), usage: U.MAP_READ | U.COPY_DST });
+      }
+      rb = this.readback;
+      enc.copyBufferToBuffer(greedy ? this.ids : this.logits, 0, rb, 0, bytes);
+    }
+    d.queue.submit([enc.finish()]);
+    if (!rb) { await d.queue.onSubmittedWorkDone(); return null; }
+    await rb.mapAsync(1 /* READ */, 0, bytes);
+    const out = greedy ? new Int32Array(rb.getMappedRange(0, bytes).slice(0)) : new Float32Array(rb.getMappedRange(0, bytes).slice(0));
+    rb.unmap();
+    return out;
+  }
+
+  /** GPU memory this decoder holds, in bytes (weights, KV pool). */
+  memory() {
+    return { weights: this.weightBytes, kv: this.slots * this.cap * this.E * 4 };
+  }
+
+  destroy() {
+    for (const b of [this.pool, this.readback, this.stepBuf, this.x, this.q, this.att, this.act, this.logits, this.ids]) b?.destroy();
+  }
+}
+
+/** Lanes per output unit for `device`: 1 on a CPU adapter (SwiftShader), else 32. */
+export function lanesFor(device) {
+  const info = device.adapterInfo || {};
+  const cpu = info.isFallbackAdapter || /swiftshader|llvmpipe|lavapipe|cpu/i.test(`${info.vendor} ${info.architecture} ${info.device} ${info.description}`);
+  return cpu ? 1 : 32;
+}
+
+/** One tensor's blocks as [q words, float32 scales]: Q4_1 -> 4 words and (d, m) per block,
+ * Q8_0 -> 8 words and d per block, rows of blocks in the file's order. */
+export function regroup(t, data) {
+  const nb = (t.rows * t.cols) / 32;
+  if (t.kind === "q4_1") {
+    if (data.length !== nb * 20) throw new PackedError(`tensor ${t.name}: sizes do not match`);
+    const q = new Uint8Array(nb * 16), s = new Float32Array(nb * 2);
+    for (let b = 0, p = 0; b < nb; b++, p += 20) {
+      s[2 * b] = F16[data[p] | (data[p + 1] << 8)];
+      s[2 * b + 1] = F16[data[p + 2] | (data[p + 3] << 8)];
+      q.set(data.subarray(p + 4, p + 20), b * 16);
+    }
+    return [new Uint32Array(q.buffer), s];
+  }
+  if (t.kind === "q8_0") {
+    if (data.length !== nb * 34) throw new PackedError(`tensor ${t.name}: sizes do not match`);
+    const q = new Uint8Array(nb * 32), s = new Float32Array(nb);
+    for (let b = 0, p = 0; b < nb; b++, p += 34) {
+      s[b] = F16[data[p] | (data[p + 1] << 8)];
+      q.set(data.subarray(p + 2, p + 34), b * 32);
+    }
+    return [new Uint32Array(q.buffer), s];
+  }
+  throw new PackedError(`tensor ${t.name}: block kind ${t.kind}`);
+}
