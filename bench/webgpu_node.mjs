@@ -49,10 +49,12 @@ if (KERNELS) {
   // the packed export's GGUF blocks as they are, on realm-web's WGSL kernels (no onnxruntime)
   const { GpuBridge } = await import(path.resolve(path.dirname(bridgePath), "gpu_bridge.mjs"));
   const lim = adapter.limits;
-  const device = await adapter.requestDevice({ requiredLimits: { maxStorageBufferBindingSize: lim.maxStorageBufferBindingSize, maxBufferSize: lim.maxBufferSize } });
+  const stamps = process.env.PROFILE && adapter.features.has("timestamp-query") ? ["timestamp-query"] : [];
+  const device = await adapter.requestDevice({ requiredFeatures: stamps, requiredLimits: { maxStorageBufferBindingSize: lim.maxStorageBufferBindingSize, maxBufferSize: lim.maxBufferSize } });
   device.addEventListener?.("uncapturederror", (e) => console.error("WebGPU error:", e.error?.message));
   const blocks = new Uint8Array(fs.readFileSync(path.join(modelDir, cfg.packed.blocks)));
   bridge = await GpuBridge.create(device, blocks, cfg, process.env.LANES ? { lanes: Number(process.env.LANES) } : {});
+  bridge.dec.profile = !!stamps.length;
   result.kernels = { lanes: bridge.dec.LN, upload_ms: r3(bridge.dec.loadMs), memory: bridge.dec.memory() };
 } else if (process.env.PACKED) {
   // the compact download's form (what the tab's worker runs): the packed graph, its weights
@@ -130,6 +132,10 @@ if (process.env.PROFILE && events.length) {
                      gpu_ms_per_run: r3(busy / runs), wall_ms_per_decode_step: r3(median(run.decode)),
                      by_kernel: Object.fromEntries(Object.entries(byType).sort((a, b) => b[1].ms - a[1].ms)
                        .map(([k, v]) => [k, { per_run: r3(v.count / runs), ms_per_run: r3(v.ms / runs) }])) };
+}
+if (KERNELS && bridge.dec.gpuMs.length) {  // the GPU's own time for each decode step's pass (timestamp-query)
+  const g = bridge.dec.gpuMs.slice(-STEPS);
+  result.kernels.gpu_ms_per_decode_step = { median: r3(median(g)), min: r3(Math.min(...g)) };
 }
 result.first_token_since_process_start_ms = r3(firstToken);
 result.first_run = { prefill_ms: r3(warm.prefill_ms), first_decode_ms: r3(warm.decode[0]), decode_median_ms: r3(median(warm.decode)) };

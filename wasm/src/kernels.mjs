@@ -408,6 +408,8 @@ export class GpuDecoder {
     this.dummy = buf(16, U.STORAGE);
     this.dummyRw = buf(16, U.STORAGE);
     this.readback = null;
+    this.profile = false; // see timestamps()
+    this.gpuMs = [];
     this.loadMs = performance.now() - t0;
     this.pipelines();
     this.growPool(1, 256);
@@ -535,7 +537,8 @@ export class GpuDecoder {
     const d = this.device;
     d.queue.writeBuffer(this.stepBuf, 0, s.buffer, 0, 4 * (4 + 4 * T));
     const enc = d.createCommandEncoder();
-    const pass = enc.beginComputePass();
+    const ts = this.timestamps();
+    const pass = enc.beginComputePass(ts ? { timestampWrites: { querySet: ts.set, beginningOfPassWriteIndex: 0, endOfPassWriteIndex: 1 } } : {});
     const ty = Math.ceil(M / MT);
     const run = (pipe, group, x, y) => { pass.setPipeline(pipe); pass.setBindGroup(0, group); pass.dispatchWorkgroups(x, y); };
     pass.setBindGroup(1, this.stepGroup);
@@ -563,12 +566,34 @@ export class GpuDecoder {
       rb = this.readback;
       enc.copyBufferToBuffer(greedy ? this.ids : this.logits, 0, rb, 0, bytes);
     }
+    if (ts) { enc.resolveQuerySet(ts.set, 0, 2, ts.resolve, 0); enc.copyBufferToBuffer(ts.resolve, 0, ts.read, 0, 16); }
     d.queue.submit([enc.finish()]);
-    if (!rb) { await d.queue.onSubmittedWorkDone(); return null; }
-    await rb.mapAsync(1 /* READ */, 0, bytes);
-    const out = greedy ? new Int32Array(rb.getMappedRange(0, bytes).slice(0)) : new Float32Array(rb.getMappedRange(0, bytes).slice(0));
-    rb.unmap();
+    let out = null;
+    if (rb) {
+      await rb.mapAsync(1 /* READ */, 0, bytes);
+      out = greedy ? new Int32Array(rb.getMappedRange(0, bytes).slice(0)) : new Float32Array(rb.getMappedRange(0, bytes).slice(0));
+      rb.unmap();
+    } else await d.queue.onSubmittedWorkDone();
+    if (ts) {
+      await ts.read.mapAsync(1);
+      const [a, b] = new BigUint64Array(ts.read.getMappedRange().slice(0));
+      ts.read.unmap();
+      this.gpuMs.push(Number(b - a) / 1e6);
+    }
     return out;
+  }
+
+  /** With `profile` on and the device's "timestamp-query": a query set timing each forward's
+   * pass on the GPU (into gpuMs). */
+  timestamps() {
+    if (!this.profile || !this.device.features.has("timestamp-query")) return null;
+    if (!this._ts) {
+      const d = this.device;
+      this._ts = { set: d.createQuerySet({ type: "timestamp", count: 2 }),
+                   resolve: d.createBuffer({ size: 16, usage: 0x0200 /* QUERY_RESOLVE */ | U.COPY_SRC }),
+                   read: d.createBuffer({ size: 16, usage: U.MAP_READ | U.COPY_DST }) };
+    }
+    return this._ts;
   }
 
   /** GPU memory this decoder holds, in bytes (weights, KV pool). */

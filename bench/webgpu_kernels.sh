@@ -1,0 +1,43 @@
+#!/bin/bash
+# realm-web's own WebGPU kernels (wasm/src/kernels.mjs through gpu_bridge.mjs: the GGUF blocks as
+# they are, five fused dispatches a layer) against onnxruntime-web's WebGPU EP on the fp16 packed
+# export (the anchor), same machine, same call, through the same bench/webgpu_node.mjs step loop on
+# Node + dawn.node. Tokens compared with onnxruntime CPU fp32 / fp16 (cpu_ref.json, made here by
+# bench/webgpu_cpu_ref.py). Before, here: `bash ../shared/webgpu/pack.sh`; the blocks split in two
+# under .pk/a and .pk/b, .pk/m holding realm.json, tokenizer.json, model_fp16_packed.onnx and
+# cpu_ref.json. Device calls, back to back: carry [".pk/a"] then [".pk/b"], each
+# `mkdir -p /tmp/pk && cp .pk/?/x.* /tmp/pk/`; then carry [".wg/a", ".wg/gl", ".pk/m"] and run
+# `bash bench/webgpu_kernels.sh` (results in $OUT). ANCHOR=0 skips the onnxruntime-web run.
+set -e
+REPO=$PWD
+OUT=${OUT:-/tmp}
+. .wg/a/s/setup.sh
+M=/tmp/realm_pk && mkdir -p $M && cat /tmp/pk/x.* > $M/model_packed.blocks && cp .pk/m/* $M/
+for d in fp32 fp16; do PYTHONPATH=$REPO python3 -c "
+import json
+from realm_web.manifest import load_manifest
+from realm_web.engines.ort_web import bridge_config
+print(json.dumps(bridge_config(load_manifest('$M'), '$d', 'webgpu')))" > /tmp/cfg_$d.json; done
+cp bench/webgpu_node.mjs bench/dawn_gpu.mjs /tmp/wg/
+cd /tmp/wg
+B=$REPO/wasm/src/bridge.mjs
+nvidia-smi --query-gpu=name,clocks.sm,clocks.mem --format=csv,noheader || true
+KERNELS=1 ./node webgpu_node.mjs $B /tmp/cfg_fp32.json $M $OUT/kernels.json ${STEPS:-64} > /dev/null
+KERNELS=1 PROFILE=1 ./node webgpu_node.mjs $B /tmp/cfg_fp32.json $M $OUT/kernels_profiled.json ${STEPS:-64} > /dev/null || true
+[ "${ANCHOR:-1}" = 0 ] || PACKED=1 ./node webgpu_node.mjs $B /tmp/cfg_fp16.json $M $OUT/ort_fp16.json ${STEPS:-64} > /dev/null
+KERNELS=1 ./node webgpu_node.mjs $B /tmp/cfg_fp32.json $M $OUT/kernels_again.json ${STEPS:-64} > /dev/null
+python3 - <<PY
+import json, os
+ref = json.load(open("$M/cpu_ref.json"))
+runs = {n: json.load(open(f"$OUT/{n}.json")) for n in ("kernels", "kernels_again", "kernels_profiled", "ort_fp16") if os.path.exists(f"$OUT/{n}.json")}
+for n, b in runs.items():
+    t = b["tokens"]
+    eq = {d: f"{sum(x == y for x, y in zip(t, ref[d]))}/{len(t)}" for d in ("fp32", "fp16")}
+    print(f"{n:17s} decode {b['decode_median_ms']:8.3f} ms/step ({b['tok_s']:7.1f} tok/s)  prefill {b['prefill_ms']:8.2f} ms  "
+          f"first token {b['first_token_since_process_start_ms']/1000:6.2f} s after start  load {b['load_s']} s  tokens = CPU {eq}  "
+          f"{b.get('kernels', {}).get('gpu_ms_per_decode_step', '')}")
+if "ort_fp16" in runs:
+    for n in ("kernels", "kernels_again"):
+        print(f"onnxruntime-web / {n}: {runs['ort_fp16']['decode_median_ms'] / runs[n]['decode_median_ms']:.2f}x faster decode")
+json.dump({"runs": runs, "cpu_ref": ref}, open("$OUT/webgpu_kernels_summary.json", "w"), indent=1)
+PY
