@@ -7,7 +7,10 @@
 # under .pk/a and .pk/b, .pk/m holding realm.json, tokenizer.json, model_fp16_packed.onnx and
 # cpu_ref.json. Device calls, back to back: carry [".pk/a"] then [".pk/b"], each
 # `mkdir -p /tmp/pk && cp .pk/?/x.* /tmp/pk/`; then carry [".wg/a", ".wg/gl", ".pk/m"] and run
-# `bash bench/webgpu_kernels.sh` (results in $OUT). ANCHOR=0 skips the onnxruntime-web run.
+# `bash bench/webgpu_kernels.sh` (results in $OUT). ANCHOR=0 skips the onnxruntime-web run; with .tj/
+# (bench/transformersjs_model.py's model files in .tj/m, and .tj/nm.tar.xz: transformers.js 4.3.2's web build with
+# its onnxruntime-web, see bench/transformersjs_webgpu.mjs) carried
+# too, transformers.js runs as well; LANE_VARIANTS="8 16" times the kernels with other lanes per unit.
 set -e
 REPO=$PWD
 OUT=${OUT:-/tmp}
@@ -26,18 +29,27 @@ KERNELS=1 ./node webgpu_node.mjs $B /tmp/cfg_fp32.json $M $OUT/kernels.json ${ST
 KERNELS=1 PROFILE=1 ./node webgpu_node.mjs $B /tmp/cfg_fp32.json $M $OUT/kernels_profiled.json ${STEPS:-64} > /dev/null || true
 [ "${ANCHOR:-1}" = 0 ] || PACKED=1 ./node webgpu_node.mjs $B /tmp/cfg_fp16.json $M $OUT/ort_fp16.json ${STEPS:-64} > /dev/null
 KERNELS=1 ./node webgpu_node.mjs $B /tmp/cfg_fp32.json $M $OUT/kernels_again.json ${STEPS:-64} > /dev/null
+for ln in ${LANE_VARIANTS:-}; do LANES=$ln KERNELS=1 ./node webgpu_node.mjs $B /tmp/cfg_fp32.json $M $OUT/kernels_lanes$ln.json ${STEPS:-64} > /dev/null || true; done
+if [ -d $REPO/.tj ]; then  # transformers.js on the same GPU, same fp16 weights (bench/transformersjs_model.py, .tj/)
+  mkdir -p /tmp/tj /tmp/tjm/smol && (cd /tmp/tj && tar -xJf $REPO/.tj/nm.tar.xz) && cp -r $REPO/.tj/m/* /tmp/tjm/smol/
+  ./node $REPO/bench/expand_half.mjs $REPO/wasm/src/packed.mjs $M/realm.json $M/model_packed.blocks /tmp/tjm/smol/onnx/model_fp16.onnx_data
+  cp $REPO/bench/transformersjs_webgpu.mjs /tmp/wg/
+  (cd /tmp/tj && /tmp/wg/node /tmp/wg/transformersjs_webgpu.mjs /tmp/tj/node_modules /tmp/tjm/smol $OUT/transformersjs.json ${STEPS:-64} webgpu > /dev/null) || echo "transformers.js failed"
+fi
 python3 - <<PY
 import json, os
 ref = json.load(open("$M/cpu_ref.json"))
-runs = {n: json.load(open(f"$OUT/{n}.json")) for n in ("kernels", "kernels_again", "kernels_profiled", "ort_fp16") if os.path.exists(f"$OUT/{n}.json")}
+names = ["kernels", "kernels_again", "kernels_profiled", "ort_fp16", "transformersjs"] + [f"kernels_lanes{x}" for x in "${LANE_VARIANTS:-}".split()]
+runs = {n: json.load(open(f"$OUT/{n}.json")) for n in names if os.path.exists(f"$OUT/{n}.json")}
 for n, b in runs.items():
     t = b["tokens"]
     eq = {d: f"{sum(x == y for x, y in zip(t, ref[d]))}/{len(t)}" for d in ("fp32", "fp16")}
     print(f"{n:17s} decode {b['decode_median_ms']:8.3f} ms/step ({b['tok_s']:7.1f} tok/s)  prefill {b['prefill_ms']:8.2f} ms  "
-          f"first token {b['first_token_since_process_start_ms']/1000:6.2f} s after start  load {b['load_s']} s  tokens = CPU {eq}  "
+          f"first token {b['first_token_since_process_start_ms']/1000:6.2f} s after start  load {b['load_s']} s  tokens = CPU {eq} both runs same {b.get('same_tokens_both_runs')}  "
           f"{b.get('kernels', {}).get('gpu_ms_per_decode_step', '')}")
-if "ort_fp16" in runs:
-    for n in ("kernels", "kernels_again"):
-        print(f"onnxruntime-web / {n}: {runs['ort_fp16']['decode_median_ms'] / runs[n]['decode_median_ms']:.2f}x faster decode")
+for a in ("ort_fp16", "transformersjs"):
+    if a in runs:
+        for n in ("kernels", "kernels_again"):
+            print(f"{a} / {n}: realm kernels {runs[a]['decode_median_ms'] / runs[n]['decode_median_ms']:.2f}x faster decode")
 json.dump({"runs": runs, "cpu_ref": ref}, open("$OUT/webgpu_kernels_summary.json", "w"), indent=1)
 PY
