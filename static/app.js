@@ -41,7 +41,8 @@ async function start() {
     if (info.backend === "server") status(`Ready: ${info.name} (${info.dtype}) on the realm-web server (${info.device})`);
     else status(`Ready: ${info.name} (${info.dtype}${info.packed ? ", packed" : ""}, ` +
                 `${info.fromCache ? "from the browser's storage" : `${mb(info.wireBytes)} downloaded`}) on ` +
-                `${info.backend === "webgpu" ? "WebGPU" : `WASM, ${info.threads} thread${info.threads > 1 ? "s" : ""}`}` +
+                `${info.backend === "webgpu" ? (info.kernels === "realm" ? "WebGPU, realm kernels" : "WebGPU, onnxruntime-web")
+                                              : `WASM, ${info.threads} thread${info.threads > 1 ? "s" : ""}`}` +
                 ` in ${info.loadSeconds.toFixed(1)} s`);
     readyText = $("statusText").textContent;
     $("model").textContent = `${info.name} · ${info.file}`;

@@ -10,6 +10,9 @@
 //   await realm.serverAdapters()          // the adapters of the realm-web server serving this page
 //   await realm.setSpeculative("ngram")   // speculative decoding in the tab (or ?speculative=ngram);
 //                                         // {method, numSpeculativeTokens}; null: off. Same output.
+// On WebGPU the model runs on realm-web's own kernels (realm/kernels.mjs) where the export has its
+// GGUF blocks; ?kernels=ort runs onnxruntime-web's WebGPU instead (LoRA adapters need it: the first
+// loadAdapter on the realm kernels restarts the worker on onnxruntime-web).
 const params = new URLSearchParams(location.search);
 
 function defaultBackend() {
@@ -23,6 +26,7 @@ class Realm {
     this.modelUrl = new URL(params.get("model") || "./models/default", location.href).href;
     this.threads = Number(params.get("threads") || Math.min(4, navigator.hardwareConcurrency || 1));
     this.speculative = params.get("speculative") || null;
+    this.kernels = params.get("kernels") || null;
     this.onprogress = null;
     this.info = null;
     this._n = 0;
@@ -52,7 +56,7 @@ class Realm {
     this._worker.onmessage = (e) => this._message(e.data);
     this._worker.onerror = (e) => { for (const p of this._pending.values()) p.reject(new Error(e.message || "worker failed")); };
     const ready = this._call("init", { modelUrl: this.modelUrl, backend, threads: this.threads,
-                                       dtype: params.get("dtype"), speculative: this.speculative,
+                                       dtype: params.get("dtype"), speculative: this.speculative, kernels: this.kernels,
                                        packed: params.get("packed") !== "0",
                                        // multi-turn chat: the conversation so far stays in the cache (?prefix_caching=0: off)
                                        prefixCaching: params.get("prefix_caching") !== "0" }).then((info) => {
@@ -119,6 +123,11 @@ class Realm {
   async loadAdapter(name, url) {
     await this.ready;
     if (this.backend === "server") throw Object.assign(new Error("on the server backend, use the server's adapters (serverAdapters())"), { code: "unsupported" });
+    if (this.info?.kernels === "realm") {  // the realm kernels serve no adapters: onnxruntime-web's WebGPU does
+      this.kernels = "ort";
+      this.ready = this._start(this.backend);
+      await this.ready;
+    }
     return this._call("loadAdapter", { name, url: new URL(url, location.href).href, headers: authHeaders() });
   }
 

@@ -5,6 +5,7 @@ import { loadPyodide } from "./pyodide/pyodide.mjs";
 import { ADAPTER_CODES, fetchAdapter, loadAdapterFiles } from "./realm/adapters.mjs";
 import { Bridge } from "./realm/bridge.mjs";
 import { download } from "./realm/download.mjs";
+import { GpuBridge } from "./realm/gpu_bridge.mjs";
 import { PackedExpander } from "./realm/packed.mjs";
 
 const MODEL_FILES = ["realm.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"];
@@ -87,7 +88,117 @@ async function packedModel(modelUrl, p) {
            again: async () => (held ? [{ path: p.weights, data: held }] : again()) };
 }
 
-async function init({ modelUrl, backend, threads = 2, dtype = null, speculative = null, packed = true, prefixCaching = true }) {
+/** The packed export's GGUF blocks as they are (for the realm kernels), from the Cache API or
+ * downloaded (resumed when the connection breaks) and stored. */
+async function packedBlocks(modelUrl, p) {
+  const cache = await caches.open(CACHE);
+  const url = `${modelUrl}/${p.blocks}`;
+  const hit = await cache.match(url);
+  if (hit) {
+    post({ progress: { stage: "cache", text: `reading the stored weights (${(p.blocksBytes / 1e6).toFixed(0)} MB)` } });
+    const blocks = new Uint8Array(await hit.arrayBuffer());
+    if (blocks.length === p.blocksBytes) return { blocks, fromCache: true, wire: 0 };
+  }
+  const blocks = new Uint8Array(p.blocksBytes);
+  let at = 0;
+  const t0 = performance.now();
+  await download(url, p.blocksBytes, (c) => { blocks.set(c, at); at += c.length; }, {
+    onBytes: (got, total) => post({ progress: { stage: "download", got, total, file: p.blocks, seconds: (performance.now() - t0) / 1000 } }),
+    onRetry: (got) => { at = got; post({ progress: { stage: "download", got, total: p.blocksBytes, text: `connection lost at ${got} bytes: resuming` } }); },
+    fail: (m, e) => new Error(m.replace(/try again$/, "reload the page to try again"), { cause: e }) });
+  const stored = cache.put(url, new Response(blocks, { headers: { "content-type": "application/octet-stream", "content-length": String(blocks.length) } }))
+    .then(() => true, (e) => { post({ progress: { stage: "cache", text: `not stored (${e.message}); the next visit downloads again` } }); return false; });
+  return { blocks, fromCache: false, wire: p.blocksBytes, stored, downloadSeconds: (performance.now() - t0) / 1000 };
+}
+
+/** Whether realm-web's own WebGPU kernels can run this export (kernels.mjs kernelPlan checks the
+ * blocks' tensors when they load): a llama model with its GGUF blocks packed. */
+function kernelVariant(manifest) {
+  const a = manifest.architecture || {};
+  if (a.architecture !== "llama" || a.attention_bias || a.rope_scaling) return null;
+  return Object.values(manifest.variants || {}).find((v) => v.dtype === "fp32" && v.packed) || null;
+}
+
+async function init(args) {
+  const { modelUrl, backend, speculative = null, prefixCaching = true, kernels = null } = args;
+  if (backend !== "webgpu" || kernels === "ort" || args.dtype || args.packed === false) return initOrt(args);
+  const manifestResp = await fetch(`${modelUrl}/realm.json`);
+  if (!manifestResp.ok) throw new Error(`no model at ${modelUrl} (HTTP ${manifestResp.status}): run \`realm-web pull\``);
+  const manifestBytes = new Uint8Array(await manifestResp.arrayBuffer());
+  const manifest = JSON.parse(new TextDecoder().decode(manifestBytes));
+  const variant = kernelVariant(manifest);
+  if (!variant) {
+    if (kernels === "realm") throw new Error("the realm kernels cannot run this model (they run llama exports with packed GGUF blocks): open the page with ?kernels=ort");
+    return initOrt(args);
+  }
+  return initKernels({ modelUrl, manifestBytes, variant, speculative, prefixCaching });
+}
+
+/** WebGPU on realm-web's own kernels (realm/kernels.mjs): the GGUF blocks go to the GPU as they are. */
+async function initKernels({ modelUrl, manifestBytes, variant, speculative, prefixCaching }) {
+  const t0 = performance.now();
+  if (!navigator.gpu) throw new Error("WebGPU is not available in this browser: choose WASM");
+  const adapter = await navigator.gpu.requestAdapter({ powerPreference: "high-performance" });
+  if (!adapter) throw new Error("no WebGPU adapter: choose WASM");
+  const facts = packedFacts(variant.packed);
+  const blocksReady = packedBlocks(modelUrl, facts);
+  blocksReady.catch(() => {});
+  await startPython(modelUrl, manifestBytes);
+  const cfg = JSON.parse(web.config("/model", "webgpu", variant.dtype));
+  const stages = { python_s: (performance.now() - t0) / 1000 };
+  const m = await blocksReady;
+  stages.weights_s = (performance.now() - t0) / 1000;
+  post({ progress: { stage: "session", text: "loading the weights onto the GPU" } });
+  const lim = adapter.limits;
+  const device = await adapter.requestDevice({ requiredLimits: { maxStorageBufferBindingSize: lim.maxStorageBufferBindingSize, maxBufferSize: lim.maxBufferSize } });
+  try {
+    bridge = await GpuBridge.create(device, m.blocks, cfg);
+  } catch (e) {
+    throw new Error(`could not load the model on WebGPU: ${e.message || e} (open the page with ?kernels=ort for onnxruntime-web's WebGPU)`);
+  }
+  stages.session_s = (performance.now() - t0) / 1000;
+  if (m.stored) await m.stored;
+  stages.stored_s = (performance.now() - t0) / 1000;
+  return finishInit({ cfg, backend: "webgpu", speculative, prefixCaching, t0, stages,
+                      extra: { kernels: "realm", lanes: bridge.dec.LN, threads: 1, crossOriginIsolated: self.crossOriginIsolated,
+                               fromCache: m.fromCache, packed: true, file: facts.blocks, wireBytes: m.wire,
+                               downloadSeconds: m.downloadSeconds ?? null, gpuBytes: bridge.dec.memory() } });
+}
+
+/** Pyodide with the core's wheel, the model's small files in /model, `web` the core's module. */
+async function startPython(modelUrl, manifestBytes) {
+  post({ progress: { stage: "python", text: "starting Python" } });
+  py = await loadPyodide({ indexURL: new URL("./pyodide/", import.meta.url).href });
+  const wheelName = await (await fetch("./realm/wheel.txt")).text();
+  py.unpackArchive(new Uint8Array(await (await fetch(`./realm/${wheelName.trim()}`)).arrayBuffer()), "wheel");
+  py.FS.mkdirTree("/model");
+  py.FS.writeFile("/model/realm.json", manifestBytes);
+  for (const f of MODEL_FILES.slice(1)) {
+    const r = await fetch(`${modelUrl}/${f}`);
+    if (r.ok) py.FS.writeFile(`/model/${f}`, new Uint8Array(await r.arrayBuffer()));
+  }
+  web = py.pyimport("realm_web.web");
+}
+
+/** Start the core over `bridge` and calibrate speculation: the answer to init. */
+async function finishInit({ cfg, backend, speculative, prefixCaching, t0, stages, extra }) {
+  info = { ...JSON.parse(web.start("/model", bridge, JSON.stringify({ maxSlots: 2, maxTokensPerStep: 256, backend,
+                                                                      dtype: cfg.dtype, maxLoras: MAX_LORAS, prefixCaching,
+                                                                      speculative: typeof speculative === "string" && speculative.startsWith("{")
+                                                                        ? JSON.parse(speculative) : speculative }))), ...cfg,
+           ...extra, stages, loadSeconds: (performance.now() - t0) / 1000 };
+  delete info.arch;
+  // speculation: the policy learns what a verify row costs on this device before the first request
+  if (info.speculative) {
+    const costs = await bridge.calibrate();
+    web.calibrate(costs);
+    info.stepCosts = JSON.parse(costs);
+    stages.calibrated_s = info.loadSeconds = (performance.now() - t0) / 1000;
+  }
+  return info;
+}
+
+async function initOrt({ modelUrl, backend, threads = 2, dtype = null, speculative = null, packed = true, prefixCaching = true }) {
   const t0 = performance.now();
   let f16 = true; // WebGPU: whether the adapter can run fp16 shaders
   if (backend === "webgpu") {
@@ -117,17 +228,7 @@ async function init({ modelUrl, backend, threads = 2, dtype = null, speculative 
   const early = packed && chosen?.packed ? packedFacts(chosen.packed) : null;
   const weightsReady = early ? packedModel(modelUrl, early) : null;
   weightsReady?.catch(() => {}); // awaited below; a failure is reported there
-  post({ progress: { stage: "python", text: "starting Python" } });
-  py = await loadPyodide({ indexURL: new URL("./pyodide/", import.meta.url).href });
-  const wheelName = await (await fetch("./realm/wheel.txt")).text();
-  py.unpackArchive(new Uint8Array(await (await fetch(`./realm/${wheelName.trim()}`)).arrayBuffer()), "wheel");
-  py.FS.mkdirTree("/model");
-  py.FS.writeFile("/model/realm.json", manifestBytes);
-  for (const f of MODEL_FILES.slice(1)) {
-    const r = await fetch(`${modelUrl}/${f}`);
-    if (r.ok) py.FS.writeFile(`/model/${f}`, new Uint8Array(await r.arrayBuffer()));
-  }
-  web = py.pyimport("realm_web.web");
+  await startPython(modelUrl, manifestBytes);
   const cfg = JSON.parse(web.config("/model", backend, dtype));
   const stages = { python_s: (performance.now() - t0) / 1000 }; // seconds since init began, at each stage's end
   const usePacked = packed && cfg.packed;
@@ -167,21 +268,9 @@ async function init({ modelUrl, backend, threads = 2, dtype = null, speculative 
   if (storing) await storing; // the expanded weights are in the Cache API before the page is ready
   stages.stored_s = (performance.now() - t0) / 1000;
   // The prompt chunk is the engine's to say (the bridge's capabilities: 16 tokens on WebGPU).
-  info = { ...JSON.parse(web.start("/model", bridge, JSON.stringify({ maxSlots: 2, maxTokensPerStep: 256, backend,
-                                                                      dtype: cfg.dtype, maxLoras: MAX_LORAS, prefixCaching,
-                                                                      speculative: typeof speculative === "string" && speculative.startsWith("{")
-                                                                        ? JSON.parse(speculative) : speculative }))), ...cfg,
-           threads: ort.env.wasm.numThreads, crossOriginIsolated: self.crossOriginIsolated, fromCache,
-           packed: !!usePacked, file, wireBytes: wire, ...timing, ...(backend === "webgpu" ? { shaderF16: f16 } : {}),
-           stages, loadSeconds: (performance.now() - t0) / 1000 };
-  // speculation: the policy learns what a verify row costs on this device before the first request
-  if (info.speculative) {
-    const costs = await bridge.calibrate();
-    web.calibrate(costs);
-    info.stepCosts = JSON.parse(costs);
-    stages.calibrated_s = info.loadSeconds = (performance.now() - t0) / 1000;
-  }
-  return info;
+  return finishInit({ cfg, backend, speculative, prefixCaching, t0, stages,
+                      extra: { kernels: "ort", threads: ort.env.wasm.numThreads, crossOriginIsolated: self.crossOriginIsolated, fromCache,
+                               packed: !!usePacked, file, wireBytes: wire, ...timing, ...(backend === "webgpu" ? { shaderF16: f16 } : {}) } });
 }
 
 const ops = {

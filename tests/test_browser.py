@@ -232,8 +232,9 @@ def test_the_compact_download_is_the_packed_blocks(browser_run: dict[str, Any], 
     assert not [u for u, _, _ in browser_run["sizes"] if u.endswith("/" + m.variants["fp32"].file)]
 
 
-def test_page_answers_paris_on_webgpu(site: str, model_dir: Path) -> None:
-    # WebGPU through SwiftShader (software): a few tokens only.
+def test_page_answers_paris_on_webgpu_realm_kernels(site: str, model_dir: Path) -> None:
+    """WebGPU's default in the tab: realm-web's own kernels over the GGUF blocks (SwiftShader here,
+    software: a few tokens only), greedy ids equal to the native fp32 engine's."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
@@ -241,8 +242,29 @@ def test_page_answers_paris_on_webgpu(site: str, model_dir: Path) -> None:
         page = b.new_page()
         page.goto(f"{site}/?backend=webgpu")
         info = page.evaluate("() => window.realm.ready")
+        r = page.evaluate(f"() => window.realm.generate({json.dumps(QUESTION)}, {{maxTokens: 6}})")
+        b.close()
+    m = load_manifest(model_dir)
+    assert info["backend"] == "webgpu" and info["kernels"] == "realm" and info["dtype"] == "fp32", info
+    assert info["file"] == m.variants["fp32"].packed["blocks"] and info["lanes"] == 1  # a CPU adapter: a thread per unit
+    native = LLM(model_dir, dtype="fp32", max_slots=1, max_length=256).generate(QUESTION, max_tokens=6)[0]
+    assert r["promptTokenIds"] == native.prompt_token_ids
+    assert r["tokenIds"] == native.token_ids, (r["text"], native.text)
+    assert "Paris" in r["text"], r["text"]
+
+
+def test_page_answers_paris_on_webgpu_onnxruntime(site: str, model_dir: Path) -> None:
+    # ?kernels=ort: onnxruntime-web's WebGPU EP, through SwiftShader (software): a few tokens only.
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        page = b.new_page()
+        page.goto(f"{site}/?backend=webgpu&kernels=ort")
+        info = page.evaluate("() => window.realm.ready")
         r = page.evaluate(f"() => window.realm.generate({json.dumps(QUESTION)}, {{maxTokens: 8}})")
         b.close()
+    assert info["kernels"] == "ort", info
     # the manifest's WebGPU export (fp16), or int8 where the adapter has no shader-f16 (SwiftShader)
     want = load_manifest(model_dir).variant_for("webgpu").dtype
     assert info["backend"] == "webgpu" and info["dtype"] == (want if info["shaderF16"] or want != "fp16" else "int8"), info

@@ -68,8 +68,10 @@ def test_adapter_in_the_tab(model_dir: Path, tmp_path: Path) -> None:
                 f"() => window.realm.generate({json.dumps(QUESTION)}, {{backend: 'server', adapter: 'a1', maxTokens: 16}})")
             gpu = browser.new_page()
             gpu.goto(f"{s.url}/?backend=webgpu")
-            got["gpu_info"] = gpu.evaluate("() => window.realm.ready")
+            got["gpu_kernels"] = gpu.evaluate("async () => (await window.realm.ready).kernels")
+            # the realm kernels serve no adapters: loading one restarts the tab's model on onnxruntime-web
             gpu.evaluate("() => window.realm.loadAdapter('a1', './adapters/a1/')")
+            got["gpu_info"] = gpu.evaluate("() => window.realm.info")
             got["gpu"] = gpu.evaluate(f"() => window.realm.generate({json.dumps(QUESTION)}, {{maxTokens: 4, adapter: 'a1'}})")
             browser.close()
     finally:
@@ -85,6 +87,7 @@ def test_adapter_in_the_tab(model_dir: Path, tmp_path: Path) -> None:
     assert got["errors"][1][0] == "adapter_not_found" and "zzz" in got["errors"][1][2]
     assert got["ui"].strip() == got["mixed"][1]["text"].strip()
     assert got["server"]["tokenIds"] == reference(model_dir, adapter, "int4", 16)["a1"][0]
+    assert got["gpu_kernels"] == "realm" and got["gpu_info"]["kernels"] == "ort"
     assert got["gpu_info"]["backend"] == "webgpu"
     gpu_ref = reference(model_dir, adapter, got["gpu_info"]["dtype"], 4)
     assert got["gpu"]["tokenIds"] == gpu_ref["a1"][0]

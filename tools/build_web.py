@@ -72,7 +72,7 @@ def main() -> int:
     nm = ROOT / "wasm" / "node_modules"
     link(nm / "pyodide", out / "pyodide")
     link(nm / "onnxruntime-web" / "dist", out / "ort")
-    for f in ("bridge.mjs", "adapters.mjs", "packed.mjs", "download.mjs"):
+    for f in ("bridge.mjs", "gpu_bridge.mjs", "kernels.mjs", "adapters.mjs", "packed.mjs", "download.mjs"):
         link(ROOT / "wasm" / "src" / f, out / "realm" / f)
     for old in (out / "realm").glob("*.whl"):
         old.unlink()

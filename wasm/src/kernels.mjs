@@ -152,20 +152,34 @@ function matvecShader({ kind, norm, epi, K, N, eps, T, HD, NH, KVH, L, cap, LN }
           else { let o = kv + LP.x * ${2 * KVH * HD}u + (head - ${NH}u) * ${HD}u + i; KV[o] = ra; KV[o + ${HD / 2}u] = rb; }
         } else { let o = kv + LP.x * ${2 * KVH * HD}u + ${KVH * HD}u + (head - ${NH + KVH}u) * ${HD}u + i; KV[o] = v0; KV[o + ${HD / 2}u] = v1; }`,
   }[epi];
-  const xval = norm ? "((X[xo + k] * inv[t]) * G[blk * 32u + k])" : "X[xo + k]";
+  // x as vec4s (with the norm: (x * inv) * g, as onnxruntime's SimplifiedLayerNormalization)
+  const xv = (o, gi) => (norm ? `((X[${o}] * inv[t]) * G[${gi}])` : `X[${o}]`);
+  // a block's words: Q4_1 word i holds elements 4i..4i+3 (low nibbles) and 16+4i.. (high);
+  // Q8_0 word i elements 4i..4i+3; each dequantized value is the fp32 export's (q * d exact)
+  const body4 = kind === "q4_1" ? `
+        let lo = vec4<f32>(f32(word & 15u), f32((word >> 8u) & 15u), f32((word >> 16u) & 15u), f32((word >> 24u) & 15u)) * d + mn;
+        let hi = vec4<f32>(f32((word >> 4u) & 15u), f32((word >> 12u) & 15u), f32((word >> 20u) & 15u), f32(word >> 28u)) * d + mn;
+        for (var t = 0u; t < mt; t++) {
+          let xo = xr[t] + blk * 8u;
+          acc[t * ${NACC}u + G_] += dot(lo, ${xv("xo + i", "blk * 8u + i")}) + dot(hi, ${xv("xo + 4u + i", "blk * 8u + 4u + i")});
+        }` : `
+        let iw = i32(word);
+        let wv = vec4<f32>(f32(extractBits(iw, 0u, 8u)), f32(extractBits(iw, 8u, 8u)), f32(extractBits(iw, 16u, 8u)), f32(extractBits(iw, 24u, 8u))) * d;
+        for (var t = 0u; t < mt; t++) {
+          let xo = xr[t] + blk * 8u;
+          acc[t * ${NACC}u + G_] += dot(wv, ${xv("xo + i", "blk * 8u + i")});
+        }`;
+  const WPB = kind === "q4_1" ? 4 : 8;
   const accumulate = Array.from({ length: NACC }, (_, g) => `{
       let wb = n${g} * NB + blk;
-      ${dequant(kind)}
-      for (var t = 0u; t < mt; t++) {
-        let xo = xr[t] + blk * 32u;
-        var sum = 0.0;
-        for (var k = 0u; k < 32u; k++) { sum += w[k] * ${xval}; }
-        acc[t * ${NACC}u + ${g}u] += sum;
+      ${kind === "q4_1" ? "let d = WS[2u * wb]; let mn = WS[2u * wb + 1u];" : "let d = WS[wb];"}
+      for (var i = 0u; i < ${WPB}u; i++) {
+        let word = WQ[${WPB}u * wb + i];${body4.replaceAll("G_", `${g}u`)}
       }
     }`).join("\n");
   const normShared = `for (var t = 0u; t < mt; t++) {
     var part = 0.0;
-    for (var k = tid; k < K; k += ${WGS}u) { let v = X[xr[t] + k]; part += v * v; }
+    for (var k = tid; k < K / 4u; k += ${WGS}u) { let v = X[xr[t] + k]; part += dot(v, v); }
     red[tid] = part;
     workgroupBarrier();
     for (var s = ${WGS / 2}u; s > 0u; s >>= 1u) { if (tid < s) { red[tid] += red[tid + s]; } workgroupBarrier(); }
@@ -177,7 +191,7 @@ function matvecShader({ kind, norm, epi, K, N, eps, T, HD, NH, KVH, L, cap, LN }
   const normOwn = `var inv: array<f32, ${MT}>;
   for (var t = 0u; t < mt; t++) {
     var part = 0.0;
-    for (var k = 0u; k < K; k++) { let v = X[xr[t] + k]; part += v * v; }
+    for (var k = 0u; k < K / 4u; k++) { let v = X[xr[t] + k]; part += dot(v, v); }
     inv[t] = 1.0 / sqrt(part / ${f(K)} + ${eps});
   }`;
   const finish = (v) => `for (var t = 0u; t < mt; t++) {
@@ -192,7 +206,6 @@ function matvecShader({ kind, norm, epi, K, N, eps, T, HD, NH, KVH, L, cap, LN }
   ${norm ? normOwn : ""}
   ${rows}
   var acc: array<f32, ${MT * NACC}>;
-  var w: array<f32, 32>;
   for (var blk = 0u; blk < NB; blk++) {
     ${accumulate}
   }
@@ -202,7 +215,6 @@ function matvecShader({ kind, norm, epi, K, N, eps, T, HD, NH, KVH, L, cap, LN }
   ${norm ? normShared : ""}
   ${rows}
   var acc: array<f32, ${MT * NACC}>;
-  var w: array<f32, 32>;
   for (var blk = lane; blk < NB; blk += ${LN}u) {
     ${accumulate}
   }
@@ -216,11 +228,11 @@ function matvecShader({ kind, norm, epi, K, N, eps, T, HD, NH, KVH, L, cap, LN }
     ${finish((g) => `red[(t * ${NACC}u + ${g}u) * ${WGS}u + r * ${LN}u]`)}
   }`;
   return `${stepDecl(T)}
-@group(0) @binding(0) var<storage, read> X: array<f32>;
+@group(0) @binding(0) var<storage, read> X: array<vec4<f32>>;
 @group(0) @binding(1) var<storage, read> WQ: array<u32>;
 @group(0) @binding(2) var<storage, read> WS: array<f32>;
 @group(0) @binding(3) var<storage, read_write> Y: array<f32>;
-@group(0) @binding(4) var<storage, read> G: array<f32>;
+@group(0) @binding(4) var<storage, read> G: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read_write> KV: array<f32>;
 @group(0) @binding(6) var<uniform> LP: vec4<u32>;
 const K: u32 = ${K}u; const NB: u32 = ${K / 32}u; const MT: u32 = ${MT}u;
@@ -232,7 +244,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let m0 = wid.y * MT;
   let mt = min(MT, M - m0); // this workgroup's tokens (uniform)
   var xr: array<u32, ${MT}>; // each token's row of X
-  for (var t = 0u; t < mt; t++) { xr[t] = ${sel ? "S[SEL + m0 + t]" : "(m0 + t)"} * K; }
+  for (var t = 0u; t < mt; t++) { xr[t] = ${sel ? "S[SEL + m0 + t]" : "(m0 + t)"} * (K / 4u); } // in vec4s
   ${body}
 }`;
 }
