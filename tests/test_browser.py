@@ -300,3 +300,82 @@ def test_speculative_decoding_in_the_page(site: str) -> None:
     assert spec == plain
     assert stats["speculative"]["accepted_tokens"] > 0, stats
     assert costs["run_seconds"] > 0 and costs["token_seconds"] > 0, costs  # the tab's policy priced by its own steps
+
+
+def _ort_greedy(model_dir: Path, ids: list[int], n: int) -> tuple[list[int], list["Any"]]:
+    """onnxruntime CPU on the fp32 export, whole sequences recomputed: n greedy tokens after ids,
+    and the logits at every position of ids + those tokens."""
+    import numpy as np
+    import onnxruntime as ort
+
+    s = ort.InferenceSession(str(model_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    m = load_manifest(model_dir)
+    seq = list(ids)
+    for _ in range(n + 1):
+        feeds = {"input_ids": np.array([seq], np.int64), "attention_mask": np.ones((1, len(seq)), np.int64),
+                 "logits_index": np.arange(len(seq), dtype=np.int64)[None]}
+        for i in range(m.num_layers):
+            for k in ("key", "value"):
+                feeds[f"past_key_values.{i}.{k}"] = np.zeros((1, m.num_kv_heads, 0, m.head_dim), np.float32)
+        logits = s.run(["logits"], feeds)[0][0]
+        if len(seq) == len(ids) + n:
+            return seq[len(ids):], list(logits)
+        seq.append(int(np.argmax(logits[-1])))
+    raise AssertionError
+
+
+def test_realm_kernels_step_contract(site: str, model_dir: Path) -> None:
+    """realm-web's WebGPU kernels (gpu_bridge.mjs) on the step contract: two prompts of different
+    lengths in one step (one row greedy on the GPU, one with logprobs, top-3 and prompt scores from
+    read-back logits), both decoding in one step, a rollback with a two-token verify row, and a
+    copied prefix (plan.copies) decoding in a third slot; against onnxruntime CPU's fp32 export."""
+    import numpy as np
+    from playwright.sync_api import sync_playwright
+    from realm_web.engines.ort_web import bridge_config
+
+    pa, pb = [1, 9690, 198, 2683, 359, 253], [1, 4093, 198, 1780, 314, 260, 3575, 282, 4649, 47]
+    cfg = bridge_config(load_manifest(model_dir), "fp32", "webgpu")
+    js = """async ([cfg, pa, pb]) => {
+      const { GpuBridge } = await import("./realm/gpu_bridge.mjs");
+      const adapter = await navigator.gpu.requestAdapter();
+      const device = await adapter.requestDevice({ requiredLimits: { maxStorageBufferBindingSize: adapter.limits.maxStorageBufferBindingSize, maxBufferSize: adapter.limits.maxBufferSize } });
+      const blocks = new Uint8Array(await (await fetch("./models/default/" + cfg.packed.blocks)).arrayBuffer());
+      const br = await GpuBridge.create(device, blocks, cfg);
+      const G = { temperature: 0, top_k: 0, top_p: 1, min_p: 0, repetition_penalty: 1, logprobs: false, top_logprobs: 0 };
+      const L = { ...G, logprobs: true, top_logprobs: 3 };
+      const step = async (plan) => JSON.parse(await br.step(JSON.stringify(plan)));
+      const out = [];
+      out.push(await step({ seqs: [[1, 0, 0, pa, 1, []], [2, 1, 0, pb, 1, [], [pb[1], pb[2]]]],
+                            new: [{ id: 1, slot: 0, sampling: G, adapter: null, entry: 0 }, { id: 2, slot: 1, sampling: L, adapter: null, entry: 0 }] }));
+      const a1 = out[0].tokens[1][0], b1 = out[0].tokens[2][0];
+      out.push(await step({ seqs: [[1, 0, pa.length, [a1], 1, []], [2, 1, pb.length, [b1], 1, []]] }));
+      const a2 = out[1].tokens[1][0], b2 = out[1].tokens[2][0];
+      out.push(await step({ seqs: [[1, 0, pa.length, [a1, a2], 2, []]] }));
+      out.push(await step({ seqs: [[3, 2, pb.length + 1, [b2], 1, []]], new: [{ id: 3, slot: 2, sampling: G, adapter: null, entry: 0 }],
+                            copies: [[1, 2, pb.length + 1]] }));
+      out.push(br.timings);
+      return out;
+    }"""
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        page = b.new_page()
+        page.goto(f"{site}/?backend=wasm")
+        s1, s2, s3, s4, timings = page.evaluate(js, [cfg, pa, pb])
+        b.close()
+    ta, la = _ort_greedy(model_dir, pa, 3)
+    tb, lb = _ort_greedy(model_dir, pb, 3)
+    assert [s1["tokens"]["1"], s2["tokens"]["1"], s3["tokens"]["1"]] == [ta[:1], ta[1:2], ta[1:3]]
+    assert [s1["tokens"]["2"], s2["tokens"]["2"], s4["tokens"]["3"]] == [tb[:1], tb[1:2], tb[2:3]]
+
+    def logprobs(x: Any) -> Any:
+        x = np.asarray(x, np.float64)
+        return x - (x.max() + np.log(np.exp(x - x.max()).sum()))
+
+    want = logprobs(lb[len(pb) - 1])
+    assert abs(s1["logprobs"]["2"][0] - want[tb[0]]) < 1e-3
+    top = s1["top"]["2"][0]
+    assert [t for t, _ in top] == list(np.argsort(-want, kind="stable")[:3])
+    assert all(abs(lp - want[t]) < 1e-3 for t, lp in top)
+    assert all(abs(s1["scores"]["2"][j] - logprobs(lb[j])[pb[j + 1]]) < 1e-3 for j in range(2))
+    assert "1" not in s1["logprobs"]  # the greedy row asked for none
+    assert timings["forwards"] == 4 and timings["maxRows"] == 2

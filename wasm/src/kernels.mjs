@@ -369,7 +369,11 @@ export class GpuDecoder {
     const { meta, data } = parsePacked(packed);
     const plan = kernelPlan(arch, meta);
     if (plan.why) throw new KernelError(`realm kernels cannot run this model: ${plan.why}`);
-    return new GpuDecoder(device, plan, data, maxTokens, maxLogits, lanes ?? lanesFor(device));
+    device.pushErrorScope("validation");
+    const dec = new GpuDecoder(device, plan, data, maxTokens, maxLogits, lanes ?? lanesFor(device));
+    const err = await device.popErrorScope();
+    if (err) { dec.destroy(); throw new KernelError(`realm kernels: ${err.message}`); }
+    return dec;
   }
 
   constructor(device, plan, data, maxTokens, maxLogits, lanes) {
@@ -421,6 +425,8 @@ export class GpuDecoder {
     this.dummyRw = buf(16, U.STORAGE);
     this.readback = null;
     this.profile = false; // see timestamps()
+    this.failure = null; // the GPU's first uncaptured error: every later forward fails with it
+    device.addEventListener?.("uncapturederror", (e) => { this.failure ??= e.error?.message || String(e.error); });
     this.gpuMs = [];
     this.loadMs = performance.now() - t0;
     this.pipelines();
@@ -512,10 +518,13 @@ export class GpuDecoder {
   /** Positions [0, length) of slot `src` become slot `dst`'s. */
   copy(src, dst, length) {
     this.ensure(Math.max(src, dst), length);
-    if (length > 0) {
-      const enc = this.device.createCommandEncoder(), E4 = this.E * 4;
-      enc.copyBufferToBuffer(this.pool, src * this.cap * E4, this.pool, dst * this.cap * E4, length * E4);
-      this.device.queue.submit([enc.finish()]);
+    if (length > 0) {  // through a scratch buffer: a copy within one buffer is not allowed
+      const d = this.device, enc = d.createCommandEncoder(), E4 = this.E * 4, bytes = length * E4;
+      const tmp = d.createBuffer({ size: bytes, usage: U.COPY_SRC | U.COPY_DST });
+      enc.copyBufferToBuffer(this.pool, src * this.cap * E4, tmp, 0, bytes);
+      enc.copyBufferToBuffer(tmp, 0, this.pool, dst * this.cap * E4, bytes);
+      d.queue.submit([enc.finish()]);
+      tmp.destroy();
     }
     this.lengths.set(dst, length);
   }
@@ -531,6 +540,7 @@ export class GpuDecoder {
   async forward(rows, greedy) {
     const { T, E, p } = this;
     const M = rows.reduce((a, q) => a + q.tokens.length, 0), Ml = rows.reduce((a, q) => a + q.logits.length, 0);
+    if (this.failure) throw new KernelError(`WebGPU failed: ${this.failure}`);
     if (M === 0 || M > T) throw new KernelError(`${M} tokens in one forward (1 to ${T})`);
     if (Ml > this.maxLogits) throw new KernelError(`${Ml} logits rows in one forward (at most ${this.maxLogits})`);
     for (const q of rows) this.ensure(q.slot, q.start + q.tokens.length);
@@ -586,6 +596,7 @@ export class GpuDecoder {
       out = greedy ? new Int32Array(rb.getMappedRange(0, bytes).slice(0)) : new Float32Array(rb.getMappedRange(0, bytes).slice(0));
       rb.unmap();
     } else await d.queue.onSubmittedWorkDone();
+    if (this.failure) throw new KernelError(`WebGPU failed: ${this.failure}`);
     if (ts) {
       await ts.read.mapAsync(1);
       const [a, b] = new BigUint64Array(ts.read.getMappedRange().slice(0));
