@@ -64,13 +64,13 @@ function defaultWheel() {
 
 // -- options ---------------------------------------------------------------------------------
 
-const ENGINES = { wasm: "wasm", native: "cpu" }; // engine -> the manifest's name for it (preferred_by)
+const ENGINES = { wasm: "wasm", native: "cpu", webgpu: "webgpu" }; // engine -> the manifest's name for it (preferred_by)
 const isInt = (v) => Number.isSafeInteger(v);
 const isNum = (v) => typeof v === "number" && Number.isFinite(v);
 
 const LOAD_OPTIONS = {
   model: (v) => typeof v === "string" && v.length > 0 || "a model directory or an http(s) URL of one (string)",
-  engine: (v) => v in ENGINES || `"wasm" or "native"`,
+  engine: (v) => v in ENGINES || `"wasm", "native" or "webgpu"`,
   dtype: (v) => v == null || typeof v === "string" || "an export's dtype (string), e.g. \"fp32\" or \"int4\"",
   threads: (v) => isInt(v) && v >= 1 && v <= 256 || "an integer >= 1",
   maxSlots: (v) => isInt(v) && v >= 1 && v <= 256 || "an integer in [1, 256]",
@@ -174,6 +174,24 @@ function readAdapter(source) {
   return { data, gguf: null, where: src };
 }
 
+/** A WebGPU device for the realm kernels: navigator.gpu where the runtime has it (Deno, Bun, a
+ * shim), else dawn.node (npm `webgpu`). */
+async function gpuDevice() {
+  let gpu = globalThis.navigator?.gpu;
+  if (!gpu) {
+    let m;
+    try { m = await import("webgpu"); }
+    catch (e) { throw fail("engine_unavailable", "engine \"webgpu\" needs WebGPU in Node: `npm install webgpu` (dawn.node), or a runtime with navigator.gpu", e); }
+    Object.assign(globalThis, m.globals);
+    gpu = m.create([]);
+  }
+  const adapter = await gpu.requestAdapter({ powerPreference: "high-performance" });
+  if (!adapter) throw fail("engine_unavailable", "engine \"webgpu\": no WebGPU adapter on this machine (a GPU with Vulkan, Metal or D3D12 drivers)");
+  const lim = adapter.limits;
+  const device = await adapter.requestDevice({ requiredLimits: { maxStorageBufferBindingSize: lim.maxStorageBufferBindingSize, maxBufferSize: lim.maxBufferSize } });
+  return { device, adapter: `${adapter.info?.vendor ?? ""} ${adapter.info?.device || adapter.info?.architecture || ""}`.trim() };
+}
+
 // One onnxruntime-web WASM runtime per process: its thread count is fixed when it starts.
 let wasmThreads = null;
 
@@ -208,7 +226,8 @@ export class Realm {
   /** Load a model: `model` (default: the directory `realm-web pull` makes; an http(s) URL of a
    * model directory is mirrored under $REALM_WEB_HOME/remote, a packed export downloading as its
    * quantized blocks; `packed: false` takes the plain file, `onProgress` sees the download), `engine` "wasm"
-   * (onnxruntime-web, default) or "native" (onnxruntime-node), `dtype` (default: the export the
+   * (onnxruntime-web, default), "native" (onnxruntime-node) or "webgpu" (realm-web's own WebGPU
+   * kernels over the export's GGUF blocks: navigator.gpu, or dawn.node from npm `webgpu`), `dtype` (default: the export the
    * manifest prefers for the engine: wasm fp32/fp16, native int4), `threads`, `maxSlots` (requests
    * that run at once; more wait in the queue), `maxLength`, `maxTokensPerStep` (prefill chunk). */
   static async load(options = {}) {
@@ -238,8 +257,10 @@ export class Realm {
     const wheel = o.wheel ?? defaultWheel();
     if (!fs.existsSync(wheel)) throw fail("engine_unavailable", `${wheel}: no such wheel`);
 
+    if (engine === "webgpu" && o.dtype != null && o.dtype !== "fp32")
+      throw fail("bad_option", `engine "webgpu" runs the realm kernels over the export's GGUF blocks (dtype "fp32"), not ${o.dtype}`);
     const t0 = performance.now();
-    const ort = await loadOrt(engine, threads);
+    const ort = engine === "webgpu" ? null : await loadOrt(engine, threads);
     let py;
     try {
       const { loadPyodide } = await import("pyodide");
@@ -256,8 +277,9 @@ export class Realm {
     try { web = py.pyimport("realm_web.web"); }
     catch (e) { throw fail("engine_unavailable", `${wheel} holds no usable realm_web core: ${e.message.trim().split("\n").pop()}`, e); }
     let cfg;
-    try { cfg = JSON.parse(web.config("/model", ENGINES[engine], o.dtype ?? null)); }
+    try { cfg = JSON.parse(web.config("/model", ENGINES[engine], engine === "webgpu" ? "fp32" : o.dtype ?? null)); }
     catch (e) { throw fromPython(e); }
+    if (engine === "webgpu") return Realm.#loadKernels({ o, py, web, cfg, mirror, modelDir, remote, threads, t0 });
     // a packed export runs from its graph and the expanded weights beside it; locally, where the
     // weights file is there (a mirror), else from the plain file
     let usePacked = false;
@@ -285,6 +307,15 @@ export class Realm {
     try {
       bridge = await Bridge.create(ort, bytesOrPath(file), { ...cfg, threads, batching: o.batching ?? true, maxLoras }, sources);
     } catch (e) { throw fail("runtime", `cannot load ${file} on ${engine}: ${e.message}`, e); }
+    return Realm.#start({ o, py, web, cfg, bridge, engine, t0, maxLoras,
+                          extra: { file, modelDir, threads, packed: usePacked, url: remote ? o.model : null,
+                                   downloadedBytes: mirror ? mirror.downloaded : 0,
+                                   runtime: engine === "wasm" ? `onnxruntime-web ${ort.env.versions?.web ?? ""}`.trim()
+                                                              : `onnxruntime-node ${ort.env.versions?.node ?? ""}`.trim() } });
+  }
+
+  /** Start the core over `bridge` (calibrating speculation) and make the Realm. */
+  static async #start({ o, py, web, cfg, bridge, engine, t0, maxLoras = o.maxLoras ?? 8, extra }) {
     // What the core awaits once per step: the bridge, watched so that a runtime failure (which ends
     // the core's step loop) fails the requests in flight instead of leaving them waiting forever.
     const host = { onError: null, step: (json) => bridge.step(json).catch((e) => { host.onError?.(e); throw e; }),
@@ -305,16 +336,29 @@ export class Realm {
         stepCosts = JSON.parse(costs);
       }
     } catch (e) { await bridge.dispose(); throw fromPython(e); }
-    const info = { name: facts.name, engine, dtype: cfg.dtype, file, modelDir, threads, maxSlots: o.maxSlots ?? 8,
-                   packed: usePacked, url: remote ? o.model : null, downloadedBytes: mirror ? mirror.downloaded : 0,
+    const info = { name: facts.name, engine, dtype: cfg.dtype, maxSlots: o.maxSlots ?? 8, ...extra,
                    prefixCaching: facts.prefix_caching,
                    maxLength: facts.max_length, adapters: facts.adapters, maxLoras, speculative: facts.speculative, stepCosts, vocabSize: cfg.vocabSize, eosTokenIds: facts.eos_token_ids,
-                   runtime: engine === "wasm" ? `onnxruntime-web ${ort.env.versions?.web ?? ""}`.trim()
-                                              : `onnxruntime-node ${ort.env.versions?.node ?? ""}`.trim(),
                    loadMs: Math.round(performance.now() - t0) };
     const realm = new Realm(py, web, bridge, info);
     host.onError = (e) => realm.#broken(e);
     return realm;
+  }
+
+  /** engine "webgpu": realm-web's WGSL kernels (kernels.mjs) over the export's GGUF blocks. */
+  static async #loadKernels({ o, py, web, cfg, mirror, modelDir, remote, t0 }) {
+    if (!cfg.packed) throw fail("bad_option", `${modelDir}: the export has no packed GGUF blocks (re-export it with \`realm-web pull\`) for engine "webgpu"`);
+    if (mirror) await mirror.fetchWeights(cfg, { blocks: true, onProgress: o.onProgress });
+    const file = path.join(modelDir, cfg.packed.blocks);
+    if (!fs.existsSync(file)) throw fail("model_not_found", `${file}: missing (named by realm.json)`);
+    const { device, adapter } = await gpuDevice();
+    const { GpuBridge } = await import("./gpu_bridge.mjs");
+    let bridge;
+    try { bridge = await GpuBridge.create(device, new Uint8Array(fs.readFileSync(file)), cfg); }
+    catch (e) { throw fail(e.code === "engine_unavailable" ? "engine_unavailable" : "runtime", `cannot load ${file} on WebGPU: ${e.message}`, e); }
+    return Realm.#start({ o, py, web, cfg, bridge, engine: "webgpu", t0,
+                          extra: { file, modelDir, threads: 1, packed: true, url: remote ? o.model : null, downloadedBytes: mirror ? mirror.downloaded : 0,
+                                   kernels: "realm", adapter, runtime: `realm kernels on WebGPU (${adapter})` } });
   }
 
   constructor(py, web, bridge, info) {

@@ -64,8 +64,9 @@ export class Mirror {
   }
 
   /** Download what `cfg` (realm_web.web.config) runs: a packed export as blocks expanded into its
-   * weights file (when `packed`), else the graph file itself; then write realm.json. */
-  async fetchWeights(cfg, { packed = true, onProgress = null } = {}) {
+   * weights file (when `packed`), or the blocks file itself (`blocks`: WebGPU's realm kernels), else
+   * the graph file itself; then write realm.json. */
+  async fetchWeights(cfg, { packed = true, blocks = false, onProgress = null } = {}) {
     const { base, dir, fail } = this;
     const bad = (message, cause) => fail("model_not_found", message, cause);
     const have = (f, n) => fs.existsSync(path.join(dir, f)) && fs.statSync(path.join(dir, f)).size === n;
@@ -78,7 +79,10 @@ export class Mirror {
     };
     this.fetchFile = fetchFile; // the LoRA twin of a plain export is fetched when an adapter first runs
     const p = packed ? cfg.packed : null;
-    if (p) {
+    if (blocks) {  // the GGUF blocks as they are (the realm kernels read them)
+      if (!cfg.packed) throw bad(`${base}: the export has no packed blocks`);
+      await fetchFile(cfg.packed.blocks, cfg.packed.blocksBytes);
+    } else if (p) {
       await fetchFile(p.file, p.bytes);
       if (p.loraFile) await fetchFile(p.loraFile, p.loraBytes);
       if (!have(p.weights, p.weightsBytes)) {

@@ -446,12 +446,22 @@ describe("loading errors", () => {
   });
 
   test("bad load options", async () => {
-    await load({ model: MODEL, engine: "cuda" }, "bad_option", /load option engine must be "wasm" or "native", got "cuda"/);
+    await load({ model: MODEL, engine: "cuda" }, "bad_option", /load option engine must be "wasm", "native" or "webgpu", got "cuda"/);
     await load({ modelDir: MODEL }, "bad_option", /unknown load option "modelDir" \(known: model, engine, /);
     await load({ model: MODEL, dtype: "fp64" }, "bad_option", /no fp64 export \(have: .*fp32/);
     await load({ model: MODEL, threads: 0 }, "bad_option", /threads must be an integer >= 1/);
     await load({ model: MODEL, engine: "wasm", threads: 3 }, "bad_option", /already runs with 1 thread/);
     await load({ model: MODEL, wheel: path.join(MODEL, "realm.json") }, "engine_unavailable", /cannot start Pyodide with .*not a zip file/);
+    await load({ model: MODEL, engine: "webgpu", dtype: "int4" }, "bad_option", /engine "webgpu" runs the realm kernels over the export's GGUF blocks \(dtype "fp32"\), not int4/);
+  });
+
+  test("engine webgpu without WebGPU in this Node: a clear engine_unavailable", async (t) => {
+    // this machine's Node has no navigator.gpu and no dawn.node (npm `webgpu`) installed; on a GPU
+    // machine with it, bench/webgpu_realm_node.mjs runs this engine end to end
+    let dawn = true;
+    try { await import("webgpu"); } catch { dawn = false; }
+    if (dawn || globalThis.navigator?.gpu) { t.skip("this Node has WebGPU"); return; }
+    await load({ model: MODEL, engine: "webgpu" }, "engine_unavailable", /engine "webgpu" needs WebGPU in Node: `npm install webgpu` \(dawn\.node\)/);
   });
 
   test("a closed Realm refuses work", async () => {

@@ -31,13 +31,15 @@ export class RealmEngineError extends RealmError {
   readonly field: string | null;
 }
 
-export type Engine = "wasm" | "native";
+export type Engine = "wasm" | "native" | "webgpu";
 
 export interface LoadOptions {
   /** Model directory (realm.json + the ONNX exports); default: the one `realm-web pull` makes,
    * $REALM_WEB_HOME/models/smollm2-135m-instruct (REALM_WEB_HOME defaults to ~/.cache/realm-web). */
   model?: string;
-  /** "wasm": onnxruntime-web's WebAssembly build (default); "native": onnxruntime-node (CPU). */
+  /** "wasm": onnxruntime-web's WebAssembly build (default); "native": onnxruntime-node (CPU);
+   * "webgpu": realm-web's own WebGPU kernels over the export's GGUF blocks (navigator.gpu, or
+   * dawn.node from npm `webgpu`; no LoRA adapters). */
   engine?: Engine;
   /** Which export to run ("fp32", "fp16", "int8", "int4"); default: the one realm.json prefers for
    * the engine (wasm: fp32, else fp16; native: int4). */
@@ -164,6 +166,9 @@ export interface RealmInfo {
   vocabSize: number;
   eosTokenIds: number[];
   runtime: string;
+  /** engine "webgpu": "realm" (the kernels), and the adapter's vendor and device. */
+  kernels?: "realm";
+  adapter?: string;
   loadMs: number;
   /** Whether the export has a LoRA-capable graph (loadAdapter works). */
   adapters: boolean;
