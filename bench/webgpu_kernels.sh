@@ -30,6 +30,10 @@ KERNELS=1 PROFILE=1 ./node webgpu_node.mjs $B /tmp/cfg_fp32.json $M $OUT/kernels
 [ "${ANCHOR:-1}" = 0 ] || PACKED=1 ./node webgpu_node.mjs $B /tmp/cfg_fp16.json $M $OUT/ort_fp16.json ${STEPS:-64} > /dev/null
 KERNELS=1 ./node webgpu_node.mjs $B /tmp/cfg_fp32.json $M $OUT/kernels_again.json ${STEPS:-64} > /dev/null
 for ln in ${LANE_VARIANTS:-}; do LANES=$ln KERNELS=1 ./node webgpu_node.mjs $B /tmp/cfg_fp32.json $M $OUT/kernels_lanes$ln.json ${STEPS:-64} > /dev/null || true; done
+if [ -d $REPO/wasm/node_modules/pyodide ] && [ -d $REPO/wasm/dist ]; then  # the Node product: Realm.load({engine: "webgpu"})
+  cp $REPO/bench/webgpu_realm_node.mjs /tmp/wg/
+  ./node webgpu_realm_node.mjs $REPO/wasm/src/realm.mjs $M $M/chat_ref.json $OUT/realm_node.json || echo "Realm engine webgpu failed"
+fi
 if [ -d $REPO/.tj ]; then  # transformers.js on the same GPU, same fp16 weights (bench/transformersjs_model.py, .tj/)
   mkdir -p /tmp/tj /tmp/tjm/smol && (cd /tmp/tj && tar -xJf $REPO/.tj/nm.tar.xz) && cp -r $REPO/.tj/m/* /tmp/tjm/smol/
   ./node $REPO/bench/expand_half.mjs $REPO/wasm/src/packed.mjs $M/realm.json $M/model_packed.blocks /tmp/tjm/smol/onnx/model_fp16.onnx_data
