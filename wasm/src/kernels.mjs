@@ -127,8 +127,8 @@ export function units(epi, N, HD) {
 
 /** y = (RMSNorm?)(x) @ W^T for MT tokens a workgroup, with an epilogue: "plain" y, "resid"
  * x += y, "glu" silu(gate) * up, "qkv" RoPE and the KV cache write, "logits" (token rows picked
- * by SEL). `LN` lanes share an output unit: 32 on GPUs (the unit's blocks split over a warp's
- * lanes, summed in workgroup memory), 1 on CPU adapters (SwiftShader: a thread per unit and no
+ * by SEL). `LN` lanes share an output unit: 8 on GPUs by default (the unit's blocks split over the
+ * lanes, summed in workgroup memory; lanesFor), 1 on CPU adapters (SwiftShader: a thread per unit and no
  * workgroup barriers, which it runs as coroutine switches). */
 function matvecShader({ kind, norm, epi, K, N, eps, T, HD, NH, KVH, L, cap, LN }) {
   const sel = epi === "logits", pair = epi === "glu" || epi === "qkv";
