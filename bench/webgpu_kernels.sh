@@ -25,13 +25,14 @@ cp bench/webgpu_node.mjs bench/dawn_gpu.mjs /tmp/wg/
 cd /tmp/wg
 B=$REPO/wasm/src/bridge.mjs
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem --format=csv,noheader || true
-KERNELS=1 ./node webgpu_node.mjs $B /tmp/cfg_fp32.json $M $OUT/kernels.json ${STEPS:-64} > /dev/null
-KERNELS=1 PROFILE=1 ./node webgpu_node.mjs $B /tmp/cfg_fp32.json $M $OUT/kernels_profiled.json ${STEPS:-64} > /dev/null || true
+[ "${ONLY_REALM:-0}" = 1 ] || KERNELS=1 ./node webgpu_node.mjs $B /tmp/cfg_fp32.json $M $OUT/kernels.json ${STEPS:-64} > /dev/null
+[ "${ONLY_REALM:-0}" = 1 ] || KERNELS=1 PROFILE=1 ./node webgpu_node.mjs $B /tmp/cfg_fp32.json $M $OUT/kernels_profiled.json ${STEPS:-64} > /dev/null || true
 [ "${ANCHOR:-1}" = 0 ] || PACKED=1 ./node webgpu_node.mjs $B /tmp/cfg_fp16.json $M $OUT/ort_fp16.json ${STEPS:-64} > /dev/null
 KERNELS=1 ./node webgpu_node.mjs $B /tmp/cfg_fp32.json $M $OUT/kernels_again.json ${STEPS:-64} > /dev/null
 for ln in ${LANE_VARIANTS:-}; do LANES=$ln KERNELS=1 ./node webgpu_node.mjs $B /tmp/cfg_fp32.json $M $OUT/kernels_lanes$ln.json ${STEPS:-64} > /dev/null || true; done
 if [ -d $REPO/wasm/node_modules/pyodide ] && [ -d $REPO/wasm/dist ]; then  # the Node product: Realm.load({engine: "webgpu"})
   cp $REPO/bench/webgpu_realm_node.mjs /tmp/wg/
+  [ -e $REPO/wasm/node_modules/webgpu ] || ln -s /tmp/wg/node_modules/webgpu $REPO/wasm/node_modules/webgpu
   ./node webgpu_realm_node.mjs $REPO/wasm/src/realm.mjs $M $M/chat_ref.json $OUT/realm_node.json || echo "Realm engine webgpu failed"
 fi
 if [ -d $REPO/.tj ]; then  # transformers.js on the same GPU, same fp16 weights (bench/transformersjs_model.py, .tj/)

@@ -10,18 +10,25 @@ import fs from "node:fs";
 import path from "node:path";
 
 const [realmMjs, modelDir, refPath, outPath] = process.argv.slice(2);
-const { installNavigatorGpu } = await import(path.resolve(path.dirname(process.argv[1]), "dawn_gpu.mjs"));
-await installNavigatorGpu();
+// dawn.node made first (as bench/webgpu_node.mjs does) and handed to Realm as `gpu`; no global
+// navigator shim (Pyodide takes a global `navigator` for a browser's)
+const { create, globals } = await import("webgpu");
+Object.assign(globalThis, globals);
+const gpu = create([]);
 const { Realm } = await import(realmMjs);
 const ref = JSON.parse(fs.readFileSync(refPath, "utf8"));
 const t0 = performance.now();
-const realm = await Realm.load({ model: modelDir, engine: "webgpu", maxSlots: 8 });
+const progress = (m) => process.env.VERBOSE && console.error(`[${((performance.now()) / 1000).toFixed(2)} s] ${m}`);
+progress("loading");
+const realm = await Realm.load({ model: modelDir, engine: "webgpu", maxSlots: 8, gpu });
+progress(`loaded: ${realm.info.runtime}`);
 const result = { info: { ...realm.info }, load_s: (performance.now() - t0) / 1000, alone: [], together: null };
 const qs = Object.keys(ref);
 let first = null;
 for (let rep = 0; rep < 2; rep++) {
   for (const q of qs) {
     const r = await realm.generate(q, { maxTokens: 48 });
+    progress(`answered ${JSON.stringify(r.text.slice(0, 40))}`);
     first ??= performance.now();
     result.alone.push({ rep, q, same: JSON.stringify(r.tokenIds) === JSON.stringify(ref[q].tokenIds), timings: r.timings, text: r.text.slice(0, 60) });
   }

@@ -84,6 +84,7 @@ const LOAD_OPTIONS = {
   packed: (v) => typeof v === "boolean" || "a boolean (false: download the plain fp32 file, not the packed blocks)",
   onProgress: (v) => typeof v === "function" || "a function ({stage, file, got, total}) => void",
   prefixCaching: (v) => typeof v === "boolean" || "a boolean (keep finished requests' caches for prompts that begin the same way)",
+  gpu: (v) => (v && typeof v.requestAdapter === "function") || "a GPU object (navigator.gpu, or dawn.node's create()) for engine \"webgpu\"",
 };
 
 // Mirrors window.realm (static/realm.js) and realm_web/web.py: camelCase names of SamplingParams.
@@ -176,8 +177,8 @@ function readAdapter(source) {
 
 /** A WebGPU device for the realm kernels: navigator.gpu where the runtime has it (Deno, Bun, a
  * shim), else dawn.node (npm `webgpu`). */
-async function gpuDevice() {
-  let gpu = globalThis.navigator?.gpu;
+async function gpuDevice(given = null) {
+  let gpu = given ?? globalThis.navigator?.gpu;
   if (!gpu) {
     let m;
     try { m = await import("webgpu"); }
@@ -351,7 +352,7 @@ export class Realm {
     if (mirror) await mirror.fetchWeights(cfg, { blocks: true, onProgress: o.onProgress });
     const file = path.join(modelDir, cfg.packed.blocks);
     if (!fs.existsSync(file)) throw fail("model_not_found", `${file}: missing (named by realm.json)`);
-    const { device, adapter } = await gpuDevice();
+    const { device, adapter } = await gpuDevice(o.gpu);
     const { GpuBridge } = await import("./gpu_bridge.mjs");
     let bridge;
     try { bridge = await GpuBridge.create(device, new Uint8Array(fs.readFileSync(file)), cfg); }

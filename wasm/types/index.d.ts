@@ -41,6 +41,8 @@ export interface LoadOptions {
    * "webgpu": realm-web's own WebGPU kernels over the export's GGUF blocks (navigator.gpu, or
    * dawn.node from npm `webgpu`; no LoRA adapters). */
   engine?: Engine;
+  /** engine "webgpu": the GPU object to use (default: navigator.gpu, else dawn.node's). */
+  gpu?: unknown;
   /** Which export to run ("fp32", "fp16", "int8", "int4"); default: the one realm.json prefers for
    * the engine (wasm: fp32, else fp16; native: int4). */
   dtype?: string | null;
