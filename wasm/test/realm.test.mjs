@@ -452,6 +452,7 @@ describe("loading errors", () => {
     await load({ model: MODEL, threads: 0 }, "bad_option", /threads must be an integer >= 1/);
     await load({ model: MODEL, engine: "wasm", threads: 3 }, "bad_option", /already runs with 1 thread/);
     await load({ model: MODEL, wheel: path.join(MODEL, "realm.json") }, "engine_unavailable", /cannot start Pyodide with .*not a zip file/);
+    await load({ model: MODEL, engine: "webgpu", gpu: {} }, "bad_option", /load option gpu must be a GPU object \(navigator\.gpu, or dawn\.node's create\(\)\)/);
     await load({ model: MODEL, engine: "webgpu", dtype: "int4" }, "bad_option", /engine "webgpu" runs the realm kernels over the export's GGUF blocks \(dtype "fp32"\), not int4/);
   });
 
