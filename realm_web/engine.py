@@ -230,6 +230,9 @@ class LLM:
         """Load a LoRA adapter (a PEFT directory or a GGUF LoRA file) for requests to name with
         `adapter=name`. Raises AdapterError (naming the field) for one it cannot serve, and
         UnsupportedError when the export has no LoRA-capable graph."""
+        if not self.engine.caps.adapters and self.manifest.graph.lora is not None:
+            raise UnsupportedError("this engine does not serve LoRA adapters (the export has a LoRA graph: "
+                                   "an onnxruntime engine serves them)")
         if not self.engine.caps.adapters:
             raise UnsupportedError("this export has no LoRA-capable graph: export it again (realm-web pull, or "
                                    "realm-web export --lora-rank 16)")
