@@ -543,6 +543,11 @@ export class GpuDecoder {
     if (this.failure) throw new KernelError(`WebGPU failed: ${this.failure}`);
     if (M === 0 || M > T) throw new KernelError(`${M} tokens in one forward (1 to ${T})`);
     if (Ml > this.maxLogits) throw new KernelError(`${Ml} logits rows in one forward (at most ${this.maxLogits})`);
+    for (const q of rows) {
+      const bad = q.tokens.find((tok) => !(Number.isInteger(tok) && tok >= 0 && tok < p.V));
+      if (bad !== undefined) throw new KernelError(`token ${bad} is not in the vocabulary`);
+      if (q.logits.some((x) => !(x >= 0 && x < q.tokens.length))) throw new KernelError("a logits position outside the row's tokens");
+    }
     for (const q of rows) this.ensure(q.slot, q.start + q.tokens.length);
     const s = new Uint32Array(4 + 4 * T);
     s[0] = M; s[1] = Ml;
@@ -551,7 +556,6 @@ export class GpuDecoder {
       const base = q.slot * this.cap * E;
       for (const x of q.logits) s[4 + 3 * T + j++] = m + x;
       q.tokens.forEach((tok, k) => {
-        if (!(tok >= 0 && tok < p.V)) throw new KernelError(`token ${tok} is not in the vocabulary`);
         s[4 + m] = tok; s[4 + T + m] = q.start + k; s[4 + 2 * T + m] = base + (q.start + k) * E; m++;
       });
       this.lengths.set(q.slot, q.start + q.tokens.length);
