@@ -349,10 +349,10 @@ export class Realm {
   /** engine "webgpu": realm-web's WGSL kernels (kernels.mjs) over the export's GGUF blocks. */
   static async #loadKernels({ o, py, web, cfg, mirror, modelDir, remote, t0 }) {
     if (!cfg.packed) throw fail("bad_option", `${modelDir}: the export has no packed GGUF blocks (re-export it with \`realm-web pull\`) for engine "webgpu"`);
+    const { device, adapter } = await gpuDevice(o.gpu); // before any download: fail fast without a GPU
     if (mirror) await mirror.fetchWeights(cfg, { blocks: true, onProgress: o.onProgress });
     const file = path.join(modelDir, cfg.packed.blocks);
     if (!fs.existsSync(file)) throw fail("model_not_found", `${file}: missing (named by realm.json)`);
-    const { device, adapter } = await gpuDevice(o.gpu);
     const { GpuBridge } = await import("./gpu_bridge.mjs");
     let bridge;
     try { bridge = await GpuBridge.create(device, new Uint8Array(fs.readFileSync(file)), cfg); }
