@@ -10,7 +10,9 @@
 # `bash bench/webgpu_kernels.sh` (results in $OUT). ANCHOR=0 skips the onnxruntime-web run; with .tj/
 # (bench/transformersjs_model.py's model files in .tj/m, and .tj/nm.tar.xz: transformers.js 4.3.2's web build with
 # its onnxruntime-web, see bench/transformersjs_webgpu.mjs) carried
-# too, transformers.js runs as well; LANE_VARIANTS="8 16" times the kernels with other lanes per unit.
+# too, transformers.js runs as well; LANE_VARIANTS="8 16" times the kernels with other lanes per unit;
+# with wasm/node_modules/pyodide and wasm/dist carried, bench/webgpu_realm_node.mjs runs Node's
+# Realm engine "webgpu" end to end (ONLY_REALM=1 ANCHOR=0: that and one kernels run only).
 set -e
 REPO=$PWD
 OUT=${OUT:-/tmp}
