@@ -11,7 +11,11 @@ OUT=${OUT:-/tmp}
 . .wg/a/s/setup.sh >/dev/null
 mkdir -p /tmp/chr /tmp/chrdebs && cat /tmp/chrparts/part.* | tar -xf - -C /tmp/chrdebs
 for d in /tmp/chrdebs/*.deb; do dpkg -x "$d" /tmp/chr; done
-export LD_LIBRARY_PATH=/tmp/chr/usr/lib/x86_64-linux-gnu:/tmp/chr/lib/x86_64-linux-gnu FONTCONFIG_PATH=/tmp/chr/etc/fonts
+# libpulsecommon lives in a subdirectory (the first try there stopped at it)
+export LD_LIBRARY_PATH=/tmp/chr/usr/lib/x86_64-linux-gnu:/tmp/chr/usr/lib/x86_64-linux-gnu/pulseaudio:/tmp/chr/lib/x86_64-linux-gnu
+export FONTCONFIG_PATH=/tmp/chr/etc/fonts
+missing=$(ldd /tmp/chr/usr/lib/chromium/chromium | grep "not found" || true)
+[ -z "$missing" ] || { echo "chromium lacks: $missing"; exit 1; }
 M=/tmp/realm_pk && mkdir -p $M && cat /tmp/pk/x.* > $M/model_packed.blocks && cp .pk/m/* $M/
 PYTHONPATH=$REPO python3 -c "
 import json
@@ -25,6 +29,7 @@ sleep 1
 /tmp/chr/usr/lib/chromium/chromium --headless=new --no-sandbox --disable-gpu-sandbox --enable-unsafe-webgpu \
   --enable-features=Vulkan --use-vulkan --use-angle=vulkan --ignore-gpu-blocklist --no-first-run \
   --user-data-dir=/tmp/chrprof "http://127.0.0.1:8977/bench/chromium_gpu/index.html?steps=${STEPS:-64}" > $OUT/chromium.log 2>&1 &
-for i in $(seq 1 ${WAIT_S:-200}); do [ -f $OUT/chromium_webgpu.json ] && break; sleep 1; done
+browser=$!
+for i in $(seq 1 ${WAIT_S:-200}); do [ -f $OUT/chromium_webgpu.json ] && break; kill -0 $browser 2>/dev/null || break; sleep 1; done
 pkill -f user-data-dir=/tmp/chrprof || true
 [ -f $OUT/chromium_webgpu.json ] && cat $OUT/chromium_webgpu.json || { echo "no result; the browser's log:"; tail -30 $OUT/chromium.log; }
