@@ -48,9 +48,9 @@ let bridge;
 if (KERNELS) {
   // the packed export's GGUF blocks as they are, on realm-web's WGSL kernels (no onnxruntime)
   const { GpuBridge } = await import(path.resolve(path.dirname(bridgePath), "gpu_bridge.mjs"));
-  const lim = adapter.limits;
   const stamps = process.env.PROFILE && adapter.features.has("timestamp-query") ? ["timestamp-query"] : [];
-  const device = await adapter.requestDevice({ requiredFeatures: stamps, requiredLimits: { maxStorageBufferBindingSize: lim.maxStorageBufferBindingSize, maxBufferSize: lim.maxBufferSize } });
+  const { kernelDevice } = await import(path.resolve(path.dirname(bridgePath), "kernels.mjs"));
+  const device = await kernelDevice(adapter, stamps);
   device.addEventListener?.("uncapturederror", (e) => console.error("WebGPU error:", e.error?.message));
   const blocks = new Uint8Array(fs.readFileSync(path.join(modelDir, cfg.packed.blocks)));
   bridge = await GpuBridge.create(device, blocks, cfg, process.env.LANES ? { lanes: Number(process.env.LANES) } : {});

@@ -6,6 +6,7 @@ import { ADAPTER_CODES, fetchAdapter, loadAdapterFiles } from "./realm/adapters.
 import { Bridge } from "./realm/bridge.mjs";
 import { download } from "./realm/download.mjs";
 import { GpuBridge } from "./realm/gpu_bridge.mjs";
+import { archWhy, kernelDevice } from "./realm/kernels.mjs";
 import { PackedExpander } from "./realm/packed.mjs";
 
 const MODEL_FILES = ["realm.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"];
@@ -114,8 +115,7 @@ async function packedBlocks(modelUrl, p) {
 /** Whether realm-web's own WebGPU kernels can run this export (kernels.mjs kernelPlan checks the
  * blocks' tensors when they load): a llama model with its GGUF blocks packed. */
 function kernelVariant(manifest) {
-  const a = manifest.architecture || {};
-  if (a.architecture !== "llama" || a.attention_bias || a.rope_scaling) return null;
+  if (archWhy(manifest.architecture)) return null;
   return Object.values(manifest.variants || {}).find((v) => v.dtype === "fp32" && v.packed) || null;
 }
 
@@ -149,8 +149,7 @@ async function initKernels({ modelUrl, manifestBytes, variant, speculative, pref
   const m = await blocksReady;
   stages.weights_s = (performance.now() - t0) / 1000;
   post({ progress: { stage: "session", text: "loading the weights onto the GPU" } });
-  const lim = adapter.limits;
-  const device = await adapter.requestDevice({ requiredLimits: { maxStorageBufferBindingSize: lim.maxStorageBufferBindingSize, maxBufferSize: lim.maxBufferSize } });
+  const device = await kernelDevice(adapter);
   try {
     bridge = await GpuBridge.create(device, m.blocks, cfg);
   } catch (e) {

@@ -337,8 +337,8 @@ def test_realm_kernels_step_contract(site: str, model_dir: Path) -> None:
     cfg = bridge_config(load_manifest(model_dir), "fp32", "webgpu")
     js = """async ([cfg, pa, pb]) => {
       const { GpuBridge } = await import("./realm/gpu_bridge.mjs");
-      const adapter = await navigator.gpu.requestAdapter();
-      const device = await adapter.requestDevice({ requiredLimits: { maxStorageBufferBindingSize: adapter.limits.maxStorageBufferBindingSize, maxBufferSize: adapter.limits.maxBufferSize } });
+      const { kernelDevice } = await import("./realm/kernels.mjs");
+      const device = await kernelDevice(await navigator.gpu.requestAdapter());
       const blocks = new Uint8Array(await (await fetch("./models/default/" + cfg.packed.blocks)).arrayBuffer());
       const br = await GpuBridge.create(device, blocks, cfg);
       const G = { temperature: 0, top_k: 0, top_p: 1, min_p: 0, repetition_penalty: 1, logprobs: false, top_logprobs: 0 };

@@ -29,7 +29,7 @@
 // Each token of a step carries its slot's element offset at its own position; attention reads
 // positions [0, pos] of its slot. A step may mix rows (prompt chunks, decode rows, verify rows).
 
-import { PackedError } from "./packed.mjs";
+import { PackedError, halfTable, readHeader } from "./packed.mjs";
 
 const WG = 256; // threads per matvec workgroup on a GPU: 8 output units x 32 lanes
 const MT = 4; // tokens per matvec workgroup (weights dequantized once for MT tokens)
@@ -40,24 +40,37 @@ export class KernelError extends Error {
 
 /** The packed file's header and data (realm_web/export/packed.py's layout). */
 export function parsePacked(bytes) {
-  if (bytes.length < 12 || String.fromCharCode(...bytes.subarray(0, 4)) !== "RWPK") throw new PackedError("not a realm-web packed weights file (bad magic)");
-  const dv = new DataView(bytes.buffer, bytes.byteOffset, 12);
-  if (dv.getUint32(4, true) !== 1) throw new PackedError(`packed weights version ${dv.getUint32(4, true)}; this realm-web reads 1`);
-  const n = dv.getUint32(8, true);
-  const meta = JSON.parse(new TextDecoder().decode(bytes.subarray(12, 12 + n)));
-  const start = 12 + n + ((8 - ((12 + n) % 8)) % 8);
-  return { meta, data: bytes.subarray(start) };
+  const h = readHeader(bytes);
+  if (!h) throw new PackedError("packed weights cut short (no whole header)");
+  return { meta: h.meta, data: bytes.subarray(h.dataStart) };
+}
+
+/** Why the kernels cannot run a model of realm.json's `architecture`, or null: they run llama
+ * without attention biases or RoPE scaling, with shapes their workgroups divide. */
+export function archWhy(a = {}) {
+  if (a.architecture !== "llama") return `architecture ${a.architecture} (the kernels run llama)`;
+  if (a.attention_bias) return "attention biases (the kernels have none)";
+  if (a.rope_scaling) return "RoPE scaling";
+  const { hidden_size: H, num_heads: NH, num_kv_heads: KVH, head_dim: HD, intermediate_size: I } = a;
+  if (HD % 8 || HD > 256 || (HD & (HD - 1)) || NH % KVH || H % 32 || I % 32) return `shape (head_dim ${HD}, hidden ${H}, intermediate ${I})`;
+  return null;
+}
+
+/** A device for the kernels from `adapter`: the largest storage bindings it allows (the KV pool,
+ * the embedding's blocks), and `features` (e.g. "timestamp-query"). */
+export function kernelDevice(adapter, features = []) {
+  const lim = adapter.limits;
+  return adapter.requestDevice({ requiredFeatures: features,
+                                 requiredLimits: { maxStorageBufferBindingSize: lim.maxStorageBufferBindingSize, maxBufferSize: lim.maxBufferSize } });
 }
 
 /** The model's shape for the kernels, from realm.json's architecture (bridge_config's `arch`),
  * or why they cannot run it. */
 export function kernelPlan(arch, meta) {
   const a = arch || {};
-  if (a.architecture !== "llama") return { why: `architecture ${a.architecture} (the kernels run llama)` };
-  if (a.attention_bias) return { why: "attention biases (the kernels have none)" };
-  if (a.rope_scaling) return { why: "RoPE scaling" };
+  const why = archWhy(a);
+  if (why) return { why };
   const L = a.num_layers, H = a.hidden_size, NH = a.num_heads, KVH = a.num_kv_heads, HD = a.head_dim, I = a.intermediate_size, V = a.vocab_size;
-  if (HD % 8 || HD > 256 || (HD & (HD - 1)) || NH % KVH || H % 32 || I % 32) return { why: `shape (head_dim ${HD}, hidden ${H}, intermediate ${I})` };
   const byName = new Map(meta.tensors.map((t) => [t.name, t]));
   const need = (name, kinds, rows, cols) => {
     const t = byName.get(name);
@@ -355,12 +368,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 // -- the decoder -------------------------------------------------------------------------------
 
 const U = { STORAGE: 0x80, COPY_SRC: 0x04, COPY_DST: 0x08, UNIFORM: 0x40, MAP_READ: 0x01 };
-const F16 = new Float32Array(65536);
-for (let h = 0; h < 65536; h++) {
-  const s = h & 0x8000 ? -1 : 1, e = (h >> 10) & 0x1f, m = h & 0x3ff;
-  F16[h] = e === 0 ? s * m * 2 ** -24 : e === 31 ? (m ? NaN : s * Infinity) : s * (1 + m / 1024) * 2 ** (e - 15);
-}
-
 export class GpuDecoder {
   /** Load the packed export's weights onto `device` (a GPUDevice): `arch` realm.json's
    * architecture, `packed` the .blocks file's bytes. `maxTokens`: tokens one forward takes (all
@@ -645,6 +652,7 @@ export function lanesFor(device) {
 /** One tensor's blocks as [q words, float32 scales]: Q4_1 -> 4 words and (d, m) per block,
  * Q8_0 -> 8 words and d per block, rows of blocks in the file's order. */
 export function regroup(t, data) {
+  const F16 = halfTable();
   const nb = (t.rows * t.cols) / 32;
   if (t.kind === "q4_1") {
     if (data.length !== nb * 20) throw new PackedError(`tensor ${t.name}: sizes do not match`);

@@ -14,7 +14,7 @@ const MAGIC = [0x52, 0x57, 0x50, 0x4b]; // "RWPK"
 const VERSION = 1;
 
 let HALF = null; // float16 bits -> float32 value, all 65536 of them
-function halfTable() {
+export function halfTable() {
   if (HALF) return HALF;
   HALF = new Float32Array(65536);
   for (let h = 0; h < 65536; h++) {
@@ -26,6 +26,17 @@ function halfTable() {
 
 export class PackedError extends Error {
   constructor(message) { super(message); this.name = "PackedError"; this.code = "bad_model"; }
+}
+
+/** The header of a .blocks file's first bytes: {meta, dataStart}, or null while they are too few. */
+export function readHeader(b) {
+  if (b.length < 12) return null;
+  if (MAGIC.some((m, i) => b[i] !== m)) throw new PackedError("not a realm-web packed weights file (bad magic)");
+  const dv = new DataView(b.buffer, b.byteOffset, 12);
+  const version = dv.getUint32(4, true), n = dv.getUint32(8, true);
+  if (version !== VERSION) throw new PackedError(`packed weights version ${version}; this realm-web reads ${VERSION}`);
+  if (b.length < 12 + n) return null;
+  return { meta: JSON.parse(new TextDecoder().decode(b.subarray(12, 12 + n))), dataStart: 12 + n + ((8 - ((12 + n) % 8)) % 8) };
 }
 
 export class PackedExpander {
@@ -56,15 +67,10 @@ export class PackedExpander {
   }
 
   _header() {
-    if (this.got < 12) return;
-    const b = this.buf;
-    if (MAGIC.some((m, i) => b[i] !== m)) throw new PackedError("not a realm-web packed weights file (bad magic)");
-    const dv = new DataView(b.buffer, b.byteOffset, 12);
-    const version = dv.getUint32(4, true), n = dv.getUint32(8, true);
-    if (version !== VERSION) throw new PackedError(`packed weights version ${version}; this realm-web reads ${VERSION}`);
-    if (this.got < 12 + n) return;
-    this.meta = JSON.parse(new TextDecoder().decode(b.subarray(12, 12 + n)));
-    this.dataStart = 12 + n + ((8 - ((12 + n) % 8)) % 8);
+    const h = readHeader(this.buf.subarray(0, this.got));
+    if (!h) return;
+    this.meta = h.meta;
+    this.dataStart = h.dataStart;
     this.weights = new Uint8Array(this.weightsBytes ?? (this.half ? this.meta.weights_bytes / 2 : this.meta.weights_bytes));
   }
 

@@ -188,8 +188,8 @@ async function gpuDevice(given = null) {
   }
   const adapter = await gpu.requestAdapter({ powerPreference: "high-performance" });
   if (!adapter) throw fail("engine_unavailable", "engine \"webgpu\": no WebGPU adapter on this machine (a GPU with Vulkan, Metal or D3D12 drivers)");
-  const lim = adapter.limits;
-  const device = await adapter.requestDevice({ requiredLimits: { maxStorageBufferBindingSize: lim.maxStorageBufferBindingSize, maxBufferSize: lim.maxBufferSize } });
+  const { kernelDevice } = await import("./kernels.mjs");
+  const device = await kernelDevice(adapter);
   return { device, adapter: `${adapter.info?.vendor ?? ""} ${adapter.info?.device || adapter.info?.architecture || ""}`.trim() };
 }
 
