@@ -386,6 +386,8 @@ class Scheduler:
             ran = {r.request_id for r, _ in chosen}
             plan.idle = {r.slot: r.num_computed for r in self.running
                          if r.num_computed and r.request_id not in ran and r.slot is not None}
+        for slot, p in self._parked.items():  # parked caches: padding must land past what is reused
+            plan.idle.setdefault(slot, len(p.tokens))
         plan.released, self._released = self._released, []
         plan.adapter_loads, self._loads = self._loads, []
         return plan
@@ -496,6 +498,8 @@ class Scheduler:
                 return 0
             if fresh_only and any(r.num_computed for s in range(s0, s1 + 1) if (r := by_slot.get(s)) is not None):
                 return 0
+            if any(s in self._parked and s not in by_slot for s in range(s0, s1 + 1)):
+                return 0  # a parked cache in the span would take the rows' padding
             return sum(r.prompt_left for r in cand[a:b + 1])
 
         real = fill(lo, hi)

@@ -98,3 +98,36 @@ def test_static_decode_buffers_give_the_same_tokens(model_dir: Path) -> None:
     assert static == plain
     # (rows, lora, first slot, width): decode spans from slot 0, LoRA warmed too
     assert sorted(eng._static) == [(r, lora, 0, 1) for r in (1, 2, 4, 8, 12) for lora in (False, True)]
+
+
+def test_lone_rows_padded_give_the_same_tokens(model_dir: Path) -> None:
+    # Where a CPU's kernels compute a lone row (M = 1) otherwise than a batched one, the engine
+    # never runs one (ort_native "Lone rows"). Forced on for fp32 (whose kernels agree on every
+    # CPU): a lone decode row runs with an idle neighbour, the scratch slot past the last for the
+    # last slot, and the tokens equal the unpadded engine's, alone and among others.
+    from realm_web.engines.ort_native import OrtNativeEngine, lone_rows_differ
+
+    plain = OrtNativeEngine(model_dir, dtype="fp32", max_slots=4, max_length=256)
+    assert plain.scratch_slot == 4
+    assert not lone_rows_differ(plain.session, plain.manifest, plain.kv_dtype, plain.pad_id)
+    assert not plain.pad_lone_rows
+    padded = OrtNativeEngine(model_dir, dtype="fp32", max_slots=4, max_length=256, pad_lone_rows=True)
+    prompts, max_tokens, arrive = workload(8)
+    params = [SamplingParams(max_tokens=m) for m in max_tokens]
+    a, b = LLM(engine=plain, max_tokens_per_step=256), LLM(engine=padded, max_tokens_per_step=256)
+    alone = [a.generate(p, q)[0].token_ids for p, q in zip(prompts[:3], params[:3])]
+    assert [b.generate(p, q)[0].token_ids for p, q in zip(prompts[:3], params[:3])] == alone
+    assert padded._span == (0, 2)  # the last decode step ran slot 0 with slot 1 idle
+    assert run_staggered(b, prompts, params, arrive) == run_staggered(a, prompts, params, arrive)
+    # the last slot's neighbour is the scratch slot
+    s = b.scheduler
+    for slot in range(3):  # hold slots 0..2 so that the next request lands in slot 3
+        s.add(b.encode_prompt(prompts[slot]), SamplingParams(max_tokens=1))
+    rid = s.add(b.encode_prompt(prompts[0]), SamplingParams(max_tokens=3))
+    got: list[int] = []
+    while s.has_work():
+        plan = s.schedule()
+        for o in s.update(plan, padded.run_sync(plan)):
+            if o.request_id == rid:
+                got += o.token_ids
+    assert padded._span == (3, 5) and got == alone[0][:3]

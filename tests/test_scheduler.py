@@ -511,3 +511,30 @@ def test_prefix_caching_keeps_adapters_apart(tok) -> None:  # type: ignore[no-un
     assert plans[0].new_seqs[0].cached == 0
     _, plans = run_one(s, prompt + [50, 7], [51], adapter="x")  # the same adapter: a hit
     assert plans[0].new_seqs[0].cached == len(prompt)
+
+
+def test_parked_caches_are_idle_rows_and_never_take_padding(tok) -> None:  # type: ignore[no-untyped-def]
+    """A parked cache inside the span of a padded engine's step: the plan lists it in `idle` with
+    the positions a later prompt may reuse (so that padding lands past them), and fresh prompts
+    are not batched over a span that holds it (their padding would overwrite it)."""
+    caps = EngineCaps(padded_span=True, prefill_batch="fresh", prefix_reuse=True)
+    s = Scheduler(tok, eos_token_ids=[EOS], max_slots=4, max_length=128, prefix_caching=True, caps=caps)
+    prompts = [list(range(10, 30)), list(range(40, 60)), list(range(70, 90))]
+    ids = [s.add(p, SamplingParams(max_tokens=m, ignore_eos=True)) for p, m in zip(prompts, (6, 1, 6))]
+    plan = s.schedule()  # the three fresh prompts in one padded step over slots 0..2
+    assert [q.slot for q in plan.seqs] == [0, 1, 2]
+    s.update(plan, StepResult(tokens={q.seq_id: [5] for q in plan.seqs}))
+    plan = s.schedule()  # slot 1's request is done (parked); slots 0 and 2 decode around it
+    assert ids[1] not in plan.released and [q.slot for q in plan.seqs] == [0, 2]
+    assert plan.idle == {1: len(prompts[1])}
+    while s.has_work():
+        s.update(plan, StepResult(tokens={q.seq_id: [5] for q in plan.seqs}))
+        plan = s.schedule()
+    # slots 0..2 parked, 3 clean: a fresh prompt takes slot 3, the next one gives slot 0's cache
+    # up; slots 1 and 2 lie between them, so each prompt runs on its own
+    d, e = (s.add(list(range(b, b + 10)), SamplingParams(max_tokens=1)) for b in (100, 200))
+    plan = s.schedule()
+    assert [(q.seq_id, q.slot) for q in plan.seqs] == [(d, 3)] and plan.idle == {1: 20, 2: 20}
+    s.update(plan, StepResult(tokens={d: [5]}))
+    plan = s.schedule()
+    assert [(q.seq_id, q.slot, q.start) for q in plan.seqs] == [(e, 0, 0)] and 0 not in plan.idle

@@ -15,7 +15,16 @@ Bindings are redone only when the span changes.
 Rows of the span that the step does not schedule (free slots, requests waiting for their
 turn) are idle: they are fed padding that lands past their valid length (the plan's `idle`),
 where the next real token overwrites it, so they cost compute but never change what a request
-sees. The engine keeps no length of its own: each row's comes from the plan (`start`, `idle`),
+sees.
+
+Lone rows (CPU): on some CPUs (x86 with AVX2 and no AVX-512: MLAS's int8-activation kernels of
+the quantized MatMulNBits) onnxruntime multiplies a single row (M = 1, or a lone row past a
+multiple of 128) with another kernel than the same row among others, and a request's tokens
+would then depend on whether it ran alone. The engine checks at load (`lone_rows_differ`: the
+model run on one row and on two) and, where they differ, never runs a matmul of M = 1 mod 128:
+a lone decode row gets an idle neighbour (a scratch slot past the last one if need be), a
+prompt chunk one more position of padding, and the logits one more position. Costs nothing on
+CPUs where the kernels agree. The engine keeps no length of its own: each row's comes from the plan (`start`, `idle`),
 so a row rolls back by the plan starting it earlier. It keeps the tokens of each slot only for
 the repetition penalty, cut and extended by the plan the same way.
 """
@@ -89,7 +98,11 @@ class OrtNativeEngine:
                  threads: int | None = None, max_slots: int = 1, max_length: int | None = None,
                  bucket_shapes: bool | None = None, step_thread: bool = True, cuda_graph: bool | None = None,
                  static_decode: bool | None = None, max_loras: int = 8,
-                 draft_model: str | os.PathLike[str] | None = None, draft_dtype: str | None = None) -> None:
+                 draft_model: str | os.PathLike[str] | None = None, draft_dtype: str | None = None,
+                 pad_lone_rows: bool | None = None) -> None:
+        """`pad_lone_rows`: None checks this CPU (see the module's "Lone rows"), True pads lone
+        rows whatever the check says, False never does (faster on CPUs whose kernels differ, but a
+        request's tokens may then depend on the traffic)."""
         import onnxruntime as ort
 
         self.manifest: Manifest = load_manifest(model_dir)
@@ -138,7 +151,9 @@ class OrtNativeEngine:
         self.ort_device = "cuda" if device == "cuda" else "cpu"
         self.row_shape = (m.num_kv_heads, self.max_length, m.head_dim)
         self.row_bytes = int(np.prod(self.row_shape)) * np.dtype(self.kv_dtype).itemsize
-        shape = (max_slots, *self.row_shape)
+        # CPU: one scratch slot past the last, the idle neighbour of a lone row in slot max_slots - 1
+        self.scratch_slot = max_slots if device == "cpu" else None
+        shape = (max_slots + (device == "cpu"), *self.row_shape)
         # CPU: numpy arrays over anonymous mmaps of 4 KB pages (not numpy's own allocation, which
         # asks for transparent huge pages: a write to one position then makes 2 MB resident, and a
         # server's RSS grew by every slot's full context). Only the positions written take memory,
@@ -193,6 +208,12 @@ class OrtNativeEngine:
         if cuda_graph:
             self._plain_options.add_run_config_entry("gpu_graph_id", "-1")  # prompts: no capture
         self._logits_type = np.float16 if "float16" in self.session.get_outputs()[0].type else np.float32
+        if device != "cpu" or pad_lone_rows is False:
+            self.pad_lone_rows = False
+        else:
+            self.pad_lone_rows = bool(pad_lone_rows) or lone_rows_differ(self.session, m, self.kv_dtype, self.pad_id)
+        if self.pad_lone_rows:
+            log.info("lone rows padded", extra={"fields": {"dtype": self.variant.dtype, "forced": bool(pad_lone_rows)}})
         self._logits_k = 1  # positions per row the bound logits output has (see _forward)
         self._row_copier: tuple[Any, Any] | None = None
         # Every run happens on one thread: onnxruntime's CUDA provider keeps per-thread state
@@ -330,6 +351,8 @@ class OrtNativeEngine:
             return self._static_verify(plan, _pow2(width))
         if self.bucket_shapes:
             lo, hi, width = self._bucketed(plan, lo, hi, width)
+        if self.pad_lone_rows:
+            lo, hi, width, k = self._unlone(plan, lo, hi, width, k)
         ids = np.full((hi - lo, width), self.pad_id, dtype=np.int64)
         totals = np.full(hi - lo, width, dtype=np.int64)  # idle rows: padding after their valid tokens
         for slot, n in plan.idle.items():
@@ -526,6 +549,8 @@ class OrtNativeEngine:
         `lora`, on the LoRA graph with the whole adapter table bound and `order` of fixed shape
         (max_loras, chunks, w) for R rows: the graph is the same whatever the rows' adapters."""
         rows = min(_pow2(hi), self.max_slots)
+        if self.pad_lone_rows and rows % LONE == 1:
+            rows += 1  # the next slot idle, or the scratch slot past the last (see "Lone rows")
         ids = np.full((rows, 1), self.pad_id, dtype=np.int64)
         totals = np.ones(rows, dtype=np.int64)  # idle rows: one pad after their valid tokens
         for slot, n in plan.idle.items():
@@ -622,6 +647,24 @@ class OrtNativeEngine:
             if w == 1 or (all(q.start == 0 for q in seqs) and not any(r in plan.idle for r in extra)):
                 lo, hi = min(lo, *extra), max(hi, max(extra) + 1)
         return lo, hi, w
+
+    def _unlone(self, plan: StepPlan, lo: int, hi: int, width: int, k: int) -> tuple[int, int, int, int]:
+        """The run's span, width and logits positions grown so that no matmul has a lone row
+        (M = 1 mod 128; see "Lone rows" above): a decode step takes an idle neighbour row (one
+        that holds no cache, or whose padding lands past its valid length, as _bucketed's), a
+        multi-token step one more position of padding; the logits one more position."""
+        if (hi - lo) * width % LONE == 1:
+            if width == 1:
+                for s in (hi, lo - 1):
+                    if 0 <= s <= self.max_slots and plan.idle.get(s, 0) < self.max_length:
+                        lo, hi = min(lo, s), max(hi, s + 1)
+                        break
+            elif all(q.start + width < self.max_length for q in plan.seqs) and \
+                    all(n + width < self.max_length for s, n in plan.idle.items() if lo <= s < hi):
+                width += 1
+        if (hi - lo) * k % LONE == 1:
+            k += 1
+        return lo, hi, width, k
 
     def _on_worker(self, fn: Any, *args: Any) -> Any:
         if threading.get_ident() == self._worker:
@@ -901,6 +944,32 @@ def _parts(plan: StepPlan) -> list[StepPlan]:
         idle.update({q.slot: q.start for q in solo})
         parts.append(StepPlan(seqs=rest, idle=idle))
     return parts + [StepPlan(seqs=[q]) for q in solo]
+
+
+LONE = 128  # MLAS splits a matmul's rows in blocks of 128: a block of one row is a lone row
+
+
+def lone_rows_differ(session: Any, m: Manifest, kv_dtype: Any, token: int) -> bool:
+    """Whether this session computes a row alone (one row, one token) other than the same row
+    among others (two rows): the model run twice from an empty cache, logits compared bit for
+    bit. True for the int4 exports on x86 CPUs without AVX-512 (onnxruntime 1.30-1.32)."""
+    g = m.graph
+    inputs = {i.name: i for i in session.get_inputs()}
+
+    def logits(rows: int) -> np.ndarray:
+        feeds: dict[str, np.ndarray] = {
+            g.input_ids: np.full((rows, 1), token, np.int64),
+            g.attention_mask: np.ones((rows, 1), np.int64),
+            g.logits_index: np.zeros((rows, 1), np.int64),
+        }
+        for i in range(m.num_layers):
+            for kv in ("key", "value"):
+                name = g.past(i, kv)
+                if name in inputs:
+                    feeds[name] = np.zeros((rows, m.num_kv_heads, 0, m.head_dim), kv_dtype)
+        return np.asarray(session.run([g.logits], feeds)[0])
+
+    return not np.array_equal(logits(1)[0], logits(2)[0])
 
 
 def _pow2(n: int) -> int:

@@ -19,6 +19,13 @@
 // regathered (copied) only when the set of decoding sequences changes. Other rows (prompt chunks,
 // several positions, WebGPU) run one session.run each, all within the one awaited step.
 //
+// Lone rows (CPU backends): on some CPUs (x86 with AVX2 and no AVX-512) onnxruntime's quantized
+// MatMulNBits multiplies a single row with another kernel than the same row among others, so a
+// request decoding alone would get other tokens than in a batch. `create` checks (loneRowsDiffer:
+// the model on one row and on two, from an empty cache) and, where they differ, a lone decode row
+// runs in a batch with a phantom row (an empty cache fed one token, never sampled), as
+// realm_web/engines/ort_native.py pads its lone rows. Prompt chunks run alone either way.
+//
 // LoRA (cfg.lora, realm_web/manifest.py's LoraContract, form "grouped-tc"): adapters sit in
 // entries 1..maxLoras of a table per (layer, group) that `upload` fills; a step with rows on an
 // adapter runs on the export's LoRA-capable twin graph (loaded the first time), fed the tables of
@@ -56,7 +63,27 @@ export class Bridge {
     // (sources.externalData), let go of them until the LoRA twin's session needs them
     const { externalData: _held, ...rest } = cfg;
     if (sources.externalData) delete opts.externalData;
-    return new Bridge(ort, session, { ...rest, backend }, sources, opts);
+    const bridge = new Bridge(ort, session, { ...rest, backend }, sources, opts);
+    if (bridge.batching && backend !== "webgpu") bridge.padLone = cfg.padLoneRows ?? await bridge.loneRowsDiffer();
+    return bridge;
+  }
+
+  /** Whether the session computes one row alone (one token, empty cache) other than the same
+   * row in a batch of two: the logits compared bit for bit (see "Lone rows" above). */
+  async loneRowsDiffer() {
+    const { kvHeads: H, headDim: D, kvDtype } = this.cfg, n = this.names;
+    const logits = async (B) => {
+      const feeds = {};
+      for (const [name] of n.kv) feeds[name] = new this.ort.Tensor(kvDtype, EMPTY[kvDtype](), [B, H, 0, D]);
+      feeds[n.input_ids] = new this.ort.Tensor("int64", new BigInt64Array(B).fill(1n), [B, 1]);
+      feeds[n.attention_mask] = new this.ort.Tensor("int64", new BigInt64Array(B).fill(1n), [B, 1]);
+      feeds[n.logits_index] = new this.ort.Tensor("int64", new BigInt64Array(B), [B, 1]);
+      const t = (await this.session.run(feeds))[n.logits];
+      const data = await tensorData(t);
+      return new Uint8Array(data.buffer, data.byteOffset, (data.length / B) * data.BYTES_PER_ELEMENT);
+    };
+    const one = await logits(1), two = await logits(2);
+    return one.some((x, i) => x !== two[i]);
   }
 
   constructor(ort, session, cfg, sources = {}, sessionOptions = {}) {
@@ -74,6 +101,8 @@ export class Bridge {
     this.tokens = new Map(); // slot -> the tokens in its cache (for the repetition penalty)
     this.seqs = new Map(); // seq id -> {spec, slot} (sent once, when it is announced)
     this.batching = cfg.batching ?? cfg.backend !== "webgpu";
+    this.padLone = false; // lone decode rows run with a phantom row (set by create; see "Lone rows")
+    this.phantom = null; // the phantom row's cache state
     // onnxruntime-web 1.30's WebGPU GroupQueryAttention returns wrong values for a step of 32 or
     // more new tokens (checked against WASM on a 2-layer model: equal up to 31, off from 32).
     this.prefillWidth = cfg.backend === "webgpu" ? 16 : null;
@@ -189,6 +218,16 @@ export class Bridge {
       if (!st) throw new Error(`slot ${q.slot} holds no cache but the step starts at ${q.start}`);
       return st;
     });
+    const real = rows;
+    if (this.padLone && rows.length % LONE === 1) { // never a lone row: a phantom one, from an empty cache
+      if (!this.phantom) {
+        const past = {};
+        for (const [name] of this.names.kv) past[name] = new this.ort.Tensor(this.cfg.kvDtype, EMPTY[this.cfg.kvDtype](), [1, this.cfg.kvHeads, 0, this.cfg.headDim]);
+        this.phantom = { past, row: 0, rows: 1 };
+      }
+      rows = [...rows, { seqId: null, slot: -1, start: 0, tokens: [1] }];
+      sts.push(this.phantom);
+    }
     const B = rows.length;
     if (!sts.every((st, b) => st.past === sts[0].past && st.row === b && st.rows === B)) {
       const past = await this.build(sts, rows.map((q) => q.start));
@@ -204,16 +243,16 @@ export class Bridge {
     rows.forEach((q, b) => mask.fill(1n, b * (W + 1), b * (W + 1) + q.start + 1));
     feeds[n.attention_mask] = new this.ort.Tensor("int64", mask, [B, W + 1]);
     feeds[n.logits_index] = new this.ort.Tensor("int64", new BigInt64Array(B), [B, 1]);
-    const session = await this.sessionFor(rows.map((q) => this.entryOf(q)), 1, feeds);
+    const session = await this.sessionFor(rows.map((q) => (q.seqId === null ? 0 : this.entryOf(q))), 1, feeds);
     const t0 = performance.now();
     const res = await session.run(feeds);
     const t1 = performance.now();
     const next = {};
     for (const [name, present] of n.kv) next[name] = res[present];
     sts.forEach((st, b) => Object.assign(st, { past: next, row: b, rows: B }));
-    rows.forEach((q, b) => this.sample(q, res[n.logits], b, out));
+    real.forEach((q, b) => this.sample(q, res[n.logits], b, out));
     Object.assign(this.timings, { runs: this.timings.runs + 1, batchedRuns: this.timings.batchedRuns + 1,
-                                  maxRows: Math.max(this.timings.maxRows, B), rowsRun: this.timings.rowsRun + B,
+                                  maxRows: Math.max(this.timings.maxRows, B), rowsRun: this.timings.rowsRun + real.length,
                                   runMs: this.timings.runMs + (t1 - t0),
                                   sampleMs: this.timings.sampleMs + (performance.now() - t1) });
     return [t0, t1];
@@ -397,7 +436,7 @@ export class Bridge {
     let tRun0 = null, tRun1 = null;
     const decoding = this.batching ? rows.filter((q) => q.tokens.length === 1 && q.start > 0) : [];
     let rest = rows;
-    if (decoding.length > 1) {
+    if (decoding.length > 1 || (decoding.length === 1 && this.padLone)) {
       [tRun0, tRun1] = await this.runBatch(decoding, out);
       rest = rows.filter((q) => !decoding.includes(q));
     }
@@ -443,6 +482,7 @@ export class Bridge {
   }
 }
 
+const LONE = 128; // MLAS splits a matmul's rows in blocks of 128: a block of one row is a lone row
 const CHUNK = 16; // columns per LoRA matmul (realm_web/engines/ort_lora.py: the same on every engine)
 
 /** For rows on table entries `entries` (0: none) each feeding `width` positions: the range of

@@ -77,6 +77,7 @@ const LOAD_OPTIONS = {
   maxLength: (v) => v == null || isInt(v) && v >= 2 || "an integer >= 2",
   maxTokensPerStep: (v) => isInt(v) && v >= 1 || "an integer >= 1",
   batching: (v) => typeof v === "boolean" || "a boolean",
+  padLoneRows: (v) => typeof v === "boolean" || "a boolean (run a lone decode row with a phantom row)",
   maxLoras: (v) => isInt(v) && v >= 1 && v <= 64 || "an integer in [1, 64] (adapters one step may use)",
   speculative: (v) => v == null || v === "ngram" || (typeof v === "object" && !Array.isArray(v)) ||
     '"ngram" or {method: "ngram", numSpeculativeTokens} (speculative decoding)',
@@ -306,11 +307,11 @@ export class Realm {
     const maxLoras = o.maxLoras ?? 8;
     let bridge;
     try {
-      bridge = await Bridge.create(ort, bytesOrPath(file), { ...cfg, threads, batching: o.batching ?? true, maxLoras }, sources);
+      bridge = await Bridge.create(ort, bytesOrPath(file), { ...cfg, threads, batching: o.batching ?? true, maxLoras, padLoneRows: o.padLoneRows }, sources);
     } catch (e) { throw fail("runtime", `cannot load ${file} on ${engine}: ${e.message}`, e); }
     return Realm.#start({ o, py, web, cfg, bridge, engine, t0, maxLoras,
                           extra: { file, modelDir, threads, packed: usePacked, url: remote ? o.model : null,
-                                   downloadedBytes: mirror ? mirror.downloaded : 0,
+                                   downloadedBytes: mirror ? mirror.downloaded : 0, padLoneRows: bridge.padLone,
                                    runtime: engine === "wasm" ? `onnxruntime-web ${ort.env.versions?.web ?? ""}`.trim()
                                                               : `onnxruntime-node ${ort.env.versions?.node ?? ""}`.trim() } });
   }

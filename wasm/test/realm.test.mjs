@@ -127,6 +127,25 @@ for (const engine of ["native", "wasm"]) {
   });
 }
 
+describe("lone rows padded (padLoneRows)", () => {
+  // Where a CPU's quantized kernels compute one row otherwise than a batch (x86 without AVX-512),
+  // a lone decode row runs with a phantom row (bridge.mjs "Lone rows"). Forced on here: the tokens
+  // are still the native Python engine's (which pads on the same CPUs), and the lone request's
+  // decode steps ran as batches of two.
+  test("a lone request decodes in batches of two and gives the same ids", async () => {
+    const llm = await Realm.load({ model: MODEL, engine: "native", wheel: WHEEL, padLoneRows: true });
+    try {
+      assert.equal(llm.info.padLoneRows, true);
+      const r = await llm.generate(PROMPTS[0], { maxTokens: MAX });
+      assert.deepEqual(r.tokenIds, REF[llm.info.dtype].greedy[0].tokenIds);
+      const s = llm.stats();
+      assert.equal(s.maxRows, 2);
+      assert.ok(s.batchedRuns >= r.tokenIds.length - 1, `${s.batchedRuns} batched runs for ${r.tokenIds.length} tokens`);
+      assert.equal(s.rowsRun, s.runs, "the phantom row is not counted");
+    } finally { await llm.close(); }
+  });
+});
+
 describe("a model from a URL (Node): the packed download, mirrored", () => {
   // An HTTP server of the model directory with Range support; the first blocks download breaks off
   // half way, so the loader must resume it.

@@ -57,6 +57,10 @@ export interface LoadOptions {
   maxTokensPerStep?: number;
   /** Run the decode steps of concurrent requests as one batched session.run (default true). */
   batching?: boolean;
+  /** Run a lone decode row with a phantom row, so that a request's tokens never depend on
+   * whether it ran alone (default: where this CPU's quantized kernels compute one row otherwise
+   * than a batch of two, checked at load; false is faster there). */
+  padLoneRows?: boolean;
   /** LoRA adapters that one step may mix (the adapter table's entries, default 8). */
   maxLoras?: number;
   /** Speculative decoding: "ngram" (prompt lookup), or its settings. Output is the same as
@@ -168,6 +172,8 @@ export interface RealmInfo {
   vocabSize: number;
   eosTokenIds: number[];
   runtime: string;
+  /** Whether lone decode rows run with a phantom row (see padLoneRows). */
+  padLoneRows?: boolean;
   /** engine "webgpu": "realm" (the kernels), and the adapter's vendor and device. */
   kernels?: "realm";
   adapter?: string;
