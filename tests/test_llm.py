@@ -241,3 +241,31 @@ def test_prefix_caching_chat_turns_skip_the_conversation(model_dir: Path, dtype:
     assert chat_turns(cached) == plain
     st = cached.scheduler.prefix_stats
     assert st["hits"] == len(CHAT_TURNS) - 1 and st["cached_tokens"] > st["prompt_tokens"] / 2, st
+
+
+def test_prefix_cache_survives_decode_steps_around_it(model_dir: Path) -> None:
+    """A parked cache between two decoding requests lies inside the span of their padded decode
+    steps: the padding fed to its row must land past the positions a later prompt reuses (the
+    plan's `idle`), so that the hit answers as a run without caching does."""
+    msgs = [{"role": "user", "content": "Name a planet."}]
+    llm = LLM(model_dir, dtype="fp32", max_slots=3, max_length=512, prefix_caching=True)
+    s = llm.scheduler
+    long = SamplingParams(max_tokens=24, ignore_eos=True)
+    a = s.add(llm.encode_prompt("Write a haiku about the sea."), long)
+    b = s.add(llm.encode_prompt(msgs), SamplingParams(max_tokens=6))
+    c = s.add(llm.encode_prompt("Why is the sky blue?"), long)
+    got: dict[int, list[int]] = {}
+    spans = 0
+    while s.has_work():
+        plan = s.schedule()
+        slots = sorted(q.slot for q in plan.seqs)
+        spans += slots == [0, 2]  # a step decoding around slot 1's parked cache
+        for o in s.update(plan, llm.engine.run_sync(plan)):
+            got.setdefault(o.request_id, []).extend(o.token_ids)
+    assert spans >= 10 and set(got) == {a, b, c}
+    msgs += [{"role": "assistant", "content": llm.tokenizer.decode(got[b], skip_special_tokens=True)},
+             {"role": "user", "content": "And another one?"}]
+    hit = llm.generate([msgs], max_tokens=16)[0]
+    assert s.prefix_stats["hits"] == 1
+    plain = LLM(model_dir, dtype="fp32", max_slots=1, max_length=512).generate([msgs], max_tokens=16)[0]
+    assert hit.token_ids == plain.token_ids
