@@ -138,6 +138,9 @@ class LLM:
     "num_speculative_tokens": 4}; its output is the same as without it (realm_web/speculative.py).
     `prefix_caching` keeps a finished request's cache on its slot, and a later prompt that begins
     with the same tokens (the next turn of a chat) computes only the rest (Scheduler).
+    `pad_lone_rows` (CPU): None pads lone rows where this CPU computes one row otherwise than a
+    batch, so that a request's tokens never depend on the traffic; False never does (faster on
+    such CPUs); see realm_web/engines/ort_native.py "Lone rows".
 
     It implements `realm_web.service.ModelService`, the interface the server is built on.
     """
@@ -148,7 +151,7 @@ class LLM:
                  kv_capacity: int | None = None, warmup: bool | None = None,
                  cuda_graph: bool | None = None, max_loras: int = 8,
                  speculative: SpeculativeConfig | Mapping[str, Any] | str | None = None,
-                 prefix_caching: bool = False) -> None:
+                 prefix_caching: bool = False, pad_lone_rows: bool | None = None) -> None:
         spec = SpeculativeConfig.of(speculative)
         if engine is None:
             model_dir = Path(model) if model is not None else _default_model()
@@ -161,7 +164,8 @@ class LLM:
                 draft_dtype = spec.draft_dtype
             engine = OrtNativeEngine(model_dir, dtype=dtype, device=device, threads=threads,
                                      max_slots=max_slots, max_length=max_length, cuda_graph=cuda_graph,
-                                     max_loras=max_loras, draft_model=draft_model, draft_dtype=draft_dtype)
+                                     max_loras=max_loras, draft_model=draft_model, draft_dtype=draft_dtype,
+                                     pad_lone_rows=pad_lone_rows)
         self.engine = engine
         self.manifest = engine.manifest
         d = self.manifest.directory
