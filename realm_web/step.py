@@ -10,7 +10,8 @@ Who owns what:
   `start, start + 1, ...`. Whatever the engine held past `start` is dropped, which is how a row
   is rolled back (a rejected draft). Rows that hold a cache but feed nothing this step are listed
   in `StepPlan.idle` with their valid length, so that an engine that pads them knows where
-  padding may land.
+  padding may land: running requests that sit the step out, and parked prefix caches (the
+  positions a later prompt may reuse). A slot not listed holds nothing worth keeping.
 * Per-request constants come once: `new_seqs` announces a request when it starts on a slot (its
   sampling spec and adapter); `released` lists the requests that gave their slot up since the
   last plan (finished, aborted or preempted), whose state the engine may drop. A request that
