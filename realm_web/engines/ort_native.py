@@ -15,7 +15,9 @@ Bindings are redone only when the span changes.
 Rows of the span that the step does not schedule (free slots, requests waiting for their
 turn) are idle: they are fed padding that lands past their valid length (the plan's `idle`),
 where the next real token overwrites it, so they cost compute but never change what a request
-sees.
+sees. The engine keeps no length of its own: each row's comes from the plan (`start`, `idle`),
+so a row rolls back by the plan starting it earlier. It keeps the tokens of each slot only for
+the repetition penalty, cut and extended by the plan the same way.
 
 Lone rows (CPU): on some CPUs (x86 with AVX2 and no AVX-512: MLAS's int8-activation kernels of
 the quantized MatMulNBits) onnxruntime multiplies a single row (M = 1, or a lone row past a
@@ -24,9 +26,7 @@ would then depend on whether it ran alone. The engine checks at load (`lone_rows
 model run on one row and on two) and, where they differ, never runs a matmul of M = 1 mod 128:
 a lone decode row gets an idle neighbour (a scratch slot past the last one if need be), a
 prompt chunk one more position of padding, and the logits one more position. Costs nothing on
-CPUs where the kernels agree. The engine keeps no length of its own: each row's comes from the plan (`start`, `idle`),
-so a row rolls back by the plan starting it earlier. It keeps the tokens of each slot only for
-the repetition penalty, cut and extended by the plan the same way.
+CPUs where the kernels agree.
 """
 from __future__ import annotations
 

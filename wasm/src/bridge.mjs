@@ -71,10 +71,9 @@ export class Bridge {
   /** Whether the session computes one row alone (one token, empty cache) other than the same
    * row in a batch of two: the logits compared bit for bit (see "Lone rows" above). */
   async loneRowsDiffer() {
-    const { kvHeads: H, headDim: D, kvDtype } = this.cfg, n = this.names;
+    const n = this.names;
     const logits = async (B) => {
-      const feeds = {};
-      for (const [name] of n.kv) feeds[name] = new this.ort.Tensor(kvDtype, EMPTY[kvDtype](), [B, H, 0, D]);
+      const feeds = this.emptyPast(B);
       feeds[n.input_ids] = new this.ort.Tensor("int64", new BigInt64Array(B).fill(1n), [B, 1]);
       feeds[n.attention_mask] = new this.ort.Tensor("int64", new BigInt64Array(B).fill(1n), [B, 1]);
       feeds[n.logits_index] = new this.ort.Tensor("int64", new BigInt64Array(B), [B, 1]);
@@ -156,13 +155,18 @@ export class Bridge {
     return JSON.stringify({ run_seconds: Math.max(1e-6, one - perToken), token_seconds: perToken });
   }
 
+  /** Empty cache tensors (no positions) for a batch of `rows`. */
+  emptyPast(rows = 1) {
+    const { kvHeads, headDim, kvDtype } = this.cfg;
+    const past = {};
+    for (const [name] of this.names.kv) past[name] = new this.ort.Tensor(kvDtype, EMPTY[kvDtype](), [rows, kvHeads, 0, headDim]);
+    return past;
+  }
+
   /** A fresh single-row cache for `slot` (whatever it held is dropped). */
   empty(slot) {
-    const { kvHeads, headDim, kvDtype } = this.cfg;
     this.release(slot);
-    const past = {};
-    for (const [name] of this.names.kv) past[name] = new this.ort.Tensor(kvDtype, EMPTY[kvDtype](), [1, kvHeads, 0, headDim]);
-    const st = { past, row: 0, rows: 1 };
+    const st = { past: this.emptyPast(), row: 0, rows: 1 };
     this.slots.set(slot, st);
     return st;
   }
@@ -220,11 +224,7 @@ export class Bridge {
     });
     const real = rows;
     if (this.padLone && rows.length % LONE === 1) { // never a lone row: a phantom one, from an empty cache
-      if (!this.phantom) {
-        const past = {};
-        for (const [name] of this.names.kv) past[name] = new this.ort.Tensor(this.cfg.kvDtype, EMPTY[this.cfg.kvDtype](), [1, this.cfg.kvHeads, 0, this.cfg.headDim]);
-        this.phantom = { past, row: 0, rows: 1 };
-      }
+      this.phantom ??= { past: this.emptyPast(), row: 0, rows: 1 };
       rows = [...rows, { seqId: null, slot: -1, start: 0, tokens: [1] }];
       sts.push(this.phantom);
     }
