@@ -11,8 +11,8 @@
 //   await realm.setSpeculative("ngram")   // speculative decoding in the tab (or ?speculative=ngram);
 //                                         // {method, numSpeculativeTokens}; null: off. Same output.
 // On WebGPU the model runs on realm-web's own kernels (realm/kernels.mjs) where the export has its
-// GGUF blocks; ?kernels=ort runs onnxruntime-web's WebGPU instead (LoRA adapters need it: the first
-// loadAdapter on the realm kernels restarts the worker on onnxruntime-web).
+// GGUF blocks (LoRA adapters too, in their own tables); ?kernels=ort runs onnxruntime-web's WebGPU
+// instead.
 const params = new URLSearchParams(location.search);
 
 function defaultBackend() {
@@ -123,11 +123,6 @@ class Realm {
   async loadAdapter(name, url) {
     await this.ready;
     if (this.backend === "server") throw Object.assign(new Error("on the server backend, use the server's adapters (serverAdapters())"), { code: "unsupported" });
-    if (this.info?.kernels === "realm") {  // the realm kernels serve no adapters: onnxruntime-web's WebGPU does
-      this.kernels = "ort";
-      this.ready = this._start(this.backend);
-      await this.ready;
-    }
     return this._call("loadAdapter", { name, url: new URL(url, location.href).href, headers: authHeaders() });
   }
 

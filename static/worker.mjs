@@ -151,7 +151,7 @@ async function initKernels({ modelUrl, manifestBytes, variant, speculative, pref
   post({ progress: { stage: "session", text: "loading the weights onto the GPU" } });
   const device = await kernelDevice(adapter);
   try {
-    bridge = await GpuBridge.create(device, m.blocks, cfg);
+    bridge = await GpuBridge.create(device, m.blocks, { ...cfg, maxLoras: MAX_LORAS });
   } catch (e) {
     throw new Error(`could not load the model on WebGPU: ${e.message || e} (open the page with ?kernels=ort for onnxruntime-web's WebGPU)`);
   }

@@ -1,6 +1,7 @@
 """LoRA in the browser tab (headless Chromium): the page served by `realm-web serve
 --lora-modules` lists the server's adapter, the tab downloads it and runs it on WASM and WebGPU
-(SwiftShader) next to the base model; the same greedy ids as the native CPU engine."""
+(SwiftShader: the realm kernels' own LoRA tables) next to the base model; the same greedy ids as
+the native CPU engine."""
 from __future__ import annotations
 
 import json
@@ -66,13 +67,16 @@ def test_adapter_in_the_tab(model_dir: Path, tmp_path: Path) -> None:
             got["ui"] = page.inner_text(".msg.assistant")
             got["server"] = page.evaluate(
                 f"() => window.realm.generate({json.dumps(QUESTION)}, {{backend: 'server', adapter: 'a1', maxTokens: 16}})")
+            # WebGPU on the realm kernels: the adapter in their own LoRA tables, a row on it and one
+            # without in the same steps
             gpu = browser.new_page()
             gpu.goto(f"{s.url}/?backend=webgpu")
             got["gpu_kernels"] = gpu.evaluate("async () => (await window.realm.ready).kernels")
-            # the realm kernels serve no adapters: loading one restarts the tab's model on onnxruntime-web
             gpu.evaluate("() => window.realm.loadAdapter('a1', './adapters/a1/')")
             got["gpu_info"] = gpu.evaluate("() => window.realm.info")
-            got["gpu"] = gpu.evaluate(f"() => window.realm.generate({json.dumps(QUESTION)}, {{maxTokens: 4, adapter: 'a1'}})")
+            got["gpu"] = gpu.evaluate(
+                f"() => Promise.all([[{json.dumps(QUESTION)}, 'a1'], [{json.dumps(OTHER)}, null]]"
+                ".map(([q, a]) => window.realm.generate(q, {maxTokens: 6, adapter: a})))")
             browser.close()
     finally:
         s.stop()
@@ -87,7 +91,7 @@ def test_adapter_in_the_tab(model_dir: Path, tmp_path: Path) -> None:
     assert got["errors"][1][0] == "adapter_not_found" and "zzz" in got["errors"][1][2]
     assert got["ui"].strip() == got["mixed"][1]["text"].strip()
     assert got["server"]["tokenIds"] == reference(model_dir, adapter, "int4", 16)["a1"][0]
-    assert got["gpu_kernels"] == "realm" and got["gpu_info"]["kernels"] == "ort"
-    assert got["gpu_info"]["backend"] == "webgpu"
-    gpu_ref = reference(model_dir, adapter, got["gpu_info"]["dtype"], 4)
-    assert got["gpu"]["tokenIds"] == gpu_ref["a1"][0]
+    assert got["gpu_kernels"] == "realm" and got["gpu_info"]["kernels"] == "realm"
+    assert got["gpu_info"]["backend"] == "webgpu" and got["gpu_info"]["dtype"] == "fp32"
+    gpu_ref = reference(model_dir, adapter, "fp32", 6)
+    assert [r["tokenIds"] for r in got["gpu"]] == [gpu_ref["a1"][0], gpu_ref["None"][1]]

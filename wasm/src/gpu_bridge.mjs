@@ -3,15 +3,18 @@
 // `release`, `calibrate` and `dispose` it replaces), with no onnxruntime session. A step's rows run
 // as few forwards as the decoder's limits allow (all tokens together, every row's logits rows);
 // when every row of a forward picks greedily with nothing else to report (no mask, penalty or
-// logprobs), the GPU picks the tokens and only their ids come back.
+// logprobs), the GPU picks the tokens and only their ids come back. LoRA adapters (cfg.lora: the
+// export's LoRA contract) go into the kernels' own tables (kernels.mjs "LoRA"), an entry each,
+// laid out by bridge.mjs's LoraTables.
 
-import { Bridge } from "./bridge.mjs";
+import { Bridge, LoraTables } from "./bridge.mjs";
 import { GpuDecoder } from "./kernels.mjs";
 
 export class GpuBridge extends Bridge {
   /** @param device a GPUDevice; @param packed the packed export's .blocks bytes; @param cfg as
    * Bridge.create's (realm_web.web.config, with `arch`: realm.json's architecture); @param
-   * options GpuDecoder.create's (maxTokens, maxLogits, lanes) */
+   * options GpuDecoder.create's (maxTokens, maxLogits, lanes); `cfg.maxLoras` adapters one step
+   * may mix (default 8; their tables are allocated on the GPU with the first adapter) */
   static async create(device, packed, cfg, options = {}) {
     const dec = await GpuDecoder.create(device, cfg.arch, packed, options);
     return new GpuBridge(dec, cfg);
@@ -20,6 +23,7 @@ export class GpuBridge extends Bridge {
   constructor(dec, cfg) {
     super(null, null, { ...cfg, backend: "webgpu", kernels: "realm", lora: null });
     this.dec = dec;
+    this.lora = cfg.lora ? new GpuLora(dec, cfg, cfg.maxLoras ?? 8) : null;
     this.prefillWidth = dec.T;
     this.timings.forwards = 0;
     this.timings.greedyForwards = 0;
@@ -31,7 +35,7 @@ export class GpuBridge extends Bridge {
       prefill_batch: "any",
       prefill_width: this.dec.T,
       multi_position_logits: true,
-      adapters: false,
+      adapters: this.lora !== null,
       token_masks: true,
       kv_copy: true,
       prefix_reuse: true,
@@ -69,7 +73,7 @@ export class GpuBridge extends Bridge {
     let tRun0 = null, tRun1 = null;
     for (const g of groups) {
       const greedy = g.every((q) => this.greedyOnly(q));
-      const fw = g.map((q) => ({ slot: q.slot, start: q.start, tokens: q.tokens, logits: GpuBridge.positions(q) }));
+      const fw = g.map((q) => ({ slot: q.slot, start: q.start, tokens: q.tokens, logits: GpuBridge.positions(q), entry: this.entryOf(q) }));
       const t0 = performance.now();
       const res = await this.dec.forward(fw, greedy);
       const t1 = performance.now();
@@ -125,5 +129,29 @@ export class GpuBridge extends Bridge {
   async dispose() {
     await this.running;
     this.dec.destroy();
+  }
+}
+
+/** The adapters of the realm kernels' LoRA tables: `upload` lays one out as bridge.mjs's
+ * LoraTables does (float32, rank padded to the contract's maxRank) and copies it to the GPU. */
+class GpuLora {
+  constructor(dec, cfg, entries) {
+    this.dec = dec;
+    this.cfg = { ...cfg, kvDtype: "float32" };
+    this.entries = entries;
+    this.names = new Map(); // entry -> the adapter's name
+  }
+
+  holds(entry, name) {
+    return this.names.get(entry) === name;
+  }
+
+  upload(entry, meta, bytes) {
+    if (!Number.isInteger(entry) || entry < 1 || entry > this.entries) throw new Error(`adapter entry ${entry} is not in [1, ${this.entries}]`);
+    const one = new LoraTables(this.cfg, 1);
+    one.upload(1, meta, bytes);
+    this.dec.enableLora(this.cfg.lora, this.entries);
+    this.dec.loadLora(entry, one.tables);
+    this.names.set(entry, meta.name);
   }
 }

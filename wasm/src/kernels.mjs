@@ -106,11 +106,13 @@ export function kernelPlan(arch, meta) {
 const f = (x) => (Number.isInteger(x) ? `${x}.0` : String(x));
 
 /** The step buffer: [M, Ml, 0, 0], then per token: its id, position, KV element offset; then the
- * token index of each logits row. */
+ * token index of each logits row; then each token's adapter table entry (0: none). */
 const stepDecl = (T) => `
 @group(1) @binding(0) var<storage, read> S: array<u32>;
 @group(1) @binding(1) var<storage, read> ROPE: array<f32>;
-const TOK: u32 = 4u; const POS: u32 = ${4 + T}u; const OFF: u32 = ${4 + 2 * T}u; const SEL: u32 = ${4 + 3 * T}u;`;
+const TOK: u32 = 4u; const POS: u32 = ${4 + T}u; const OFF: u32 = ${4 + 2 * T}u; const SEL: u32 = ${4 + 3 * T}u;
+const ENT: u32 = ${4 + 4 * T}u;`;
+const stepWords = (T) => 4 + 5 * T;
 
 /** 32 dequantized weights of block `wb` into w (Q4_1: q * d + m; Q8_0: q * d). */
 function dequant(kind) {
@@ -138,21 +140,11 @@ export function units(epi, N, HD) {
   return epi === "qkv" ? N / 2 : N;
 }
 
-/** y = (RMSNorm?)(x) @ W^T for MT tokens a workgroup, with an epilogue: "plain" y, "resid"
- * x += y, "glu" silu(gate) * up, "qkv" RoPE and the KV cache write, "logits" (token rows picked
- * by SEL). `LN` lanes share an output unit: 8 on GPUs by default (the unit's blocks split over the
- * lanes, summed in workgroup memory; lanesFor), 1 on CPU adapters (SwiftShader: a thread per unit and no
- * workgroup barriers, which it runs as coroutine switches). */
-function matvecShader({ kind, norm, epi, K, N, eps, T, HD, NH, KVH, L, cap, LN }) {
-  const sel = epi === "logits", pair = epi === "glu" || epi === "qkv";
-  const NACC = pair ? 2 : 1;
-  const RPW = LN === 1 ? 64 : WG / LN; // units per workgroup
-  const WGS = RPW * LN;
-  const U = units(epi, N, HD);
-  const rows = epi === "qkv"
-    ? `let head = u / ${HD / 2}u; let i = u % ${HD / 2}u; let n0 = head * ${HD}u + i; let n1 = n0 + ${HD / 2}u;`
-    : epi === "glu" ? `let n0 = u; let n1 = u + ${N}u;` : `let n0 = u;`;
-  const epilogue = {
+/** A matvec's last step for token j and output unit (n0, and n1 for pairs) from its sums v0, v1:
+ * "plain" / "logits" y, "resid" x += y, "glu" silu(gate) * up, "qkv" RoPE on q and k, k and v
+ * into the KV cache (the LoRA expand kernel ends the same way). */
+function epilogueCode(epi, N, { HD, NH, KVH, cap }) {
+  return {
     plain: `Y[j * ${N}u + n0] = v0;`,
     logits: `Y[j * ${N}u + n0] = v0;`,
     resid: `Y[j * ${N}u + n0] = Y[j * ${N}u + n0] + v0;`,
@@ -165,6 +157,29 @@ function matvecShader({ kind, norm, epi, K, N, eps, T, HD, NH, KVH, L, cap, LN }
           else { let o = kv + LP.x * ${2 * KVH * HD}u + (head - ${NH}u) * ${HD}u + i; KV[o] = ra; KV[o + ${HD / 2}u] = rb; }
         } else { let o = kv + LP.x * ${2 * KVH * HD}u + ${KVH * HD}u + (head - ${NH + KVH}u) * ${HD}u + i; KV[o] = v0; KV[o + ${HD / 2}u] = v1; }`,
   }[epi];
+}
+
+/** The (pair of) output rows of matvec unit u: "qkv" (i, i + HD/2) of one head, "glu" (gate u, up
+ * u + N), else row u. */
+function unitRows(epi, N, HD) {
+  return epi === "qkv"
+    ? `let head = u / ${HD / 2}u; let i = u % ${HD / 2}u; let n0 = head * ${HD}u + i; let n1 = n0 + ${HD / 2}u;`
+    : epi === "glu" ? `let n0 = u; let n1 = u + ${N}u;` : `let n0 = u;`;
+}
+
+/** y = (RMSNorm?)(x) @ W^T for MT tokens a workgroup, with an epilogue: "plain" y, "resid"
+ * x += y, "glu" silu(gate) * up, "qkv" RoPE and the KV cache write, "logits" (token rows picked
+ * by SEL). `LN` lanes share an output unit: 8 on GPUs by default (the unit's blocks split over the
+ * lanes, summed in workgroup memory; lanesFor), 1 on CPU adapters (SwiftShader: a thread per unit and no
+ * workgroup barriers, which it runs as coroutine switches). */
+function matvecShader({ kind, norm, epi, K, N, eps, T, HD, NH, KVH, L, cap, LN }) {
+  const sel = epi === "logits", pair = epi === "glu" || epi === "qkv";
+  const NACC = pair ? 2 : 1;
+  const RPW = LN === 1 ? 64 : WG / LN; // units per workgroup
+  const WGS = RPW * LN;
+  const U = units(epi, N, HD);
+  const rows = unitRows(epi, N, HD);
+  const epilogue = epilogueCode(epi, N, { HD, NH, KVH, cap });
   // x as vec4s (with the norm: (x * inv) * g, as onnxruntime's SimplifiedLayerNormalization)
   const xv = (o, gi) => (norm ? `((X[${o}] * inv[t]) * G[${gi}])` : `X[${o}]`);
   // a block's words: Q4_1 word i holds elements 4i..4i+3 (low nibbles) and 16+4i.. (high);
@@ -365,6 +380,76 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 }`;
 }
 
+// -- LoRA --------------------------------------------------------------------------------------
+//
+// An adapter changes a group's matmul (qkv, o, gate_up, down: realm_web/lora.py) to
+// y = x W^T + (x A_g) B_g, A_g (in, members x R) and B_g block-diagonal (scales folded in), as the
+// export's LoRA graph does. A step with an adapter row runs each group in three dispatches: the
+// shrink h = x A_g (per token, its table entry's A; zeros for no adapter), the group's matvec
+// writing y as it is (the same sums as the fused kernel's), and the expand adding h B_g to y
+// and ending as the fused kernel would (RoPE and the KV write, the residual add, silu(g) * u).
+// A row with no adapter takes y unchanged, so it gets the plain step's values bit for bit.
+
+/** h[j, c] = (RMSNorm?)(x_j) . A[e_j, c] for each token j on an adapter (entry e_j > 0), c over
+ * the group's members x R columns; 0 for tokens with no adapter. A thread per (token, column). */
+function loraShrinkShader({ T, K, C, norm, eps }) {
+  const xv = norm ? "((X[xr + k] * inv) * G[k])" : "X[xr + k]";
+  return `${stepDecl(T)}
+@group(0) @binding(0) var<storage, read> X: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> A: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read_write> Hs: array<f32>;
+@group(0) @binding(3) var<storage, read> G: array<vec4<f32>>;
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
+  let j = wid.y; let c = wid.x * 64u + tid;
+  if (j >= S[0] || c >= ${C}u) { return; }
+  let e = S[ENT + j];
+  if (e == 0u) { Hs[j * ${C}u + c] = 0.0; return; }
+  let xr = j * ${K / 4}u;
+  var inv = 1.0;
+  ${norm ? `var part = 0.0;
+  for (var k = 0u; k < ${K / 4}u; k++) { let v = X[xr + k]; part += dot(v, v); }
+  inv = 1.0 / sqrt(part / ${f(K)} + ${eps});` : ""}
+  let ab = ((e - 1u) * ${C}u + c) * ${K / 4}u;
+  var acc = 0.0;
+  for (var k = 0u; k < ${K / 4}u; k++) { acc += dot(${xv}, A[ab + k]); }
+  Hs[j * ${C}u + c] = acc;
+}`;
+}
+
+/** The group's output for token j, unit u: y (the matvec's, YR) plus h_j B[e_j] on each of its
+ * rows (none for no adapter), then the fused kernel's epilogue (epilogueCode). `NT` rows in all,
+ * member m's rows read h's columns m*R..m*R+R-1; `bounds`: the first row of each member after
+ * the first. */
+function loraExpandShader({ T, epi, N, NT, R, C, bounds, HD, NH, KVH, cap }) {
+  const member = bounds.reduceRight((acc, b, m) => `select(${acc}, ${m}u, n < ${b}u)`, `${bounds.length}u`);
+  return `${stepDecl(T)}
+@group(0) @binding(0) var<storage, read> YR: array<f32>;
+@group(0) @binding(1) var<storage, read> Hs: array<f32>;
+@group(0) @binding(2) var<storage, read> B: array<f32>;
+@group(0) @binding(3) var<storage, read_write> Y: array<f32>;
+@group(0) @binding(4) var<storage, read_write> KV: array<f32>;
+@group(0) @binding(5) var<uniform> LP: vec4<u32>;
+fn lora(j: u32, e: u32, n: u32) -> f32 {
+  let y = YR[j * ${NT}u + n];
+  if (e == 0u) { return y; }
+  let hb = j * ${C}u + ${member} * ${R}u; let bb = ((e - 1u) * ${NT}u + n) * ${R}u;
+  var d = 0.0;
+  for (var r = 0u; r < ${R}u; r++) { d += Hs[hb + r] * B[bb + r]; }
+  return y + d;
+}
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
+  let j = wid.y; let u = wid.x * 64u + tid;
+  if (j >= S[0] || u >= ${units(epi, N, HD)}u) { return; }
+  let e = S[ENT + j];
+  ${unitRows(epi, N, HD)}
+  let v0 = lora(j, e, n0);
+  ${epi === "qkv" || epi === "glu" ? "let v1 = lora(j, e, n1);" : ""}
+  ${epilogueCode(epi, N, { HD, NH, KVH, cap })}
+}`;
+}
+
 // -- the decoder -------------------------------------------------------------------------------
 
 const U = { STORAGE: 0x80, COPY_SRC: 0x04, COPY_DST: 0x08, UNIFORM: 0x40, MAP_READ: 0x01 };
@@ -421,7 +506,7 @@ export class GpuDecoder {
     this.head = plan.head === plan.embed ? this.embed : blocks(plan.head);
     this.norm = upload(raw(plan.norm));
     const T = this.T;
-    this.stepBuf = buf(4 * (4 + 4 * T), U.STORAGE | U.COPY_DST);
+    this.stepBuf = buf(4 * stepWords(T), U.STORAGE | U.COPY_DST);
     this.x = buf(4 * T * H, U.STORAGE);
     this.q = buf(4 * T * NH * HD, U.STORAGE);
     this.att = buf(4 * T * NH * HD, U.STORAGE);
@@ -494,6 +579,7 @@ export class GpuDecoder {
       embed: g(this.embLayout, [this.embed.q, this.embed.s, this.x]),
       argmax: g(this.argLayout, [this.logits, this.ids]),
     };
+    if (this.lora) this.loraBindGroups();
   }
 
   /** A KV pool of `slots` regions of `cap` positions, keeping what the old one held. */
@@ -550,25 +636,29 @@ export class GpuDecoder {
     if (this.failure) throw new KernelError(`WebGPU failed: ${this.failure}`);
     if (M === 0 || M > T) throw new KernelError(`${M} tokens in one forward (1 to ${T})`);
     if (Ml > this.maxLogits) throw new KernelError(`${Ml} logits rows in one forward (at most ${this.maxLogits})`);
+    const lora = rows.some((q) => q.entry);
     for (const q of rows) {
+      if (q.entry && !(this.lora && Number.isInteger(q.entry) && q.entry >= 1 && q.entry <= this.lora.entries))
+        throw new KernelError(`adapter table entry ${q.entry} is not loaded (${this.lora ? `1 to ${this.lora.entries}` : "no LoRA tables"})`);
       const bad = q.tokens.find((tok) => !(Number.isInteger(tok) && tok >= 0 && tok < p.V));
       if (bad !== undefined) throw new KernelError(`token ${bad} is not in the vocabulary`);
       if (q.logits.some((x) => !(x >= 0 && x < q.tokens.length))) throw new KernelError("a logits position outside the row's tokens");
     }
     for (const q of rows) this.ensure(q.slot, q.start + q.tokens.length);
-    const s = new Uint32Array(4 + 4 * T);
+    const s = new Uint32Array(stepWords(T));
     s[0] = M; s[1] = Ml;
     let m = 0, j = 0;
     for (const q of rows) {
       const base = q.slot * this.cap * E;
       for (const x of q.logits) s[4 + 3 * T + j++] = m + x;
+      const entry = q.entry ?? 0;
       q.tokens.forEach((tok, k) => {
-        s[4 + m] = tok; s[4 + T + m] = q.start + k; s[4 + 2 * T + m] = base + (q.start + k) * E; m++;
+        s[4 + m] = tok; s[4 + T + m] = q.start + k; s[4 + 2 * T + m] = base + (q.start + k) * E; s[4 + 4 * T + m] = entry; m++;
       });
       this.lengths.set(q.slot, q.start + q.tokens.length);
     }
     const d = this.device;
-    d.queue.writeBuffer(this.stepBuf, 0, s.buffer, 0, 4 * (4 + 4 * T));
+    d.queue.writeBuffer(this.stepBuf, 0, s.buffer, 0, 4 * stepWords(T));
     const enc = d.createCommandEncoder();
     const ts = this.timestamps();
     const pass = enc.beginComputePass(ts ? { timestampWrites: { querySet: ts.set, beginningOfPassWriteIndex: 0, endOfPassWriteIndex: 1 } } : {});
@@ -577,7 +667,8 @@ export class GpuDecoder {
     pass.setBindGroup(1, this.stepGroup);
     run(this.pipe.embed, this.groups.embed, Math.ceil(p.H / 32 / 32), M);
     const x = this.gx;
-    for (const g of this.groups.layers) {
+    if (lora) this.loraLayers(run, M, ty);
+    else for (const g of this.groups.layers) {
       run(this.pipe.qkv, g.qkv, x.qkv, ty);
       run(this.pipe.attn, g.attn, p.NH, M);
       run(this.pipe.o, g.o, x.o, ty);
@@ -617,6 +708,106 @@ export class GpuDecoder {
     return out;
   }
 
+  /** LoRA tables for `entries` adapters of rank at most `maxRank` (realm.json's LoRA contract,
+   * bridge_config's `lora`: `groups` [{name, in, outs}]), their pipelines and bind groups; the
+   * adapters go in with loadLora. */
+  enableLora({ maxRank: R, groups }, entries) {
+    if (this.lora) return;
+    const d = this.device, p = this.p, T = this.T;
+    const where = { // group -> the fused matvec it changes: its input, norm, epilogue, output
+      qkv: { norm: true, epi: "qkv", K: p.H, NT: (p.NH + 2 * p.KVH) * p.HD, N: (p.NH + 2 * p.KVH) * p.HD },
+      o: { norm: false, epi: "resid", K: p.NH * p.HD, NT: p.H, N: p.H },
+      gate_up: { norm: true, epi: "glu", K: p.H, NT: 2 * p.I, N: p.I },
+      down: { norm: false, epi: "resid", K: p.I, NT: p.H, N: p.H },
+    };
+    const gs = groups.map((g) => {
+      const w = where[g.name], NT = g.outs.reduce((a, b) => a + b, 0);
+      if (!w || g.in !== w.K || NT !== w.NT) throw new KernelError(`realm kernels: LoRA group ${g.name} (${g.in} -> ${NT}) is not one they run`);
+      const bounds = g.outs.slice(0, -1).map((_, k) => g.outs.slice(0, k + 1).reduce((a, b) => a + b, 0));
+      return { ...w, name: g.name, C: g.outs.length * R, bounds };
+    });
+    const Cmax = Math.max(...gs.map((g) => g.C)), NTmax = Math.max(...gs.map((g) => g.NT));
+    const entry = (binding, type) => ({ binding, visibility: 4, buffer: { type } });
+    const layout = (types) => d.createBindGroupLayout({ entries: types.map((t, i) => entry(i, t)) });
+    const ro = "read-only-storage", rw = "storage";
+    const shrinkLayout = layout([ro, ro, rw, ro]), expandLayout = layout([ro, ro, ro, rw, rw, "uniform"]);
+    const make = (code, lay) => d.createComputePipeline({
+      layout: d.createPipelineLayout({ bindGroupLayouts: [lay, this.stepLayout] }),
+      compute: { module: d.createShaderModule({ code }), entryPoint: "main" } });
+    const base = { eps: p.eps, T, HD: p.HD, NH: p.NH, KVH: p.KVH, L: p.L, cap: this.ropeLen, LN: this.LN };
+    const kind = p.layers[0].qkv.kind;
+    const pipes = {};
+    for (const g of gs) pipes[g.name] = {
+      shrink: make(loraShrinkShader({ T, K: g.K, C: g.C, norm: g.norm, eps: p.eps }), shrinkLayout),
+      raw: make(matvecShader({ ...base, kind, norm: g.norm, epi: "plain", K: g.K, N: g.NT }), this.mvLayout),
+      expand: make(loraExpandShader({ ...base, epi: g.epi, N: g.N, NT: g.NT, R, C: g.C, bounds: g.bounds }), expandLayout),
+      gShrink: Math.ceil(g.C / 64), gRaw: matvecGroups("plain", g.NT, p.HD, this.LN), gExpand: Math.ceil(units(g.epi, g.N, p.HD) / 64),
+    };
+    const buf = (size, usage = U.STORAGE | U.COPY_DST) => d.createBuffer({ size: Math.max(16, size), usage });
+    let bytes = 0;
+    const layers = this.layers.map(() => Object.fromEntries(gs.map((g) => {
+      const a = buf(4 * entries * g.C * g.K), b = buf(4 * entries * g.NT * R);
+      bytes += a.size + b.size;
+      return [g.name, { a, b }];
+    })));
+    this.lora = { R, entries, groups: gs, pipes, shrinkLayout, expandLayout, layers, bytes,
+                  h: buf(4 * T * Cmax, U.STORAGE), y: buf(4 * T * NTmax, U.STORAGE) };
+    this.loraBindGroups();
+  }
+
+  /** Adapter table entry `entry` (1-based) from `tables`: "layer.group" -> [A^T {data: (members x
+   * R, in)}, then each member's B^T {data: (out_k, R)}] (bridge.mjs LoraTables of one entry). */
+  loadLora(entry, tables) {
+    const lo = this.lora;
+    if (!lo) throw new KernelError("realm kernels: no LoRA tables (enableLora first)");
+    if (!(Number.isInteger(entry) && entry >= 1 && entry <= lo.entries)) throw new KernelError(`adapter entry ${entry} is not in [1, ${lo.entries}]`);
+    const q = this.device.queue;
+    lo.layers.forEach((l, i) => lo.groups.forEach((g) => {
+      const ts = tables.get(`${i}.${g.name}`);
+      if (!ts || ts[0].data.length !== g.C * g.K) throw new KernelError(`realm kernels: adapter tables lack layer ${i} ${g.name}`);
+      const bs = new Float32Array(g.NT * lo.R);
+      let at = 0;
+      for (const t of ts.slice(1)) { bs.set(t.data, at); at += t.data.length; }
+      if (at !== bs.length) throw new KernelError(`realm kernels: adapter ${g.name} B tables of ${at} values, not ${bs.length}`);
+      q.writeBuffer(l[g.name].a, 4 * (entry - 1) * g.C * g.K, ts[0].data.buffer, ts[0].data.byteOffset, ts[0].data.byteLength);
+      q.writeBuffer(l[g.name].b, 4 * (entry - 1) * g.NT * lo.R, bs.buffer, 0, bs.byteLength);
+    }));
+  }
+
+  loraBindGroups() {
+    const d = this.device, lo = this.lora;
+    const g = (layout, bufs) => d.createBindGroup({ layout, entries: bufs.map((b, i) => ({ binding: i, resource: { buffer: b } })) });
+    const io = (l, w) => ({ // a group's input, norm weights, output, KV (qkv only)
+      qkv: [this.x, l.attnNorm, this.q, this.pool], o: [this.att, this.dummy, this.x, this.dummyRw],
+      gate_up: [this.x, l.mlpNorm, this.act, this.dummyRw], down: [this.act, this.dummy, this.x, this.dummyRw] })[w];
+    const weights = { qkv: "qkv", o: "o", gate_up: "gateUp", down: "down" };
+    lo.bind = this.layers.map((l, i) => lo.groups.map((gr) => {
+      const [x, norm, out, kv] = io(l, gr.name), t = lo.layers[i][gr.name], w = l[weights[gr.name]];
+      return { name: gr.name, shrink: g(lo.shrinkLayout, [x, t.a, lo.h, norm]),
+               raw: g(this.mvLayout, [x, w.q, w.s, lo.y, norm, this.dummyRw, l.lp]),
+               expand: g(lo.expandLayout, [lo.y, lo.h, t.b, out, kv, l.lp]) };
+    }));
+  }
+
+  /** The layers of a step with adapter rows: each group as shrink, matvec, expand (see "LoRA"). */
+  loraLayers(run, M, ty) {
+    const lo = this.lora, p = this.p;
+    const group = (b) => {
+      const pp = lo.pipes[b.name];
+      run(pp.shrink, b.shrink, pp.gShrink, M);
+      run(pp.raw, b.raw, pp.gRaw, ty);
+      run(pp.expand, b.expand, pp.gExpand, M);
+    };
+    this.groups.layers.forEach((g, i) => {
+      const [qkv, o, gu, down] = ["qkv", "o", "gate_up", "down"].map((n) => lo.bind[i].find((b) => b.name === n));
+      if (qkv) group(qkv); else run(this.pipe.qkv, g.qkv, this.gx.qkv, ty);
+      run(this.pipe.attn, g.attn, p.NH, M);
+      if (o) group(o); else run(this.pipe.o, g.o, this.gx.o, ty);
+      if (gu) group(gu); else run(this.pipe.glu, g.glu, this.gx.glu, ty);
+      if (down) group(down); else run(this.pipe.down, g.down, this.gx.down, ty);
+    });
+  }
+
   /** With `profile` on and the device's "timestamp-query": a query set timing each forward's
    * pass on the GPU (into gpuMs). */
   timestamps() {
@@ -632,11 +823,12 @@ export class GpuDecoder {
 
   /** GPU memory this decoder holds, in bytes (weights, KV pool). */
   memory() {
-    return { weights: this.weightBytes, kv: this.slots * this.cap * this.E * 4 };
+    return { weights: this.weightBytes, kv: this.slots * this.cap * this.E * 4, lora: this.lora?.bytes ?? 0 };
   }
 
   destroy() {
     for (const b of [this.pool, this.readback, this.stepBuf, this.x, this.q, this.att, this.act, this.logits, this.ids]) b?.destroy();
+    if (this.lora) for (const b of [this.lora.h, this.lora.y, ...this.lora.layers.flatMap((l) => Object.values(l).flatMap((t) => [t.a, t.b]))]) b.destroy();
   }
 }
 

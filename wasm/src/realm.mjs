@@ -356,7 +356,7 @@ export class Realm {
     if (!fs.existsSync(file)) throw fail("model_not_found", `${file}: missing (named by realm.json)`);
     const { GpuBridge } = await import("./gpu_bridge.mjs");
     let bridge;
-    try { bridge = await GpuBridge.create(device, new Uint8Array(fs.readFileSync(file)), cfg); }
+    try { bridge = await GpuBridge.create(device, new Uint8Array(fs.readFileSync(file)), { ...cfg, maxLoras: o.maxLoras ?? 8 }); }
     catch (e) { throw fail(e.code === "engine_unavailable" ? "engine_unavailable" : "runtime", `cannot load ${file} on WebGPU: ${e.message}`, e); }
     return Realm.#start({ o, py, web, cfg, bridge, engine: "webgpu", t0,
                           extra: { file, modelDir, threads: 1, packed: true, url: remote ? o.model : null, downloadedBytes: mirror ? mirror.downloaded : 0,

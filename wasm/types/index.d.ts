@@ -39,7 +39,7 @@ export interface LoadOptions {
   model?: string;
   /** "wasm": onnxruntime-web's WebAssembly build (default); "native": onnxruntime-node (CPU);
    * "webgpu": realm-web's own WebGPU kernels over the export's GGUF blocks (navigator.gpu, or
-   * dawn.node from npm `webgpu`; no LoRA adapters). */
+   * dawn.node from npm `webgpu`; LoRA adapters in the kernels' own tables). */
   engine?: Engine;
   /** engine "webgpu": the GPU object to use (default: navigator.gpu, else dawn.node's). */
   gpu?: unknown;
