@@ -21,12 +21,16 @@ pytestmark = pytest.mark.model
 OTHER = "Name three colors."
 
 
-def reference(model_dir: Path, adapter: Path, dtype: str, max_tokens: int) -> dict[str, list[list[int]]]:
-    """The native engine's greedy ids of QUESTION and OTHER, each alone, base and adapter."""
+def reference(model_dir: Path, adapter: Path, dtype: str, max_tokens: int,
+              others: dict[str, Path] | None = None) -> dict[str, list[list[int]]]:
+    """The native engine's greedy ids of QUESTION and OTHER, each alone, base and adapter a1 (and
+    `others`, by name)."""
     llm = LLM(model_dir, dtype=dtype, max_slots=1, max_length=512)
-    llm.load_adapter("a1", adapter)
+    adapters = {"a1": adapter, **(others or {})}
+    for name, path in adapters.items():
+        llm.load_adapter(name, path)
     out = {str(a): [llm.generate(q, max_tokens=max_tokens, adapter=a)[0].token_ids for q in (QUESTION, OTHER)]
-           for a in (None, "a1")}
+           for a in (None, *adapters)}
     llm.close()
     return out
 
@@ -36,9 +40,12 @@ def test_adapter_in_the_tab(model_dir: Path, tmp_path: Path) -> None:
 
     manifest = load_manifest(model_dir)
     adapter = write_random_adapter(tmp_path / "a1", manifest.architecture, r=16, alpha=32, seed=1, b_scale=0.08)
+    # a second one as PEFT's defaults make them: q and v only, a lower rank than the tables hold
+    a2 = write_random_adapter(tmp_path / "a2", manifest.architecture, r=4, alpha=8, seed=2, b_scale=0.3,
+                              targets=("q_proj", "v_proj"))
     subprocess.run([sys.executable, str(ROOT / "tools" / "build_web.py")], check=True, capture_output=True)
     s = ServerProcess(model_dir, tmp_path, config=None,
-                      extra=["--dtype", "int4", "--web", str(ROOT / "build" / "web"), "--lora-modules", f"a1={adapter}"])
+                      extra=["--dtype", "int4", "--web", str(ROOT / "build" / "web"), "--lora-modules", f"a1={adapter}", f"a2={a2}"])
     got: dict[str, Any] = {}
     try:
         with sync_playwright() as p:
@@ -67,21 +74,22 @@ def test_adapter_in_the_tab(model_dir: Path, tmp_path: Path) -> None:
             got["ui"] = page.inner_text(".msg.assistant")
             got["server"] = page.evaluate(
                 f"() => window.realm.generate({json.dumps(QUESTION)}, {{backend: 'server', adapter: 'a1', maxTokens: 16}})")
-            # WebGPU on the realm kernels: the adapter in their own LoRA tables, a row on it and one
+            # WebGPU on the realm kernels: the adapters in their own LoRA tables, rows on each and one
             # without in the same steps
             gpu = browser.new_page()
             gpu.goto(f"{s.url}/?backend=webgpu")
             got["gpu_kernels"] = gpu.evaluate("async () => (await window.realm.ready).kernels")
             gpu.evaluate("() => window.realm.loadAdapter('a1', './adapters/a1/')")
+            gpu.evaluate("() => window.realm.loadAdapter('a2', './adapters/a2/')")
             got["gpu_info"] = gpu.evaluate("() => window.realm.info")
             got["gpu"] = gpu.evaluate(
-                f"() => Promise.all([[{json.dumps(QUESTION)}, 'a1'], [{json.dumps(OTHER)}, null]]"
+                f"() => Promise.all([[{json.dumps(QUESTION)}, 'a1'], [{json.dumps(OTHER)}, null], [{json.dumps(QUESTION)}, 'a2']]"
                 ".map(([q, a]) => window.realm.generate(q, {maxTokens: 6, adapter: a})))")
             browser.close()
     finally:
         s.stop()
 
-    assert [a["id"] for a in got["listed"]] == ["a1"] and got["listed"][0]["parent"] == manifest.name
+    assert [a["id"] for a in got["listed"]] == ["a1", "a2"] and got["listed"][0]["parent"] == manifest.name
     assert got["loaded"]["name"] == "a1" and got["loaded"]["rank"] == 16
     wasm = reference(model_dir, adapter, got["info"]["dtype"], 16)
     assert wasm["None"] != wasm["a1"]  # the adapter changes the answers
@@ -93,5 +101,6 @@ def test_adapter_in_the_tab(model_dir: Path, tmp_path: Path) -> None:
     assert got["server"]["tokenIds"] == reference(model_dir, adapter, "int4", 16)["a1"][0]
     assert got["gpu_kernels"] == "realm" and got["gpu_info"]["kernels"] == "realm"
     assert got["gpu_info"]["backend"] == "webgpu" and got["gpu_info"]["dtype"] == "fp32"
-    gpu_ref = reference(model_dir, adapter, "fp32", 6)
-    assert [r["tokenIds"] for r in got["gpu"]] == [gpu_ref["a1"][0], gpu_ref["None"][1]]
+    gpu_ref = reference(model_dir, adapter, "fp32", 6, {"a2": a2})
+    assert gpu_ref["a2"][0] not in (gpu_ref["a1"][0], gpu_ref["None"][0])
+    assert [r["tokenIds"] for r in got["gpu"]] == [gpu_ref["a1"][0], gpu_ref["None"][1], gpu_ref["a2"][0]]
