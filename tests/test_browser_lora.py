@@ -85,6 +85,9 @@ def test_adapter_in_the_tab(model_dir: Path, tmp_path: Path) -> None:
             got["gpu"] = gpu.evaluate(
                 f"() => Promise.all([[{json.dumps(QUESTION)}, 'a1'], [{json.dumps(OTHER)}, null], [{json.dumps(QUESTION)}, 'a2']]"
                 ".map(([q, a]) => window.realm.generate(q, {maxTokens: 6, adapter: a})))")
+            # logits read back on an adapter row (logprobs of the prompt and of sampled tokens)
+            got["gpu_lp"] = gpu.evaluate(f"() => window.realm.generate({json.dumps(OTHER)}, "
+                                         "{maxTokens: 3, adapter: 'a2', logprobs: true, promptLogprobs: 0, temperature: 0.8, seed: 5})")
             browser.close()
     finally:
         s.stop()
@@ -104,3 +107,12 @@ def test_adapter_in_the_tab(model_dir: Path, tmp_path: Path) -> None:
     gpu_ref = reference(model_dir, adapter, "fp32", 6, {"a2": a2})
     assert gpu_ref["a2"][0] not in (gpu_ref["a1"][0], gpu_ref["None"][0])
     assert [r["tokenIds"] for r in got["gpu"]] == [gpu_ref["a1"][0], gpu_ref["None"][1], gpu_ref["a2"][0]]
+    llm = LLM(model_dir, dtype="fp32", max_slots=1, max_length=512)
+    llm.load_adapter("a2", a2)
+    want = llm.generate(OTHER, max_tokens=3, adapter="a2", logprobs=True, prompt_logprobs=0, temperature=0.8, seed=5)[0]
+    llm.close()
+    lp = got["gpu_lp"]
+    assert lp["tokenIds"] == want.token_ids
+    assert max(abs(a - b) for a, b in zip(lp["logprobs"], want.logprobs or [])) < 1e-3
+    plp = [(a, b) for a, b in zip(lp["promptLogprobs"], want.prompt_logprobs or []) if b is not None]
+    assert len(plp) == len(want.prompt_token_ids) - 1 and max(abs(a - b) for a, b in plp) < 1e-3
