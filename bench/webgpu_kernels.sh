@@ -12,7 +12,9 @@
 # its onnxruntime-web, see bench/transformersjs_webgpu.mjs) carried
 # too, transformers.js runs as well; LANE_VARIANTS="8 16" times the kernels with other lanes per unit;
 # with wasm/node_modules/pyodide and wasm/dist carried, bench/webgpu_realm_node.mjs runs Node's
-# Realm engine "webgpu" end to end (ONLY_REALM=1 ANCHOR=0: that and one kernels run only).
+# Realm engine "webgpu" end to end (ONLY_REALM=1 ANCHOR=0: that and one kernels run only). With
+# lora_meta.json and lora.bin in .pk/m (`bench/webgpu_cpu_ref.py $M .pk/m/cpu_ref.json 64 /tmp/wgadapter`), the kernels
+# also decode on that adapter (kernels_lora: tokens against cpu_ref's fp32_lora, time against kernels).
 set -e
 REPO=$PWD
 OUT=${OUT:-/tmp}
@@ -31,6 +33,7 @@ nvidia-smi --query-gpu=name,clocks.sm,clocks.mem --format=csv,noheader || true
 [ "${ONLY_REALM:-0}" = 1 ] || KERNELS=1 PROFILE=1 ./node webgpu_node.mjs $B /tmp/cfg_fp32.json $M $OUT/kernels_profiled.json ${STEPS:-64} > /dev/null || true
 [ "${ANCHOR:-1}" = 0 ] || PACKED=1 ./node webgpu_node.mjs $B /tmp/cfg_fp16.json $M $OUT/ort_fp16.json ${STEPS:-64} > /dev/null
 KERNELS=1 ./node webgpu_node.mjs $B /tmp/cfg_fp32.json $M $OUT/kernels_again.json ${STEPS:-64} > /dev/null
+[ -f $M/lora_meta.json ] && { LORA=$M KERNELS=1 ./node webgpu_node.mjs $B /tmp/cfg_fp32.json $M $OUT/kernels_lora.json ${STEPS:-64} > /dev/null || echo "kernels with LoRA failed"; }
 for ln in ${LANE_VARIANTS:-}; do LANES=$ln KERNELS=1 ./node webgpu_node.mjs $B /tmp/cfg_fp32.json $M $OUT/kernels_lanes$ln.json ${STEPS:-64} > /dev/null || true; done
 if [ -d $REPO/wasm/node_modules/pyodide ] && [ -d $REPO/wasm/dist ]; then  # the Node product: Realm.load({engine: "webgpu"})
   cp $REPO/bench/webgpu_realm_node.mjs /tmp/wg/
@@ -46,11 +49,11 @@ fi
 python3 - <<PY
 import json, os
 ref = json.load(open("$M/cpu_ref.json"))
-names = ["kernels", "kernels_again", "kernels_profiled", "ort_fp16", "transformersjs"] + [f"kernels_lanes{x}" for x in "${LANE_VARIANTS:-}".split()]
+names = ["kernels", "kernels_again", "kernels_profiled", "kernels_lora", "ort_fp16", "transformersjs"] + [f"kernels_lanes{x}" for x in "${LANE_VARIANTS:-}".split()]
 runs = {n: json.load(open(f"$OUT/{n}.json")) for n in names if os.path.exists(f"$OUT/{n}.json")}
 for n, b in runs.items():
     t = b["tokens"]
-    eq = {d: f"{sum(x == y for x, y in zip(t, ref[d]))}/{len(t)}" for d in ("fp32", "fp16")}
+    eq = {d: f"{sum(x == y for x, y in zip(t, ref[d]))}/{len(t)}" for d in ("fp32", "fp16", "fp32_lora") if d in ref}
     print(f"{n:17s} decode {b['decode_median_ms']:8.3f} ms/step ({b['tok_s']:7.1f} tok/s)  prefill {b['prefill_ms']:8.2f} ms  "
           f"first token {b['first_token_since_process_start_ms']/1000:6.2f} s after start  load {b['load_s']} s  tokens = CPU {eq} both runs same {b.get('same_tokens_both_runs')}  "
           f"{b.get('kernels', {}).get('gpu_ms_per_decode_step', '')}")
@@ -58,5 +61,8 @@ for a in ("ort_fp16", "transformersjs"):
     if a in runs:
         for n in ("kernels", "kernels_again"):
             print(f"{a} / {n}: realm kernels {runs[a]['decode_median_ms'] / runs[n]['decode_median_ms']:.2f}x faster decode")
+if "kernels_lora" in runs:
+    for n in ("kernels", "kernels_again"):
+        print(f"kernels_lora / {n}: a decode step on the adapter takes {runs['kernels_lora']['decode_median_ms'] / runs[n]['decode_median_ms']:.2f}x")
 json.dump({"runs": runs, "cpu_ref": ref}, open("$OUT/webgpu_kernels_summary.json", "w"), indent=1)
 PY

@@ -6,6 +6,8 @@
 // raw decode loop, the anchor in the same run):
 //   node webgpu_node.mjs BRIDGE_MJS CFG_JSON MODEL_DIR OUT_JSON [STEPS]
 // PACKED=1 loads the export's packed form (cfg.packed) instead: bench/webgpu_packed.sh.
+// KERNELS=1 LORA=DIR: the realm kernels with an adapter (DIR/lora_meta.json and DIR/lora.bin, as
+// bench/webgpu_cpu_ref.py writes them) on the request: table entry 1, the LoRA steps.
 import fs from "node:fs";
 import path from "node:path";
 
@@ -55,6 +57,12 @@ if (KERNELS) {
   const blocks = new Uint8Array(fs.readFileSync(path.join(modelDir, cfg.packed.blocks)));
   bridge = await GpuBridge.create(device, blocks, cfg, process.env.LANES ? { lanes: Number(process.env.LANES) } : {});
   bridge.dec.profile = !!stamps.length;
+  if (process.env.LORA) {
+    const t1 = performance.now();
+    bridge.upload(1, fs.readFileSync(path.join(process.env.LORA, "lora_meta.json"), "utf8"),
+                  new Uint8Array(fs.readFileSync(path.join(process.env.LORA, "lora.bin"))));
+    result.lora = { upload_ms: r3(performance.now() - t1) };
+  }
   result.kernels = { lanes: bridge.dec.LN, upload_ms: r3(bridge.dec.loadMs), memory: bridge.dec.memory() };
 } else if (process.env.PACKED) {
   // the compact download's form (what the tab's worker runs): the packed graph, its weights
@@ -74,6 +82,7 @@ if (KERNELS) {
 result.load_s = r3((performance.now() - t0) / 1000);
 result.dtype = cfg.dtype;
 
+const NEW = KERNELS && process.env.LORA ? { adapter: "lora", entry: 1 } : { adapter: null, entry: 0 };
 const GREEDY = { temperature: 0, top_k: 0, top_p: 1, min_p: 0, repetition_penalty: 1, logprobs: false, top_logprobs: 0 };
 const PROMPT = [1, 9690, 198, 2683, 359, 253, 5356, 5646, 11173, 3365, 3511, 308, 34519, 28, 7018, 411, 407, 19712, 8182, 2];
 let nextId = 1, firstToken = null;
@@ -85,7 +94,7 @@ async function generate() {
   const width = JSON.parse(bridge.capabilities()).prefill_width || PROMPT.length;
   for (let at = 0; at < PROMPT.length; at += width) {  // the prompt in chunks, a sample at its end
     const chunk = PROMPT.slice(at, at + width), last = at + width >= PROMPT.length;
-    const plan = { seqs: [[id, 0, start, chunk, last ? 1 : 0, []]], ...(first ? { new: [{ id, slot: 0, sampling: GREEDY, adapter: null, entry: 0 }] } : {}) };
+    const plan = { seqs: [[id, 0, start, chunk, last ? 1 : 0, []]], ...(first ? { new: [{ id, slot: 0, sampling: GREEDY, ...NEW }] } : {}) };
     first = false;
     const t = performance.now();
     const out = JSON.parse(await bridge.step(JSON.stringify(plan)));
