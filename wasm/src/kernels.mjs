@@ -388,7 +388,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 // shrink h = x A_g (per token, its table entry's A; zeros for no adapter), the group's matvec
 // writing y as it is (the same sums as the fused kernel's), and the expand adding h B_g to y
 // and ending as the fused kernel would (RoPE and the KV write, the residual add, silu(g) * u).
-// A row with no adapter takes y unchanged, so it gets the plain step's values bit for bit.
+// A row with no adapter takes y unchanged, so it gets the plain step's values bit for bit. Groups
+// that no adapter of the step changes (all zeros in its tables: e.g. o and the MLP under PEFT's
+// usual q and v targets) run as the fused kernel.
 
 /** h[j, c] = (RMSNorm?)(x_j) . A[e_j, c] for each token j on an adapter (entry e_j > 0), c over
  * the group's members x R columns; 0 for tokens with no adapter. A thread per (token, column). */
@@ -667,7 +669,7 @@ export class GpuDecoder {
     pass.setBindGroup(1, this.stepGroup);
     run(this.pipe.embed, this.groups.embed, Math.ceil(p.H / 32 / 32), M);
     const x = this.gx;
-    if (lora) this.loraLayers(run, M, ty);
+    if (lora) this.loraLayers(run, M, ty, new Set(rows.map((q) => q.entry).filter((e) => e)));
     else for (const g of this.groups.layers) {
       run(this.pipe.qkv, g.qkv, x.qkv, ty);
       run(this.pipe.attn, g.attn, p.NH, M);
@@ -751,6 +753,7 @@ export class GpuDecoder {
       return [g.name, { a, b }];
     })));
     this.lora = { R, entries, groups: gs, pipes, shrinkLayout, expandLayout, layers, bytes,
+                  present: Array.from({ length: entries }, () => new Set()), // entry - 1 -> "layer.group"s it changes
                   h: buf(4 * T * Cmax, U.STORAGE), y: buf(4 * T * NTmax, U.STORAGE) };
     this.loraBindGroups();
   }
@@ -761,10 +764,11 @@ export class GpuDecoder {
     const lo = this.lora;
     if (!lo) throw new KernelError("realm kernels: no LoRA tables (enableLora first)");
     if (!(Number.isInteger(entry) && entry >= 1 && entry <= lo.entries)) throw new KernelError(`adapter entry ${entry} is not in [1, ${lo.entries}]`);
-    const q = this.device.queue;
+    const q = this.device.queue, present = new Set();
     lo.layers.forEach((l, i) => lo.groups.forEach((g) => {
       const ts = tables.get(`${i}.${g.name}`);
       if (!ts || ts[0].data.length !== g.C * g.K) throw new KernelError(`realm kernels: adapter tables lack layer ${i} ${g.name}`);
+      if (ts.some((t) => t.data.some((v) => v !== 0))) present.add(`${i}.${g.name}`);
       const bs = new Float32Array(g.NT * lo.R);
       let at = 0;
       for (const t of ts.slice(1)) { bs.set(t.data, at); at += t.data.length; }
@@ -772,6 +776,7 @@ export class GpuDecoder {
       q.writeBuffer(l[g.name].a, 4 * (entry - 1) * g.C * g.K, ts[0].data.buffer, ts[0].data.byteOffset, ts[0].data.byteLength);
       q.writeBuffer(l[g.name].b, 4 * (entry - 1) * g.NT * lo.R, bs.buffer, 0, bs.byteLength);
     }));
+    lo.present[entry - 1] = present;
   }
 
   loraBindGroups() {
@@ -789,9 +794,12 @@ export class GpuDecoder {
     }));
   }
 
-  /** The layers of a step with adapter rows: each group as shrink, matvec, expand (see "LoRA"). */
-  loraLayers(run, M, ty) {
+  /** The layers of a step with adapter rows on table `entries`: each group one of them changes
+   * as shrink, matvec, expand (see "LoRA"); the others (e.g. o and the MLP under an adapter of q
+   * and v only) as the fused kernel, which is what their zero tables would add up to. */
+  loraLayers(run, M, ty, entries) {
     const lo = this.lora, p = this.p;
+    const used = [...entries].map((e) => lo.present[e - 1]);
     const group = (b) => {
       const pp = lo.pipes[b.name];
       run(pp.shrink, b.shrink, pp.gShrink, M);
@@ -799,7 +807,7 @@ export class GpuDecoder {
       run(pp.expand, b.expand, pp.gExpand, M);
     };
     this.groups.layers.forEach((g, i) => {
-      const [qkv, o, gu, down] = ["qkv", "o", "gate_up", "down"].map((n) => lo.bind[i].find((b) => b.name === n));
+      const [qkv, o, gu, down] = ["qkv", "o", "gate_up", "down"].map((n) => used.some((s) => s.has(`${i}.${n}`)) && lo.bind[i].find((b) => b.name === n));
       if (qkv) group(qkv); else run(this.pipe.qkv, g.qkv, this.gx.qkv, ty);
       run(this.pipe.attn, g.attn, p.NH, M);
       if (o) group(o); else run(this.pipe.o, g.o, this.gx.o, ty);
