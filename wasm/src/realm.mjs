@@ -177,7 +177,9 @@ function readAdapter(source) {
 }
 
 /** A WebGPU device for the realm kernels: navigator.gpu where the runtime has it (Deno, Bun, a
- * shim), else dawn.node (npm `webgpu`). */
+ * shim), else dawn.node (npm `webgpu`). `keep`: the GPU and adapter objects, which must live as long
+ * as the device (dawn.node tears its instance down when the GPU object is collected: a
+ * `Realm.load({gpu: create([])})` crashed at the first garbage collection after load). */
 async function gpuDevice(given = null) {
   let gpu = given ?? globalThis.navigator?.gpu;
   if (!gpu) {
@@ -191,7 +193,7 @@ async function gpuDevice(given = null) {
   if (!adapter) throw fail("engine_unavailable", "engine \"webgpu\": no WebGPU adapter on this machine (a GPU with Vulkan, Metal or D3D12 drivers)");
   const { kernelDevice } = await import("./kernels.mjs");
   const device = await kernelDevice(adapter);
-  return { device, adapter: `${adapter.info?.vendor ?? ""} ${adapter.info?.device || adapter.info?.architecture || ""}`.trim() };
+  return { device, keep: [gpu, adapter], adapter: `${adapter.info?.vendor ?? ""} ${adapter.info?.device || adapter.info?.architecture || ""}`.trim() };
 }
 
 // One onnxruntime-web WASM runtime per process: its thread count is fixed when it starts.
@@ -350,7 +352,7 @@ export class Realm {
   /** engine "webgpu": realm-web's WGSL kernels (kernels.mjs) over the export's GGUF blocks. */
   static async #loadKernels({ o, py, web, cfg, mirror, modelDir, remote, t0 }) {
     if (!cfg.packed) throw fail("bad_option", `${modelDir}: the export has no packed GGUF blocks (re-export it with \`realm-web pull\`) for engine "webgpu"`);
-    const { device, adapter } = await gpuDevice(o.gpu); // before any download: fail fast without a GPU
+    const { device, adapter, keep } = await gpuDevice(o.gpu); // before any download: fail fast without a GPU
     if (mirror) await mirror.fetchWeights(cfg, { blocks: true, onProgress: o.onProgress });
     const file = path.join(modelDir, cfg.packed.blocks);
     if (!fs.existsSync(file)) throw fail("model_not_found", `${file}: missing (named by realm.json)`);
@@ -358,6 +360,7 @@ export class Realm {
     let bridge;
     try { bridge = await GpuBridge.create(device, new Uint8Array(fs.readFileSync(file)), { ...cfg, maxLoras: o.maxLoras ?? 8 }); }
     catch (e) { throw fail(e.code === "engine_unavailable" ? "engine_unavailable" : "runtime", `cannot load ${file} on WebGPU: ${e.message}`, e); }
+    bridge.keep = keep; // alive with the bridge (gpuDevice)
     return Realm.#start({ o, py, web, cfg, bridge, engine: "webgpu", t0,
                           extra: { file, modelDir, threads: 1, packed: true, url: remote ? o.model : null, downloadedBytes: mirror ? mirror.downloaded : 0,
                                    kernels: "realm", adapter, runtime: `realm kernels on WebGPU (${adapter})` } });

@@ -1,8 +1,9 @@
 // The realm kernels' host side (wasm/src/kernels.mjs), where no GPU is needed: the GGUF blocks
 // regrouped for the shaders dequantize, in the shaders' word and nibble order, to exactly the fp32
 // weights packed.mjs expands (so to the fp32 export's); kernelPlan refuses what the kernels cannot
-// run with a reason. The kernels themselves run in Chromium's WebGPU (tests/test_browser.py) and on
-// the lent GPU (bench/webgpu_kernels.sh).
+// run with a reason. The kernels themselves run in Chromium's WebGPU (tests/test_browser.py), in
+// Node on dawn.node over SwiftShader (tests/test_node_webgpu.py) and on the lent GPU
+// (bench/webgpu_kernels.sh).
 //   REALM_WEB_TEST_MODEL, REALM_WEB_PYTHON: as in realm.test.mjs
 import test from "node:test";
 import assert from "node:assert/strict";

@@ -476,8 +476,8 @@ describe("loading errors", () => {
   });
 
   test("engine webgpu without WebGPU in this Node: a clear engine_unavailable", async (t) => {
-    // this machine's Node has no navigator.gpu and no dawn.node (npm `webgpu`) installed; on a GPU
-    // machine with it, bench/webgpu_realm_node.mjs runs this engine end to end
+    // this package installs no dawn.node (npm `webgpu`); tests/test_node_webgpu.py runs this engine
+    // end to end with it (tests/node's copy, on SwiftShader), bench/webgpu_realm_node.mjs on a GPU
     let dawn = true;
     try { await import("webgpu"); } catch { dawn = false; }
     if (dawn || globalThis.navigator?.gpu) { t.skip("this Node has WebGPU"); return; }
